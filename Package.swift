@@ -1,0 +1,92 @@
+// swift-tools-version: 6.1
+// connpool: a generic, zero-allocation connection pool with sync and async interfaces.
+import PackageDescription
+
+let strictSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "connpool",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "ConnPool", targets: ["ConnPool"]),
+        .library(name: "ConnPoolRedis", targets: ["ConnPoolRedis"]),
+        .library(name: "ConnPoolTCP", targets: ["ConnPoolTCP"]),
+        .library(name: "ConnPoolBenchHarness", targets: ["ConnPoolBenchHarness"]),
+        .executable(name: "redis-bench", targets: ["redis-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+    ],
+    targets: [
+        // The generic pool core: state machine, slot storage, waiter queue, clock, lock.
+        .target(
+            name: "ConnPool",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        // A small epoll readiness reactor shared by the backends' async paths.
+        .target(name: "ConnPoolIO", swiftSettings: strictSettings),
+        // Backend 1: hiredis.
+        .systemLibrary(
+            name: "CHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        .target(
+            name: "ConnPoolRedis",
+            dependencies: ["ConnPool", "ConnPoolIO", "CHiredis", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        // Backend 2: raw TCP sockets.
+        .target(
+            name: "ConnPoolTCP",
+            dependencies: ["ConnPool", "ConnPoolIO"],
+            swiftSettings: strictSettings
+        ),
+        // Starts and stops throwaway redis-server processes on free loopback ports (tests, bench, examples).
+        .target(name: "RedisServerLauncher", swiftSettings: strictSettings),
+        // The shared benchmark harness that drives a pool over any factory.
+        .target(
+            name: "ConnPoolBenchHarness",
+            dependencies: ["ConnPool", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "redis-bench",
+            dependencies: [
+                "ConnPool", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolBenchHarness", "RedisServerLauncher",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "RedisCounterExample",
+            dependencies: ["ConnPool", "ConnPoolRedis", "RedisServerLauncher"],
+            path: "Examples/RedisCounter",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "TCPLineClientExample",
+            dependencies: ["ConnPool", "ConnPoolTCP"],
+            path: "Examples/TCPLineClient",
+            swiftSettings: strictSettings
+        ),
+        .testTarget(name: "ConnPoolTests", dependencies: ["ConnPool"], swiftSettings: strictSettings),
+        .testTarget(
+            name: "ConnPoolRedisTests",
+            dependencies: ["ConnPool", "ConnPoolRedis", "RedisServerLauncher"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ConnPoolTCPTests",
+            dependencies: ["ConnPool", "ConnPoolTCP", "RedisServerLauncher"],
+            swiftSettings: strictSettings
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

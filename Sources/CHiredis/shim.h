@@ -1,0 +1,4 @@
+#ifndef CONNPOOL_CHIREDIS_SHIM_H
+#define CONNPOOL_CHIREDIS_SHIM_H
+#include <hiredis/hiredis.h>
+#endif

@@ -1,0 +1,1 @@
+print("redis-bench: not built yet")
