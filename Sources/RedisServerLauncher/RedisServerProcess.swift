@@ -1,0 +1,544 @@
+// Starts and stops throwaway `redis-server` processes on free loopback ports, for tests, benchmarks and
+// examples. No dependencies beyond the C library: the child is started with posix_spawn and reaped with
+// waitpid by this file alone, so nothing else in the process can steal its exit status.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Synchronization
+
+/// Why a ``RedisServerProcess`` could not be started or restarted.
+///
+/// The text of these errors never repeats the extra arguments given to the server (they may hold a
+/// `--requirepass` secret); it may quote the tail of the server's own log.
+public enum RedisServerLauncherError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// No `redis-server` executable was found in `PATH` (or at `REDIS_SERVER_PATH` when that is set).
+    case redisServerNotInstalled(searched: [String])
+    /// A system call needed to start or watch the server failed.
+    case systemError(operation: String, errno: Int32)
+    /// The server process exited while starting; `logTail` is the end of its log.
+    case exitedDuringStartup(status: String, logTail: String)
+    /// The server did not answer a PING within the start deadline; it has been killed.
+    case startTimedOut(after: Duration, logTail: String)
+    /// Every attempt found its port taken by someone else (a race between picking a free port and the
+    /// server binding it).
+    case portCollision(attempts: Int)
+    /// ``RedisServerProcess/restart(timeout:)`` could not bind the same port again (someone else took it).
+    case portTakenOnRestart(port: Int, logTail: String)
+
+    public var description: String {
+        switch self {
+        case .redisServerNotInstalled(let searched):
+            return "redis-server is not installed (looked in \(searched.joined(separator: ":"))): "
+                + "install it with `apt-get install redis-server`, or set REDIS_SERVER_PATH"
+        case .systemError(let operation, let errno):
+            return "\(operation) failed: \(String(cString: strerror(errno))) (errno \(errno))"
+        case .exitedDuringStartup(let status, let logTail):
+            return "redis-server exited while starting (\(status)); log tail:\n\(logTail)"
+        case .startTimedOut(let after, let logTail):
+            return "redis-server did not answer PING within \(after); log tail:\n\(logTail)"
+        case .portCollision(let attempts):
+            return "could not start redis-server: the chosen free port was taken each time (\(attempts) attempts)"
+        case .portTakenOnRestart(let port, let logTail):
+            return "could not restart redis-server on port \(port): the port is taken; log tail:\n\(logTail)"
+        }
+    }
+}
+
+/// A throwaway `redis-server` listening on `127.0.0.1` at a free port (and optionally on a unix socket),
+/// with persistence off (`--save '' --appendonly no`) and its working directory and log in a fresh
+/// temporary directory that ``stop(timeout:)`` removes.
+///
+/// The process is stopped by ``stop(timeout:)``, by `deinit` as a last resort, and by an `atexit` hook for
+/// servers still running when the process exits normally. A process killed by a signal (a crash) cannot
+/// run any of these: its servers then outlive it.
+///
+/// All members are safe to call from any thread: the mutable state (the child's pid) is behind a mutex.
+public final class RedisServerProcess: Sendable, CustomStringConvertible {
+    /// The loopback address the server listens on: always `127.0.0.1`.
+    public let host: String = "127.0.0.1"
+    /// The TCP port the server listens on (the same after ``restart(timeout:)``).
+    public let port: Int
+    /// The unix socket path, when started with `unixSocket: true`.
+    public let unixSocketPath: String?
+    /// The temporary directory holding the server's log (and unix socket); removed by ``stop(timeout:)``.
+    public let directory: String
+    /// Path of the server's log file, inside ``directory``.
+    public let logPath: String
+
+    private let executable: String
+    private let extraArguments: [String]
+    private let state: Mutex<State>
+
+    private struct State {
+        var pid: pid_t
+        var running: Bool
+        var removedDirectory = false
+    }
+
+    /// `redis://127.0.0.1:<port>`: the server's TCP URL, without credentials.
+    public var url: String { "redis://\(host):\(port)" }
+
+    /// `unix://<path>` when the server listens on a unix socket, else `nil`.
+    public var unixSocketURL: String? { unixSocketPath.map { "unix://\($0)" } }
+
+    /// The pid of the current (or, once stopped, the last) server process.
+    public var pid: Int32 { state.withLock { $0.pid } }
+
+    /// `true` until the process has been seen to exit (and been reaped). A process stopped with SIGSTOP is
+    /// still running.
+    public var isRunning: Bool {
+        state.withLock { state in
+            if state.running, Self.reapNoHang(state.pid) != nil { state.running = false }
+            return state.running
+        }
+    }
+
+    public var description: String { "RedisServerProcess(pid: \(pid), port: \(port))" }
+
+    private init(
+        port: Int, unixSocketPath: String?, directory: String, executable: String, extraArguments: [String],
+        pid: pid_t
+    ) {
+        self.port = port
+        self.unixSocketPath = unixSocketPath
+        self.directory = directory
+        self.logPath = directory + "/redis.log"
+        self.executable = executable
+        self.extraArguments = extraArguments
+        self.state = Mutex(State(pid: pid, running: true))
+    }
+
+    deinit {
+        stop(timeout: .seconds(2))
+    }
+
+    // MARK: Starting
+
+    /// Starts a server on a free loopback port and returns once it answers PING.
+    ///
+    /// - Parameters:
+    ///   - extraArguments: more `redis-server` arguments, for example `["--requirepass", "secret"]` or
+    ///     `["--user", "alice", "on", ">pw", "~*", "&*", "+@all"]`. They are never quoted in errors.
+    ///   - unixSocket: also listen on a unix socket in the temporary directory (``unixSocketPath``).
+    ///   - startTimeout: how long to wait for the server to answer.
+    /// - Throws: ``RedisServerLauncherError/redisServerNotInstalled(searched:)`` when `redis-server` is
+    ///   missing; ``RedisServerLauncherError/exitedDuringStartup(status:logTail:)``,
+    ///   ``RedisServerLauncherError/startTimedOut(after:logTail:)``,
+    ///   ``RedisServerLauncherError/portCollision(attempts:)`` or
+    ///   ``RedisServerLauncherError/systemError(operation:errno:)`` when it could not be started.
+    public static func start(
+        extraArguments: [String] = [],
+        unixSocket: Bool = false,
+        startTimeout: Duration = .seconds(10)
+    ) throws -> RedisServerProcess {
+        let executable = try findExecutable()
+        let attempts = 8
+        for _ in 0..<attempts {
+            let port = try pickFreePort()
+            let directory = try makeTemporaryDirectory()
+            let socketPath = unixSocket ? directory + "/redis.sock" : nil
+            let pid: pid_t
+            do {
+                pid = try spawn(
+                    executable: executable, port: port, directory: directory, unixSocketPath: socketPath,
+                    extraArguments: extraArguments)
+            } catch {
+                removeDirectory(directory)
+                throw error
+            }
+            let server = RedisServerProcess(
+                port: port, unixSocketPath: socketPath, directory: directory, executable: executable,
+                extraArguments: extraArguments, pid: pid)
+            switch server.waitUntilReady(timeout: startTimeout) {
+            case .ready:
+                LiveServers.shared.insert(server)
+                return server
+            case .portInUse:
+                server.stop(timeout: .seconds(1))
+                continue
+            case .failed(let error):
+                server.stop(timeout: .seconds(1))
+                throw error
+            }
+        }
+        throw RedisServerLauncherError.portCollision(attempts: attempts)
+    }
+
+    // MARK: Stopping, signals, restart
+
+    /// Stops the server: SIGTERM (plus SIGCONT in case it was stopped with SIGSTOP), then SIGKILL if it
+    /// has not exited within `timeout`; reaps it and removes ``directory``. Idempotent; never throws.
+    public func stop(timeout: Duration = .seconds(5)) {
+        terminateProcess(timeout: timeout)
+        state.withLock { state in
+            if !state.removedDirectory {
+                state.removedDirectory = true
+                Self.removeDirectory(directory)
+            }
+        }
+        LiveServers.shared.remove(self)
+    }
+
+    /// Sends `signal` to the server process, for fault tests: `SIGKILL` (crash), `SIGSTOP` (hang),
+    /// `SIGCONT` (resume). After `SIGKILL`, the process is reaped before this returns.
+    ///
+    /// - Throws: ``RedisServerLauncherError/systemError(operation:errno:)`` when the process is not
+    ///   running (already exited) or the signal could not be sent.
+    public func kill(signal: Int32) throws {
+        try state.withLock { state in
+            guard state.running else {
+                throw RedisServerLauncherError.systemError(operation: "kill(\(signal))", errno: ESRCH)
+            }
+            #if canImport(Glibc) || canImport(Musl)
+            let result = Glibc.kill(state.pid, signal)
+            #else
+            let result = Darwin.kill(state.pid, signal)
+            #endif
+            if result != 0 {
+                throw RedisServerLauncherError.systemError(operation: "kill(\(signal))", errno: errno)
+            }
+            if signal == SIGKILL {
+                _ = Self.reapBlocking(state.pid)
+                state.running = false
+            }
+        }
+    }
+
+    /// Waits until the server process has exited (for example after SHUTDOWN or a signal) and reaps it.
+    ///
+    /// - Returns: `true` when it exited within `timeout`.
+    public func waitForExit(timeout: Duration) -> Bool {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while true {
+            if !isRunning { return true }
+            if ContinuousClock.now >= deadline { return false }
+            Self.pause()
+        }
+    }
+
+    /// Stops the server if it runs, then starts it again on the same port and unix socket with the same
+    /// arguments (data is not kept: persistence is off). Returns once it answers PING.
+    ///
+    /// - Throws: ``RedisServerLauncherError/portTakenOnRestart(port:logTail:)`` when another process took
+    ///   the port meanwhile; the other start errors otherwise.
+    public func restart(timeout: Duration = .seconds(10)) throws {
+        terminateProcess(timeout: .seconds(5))
+        let pid = try Self.spawn(
+            executable: executable, port: port, directory: directory, unixSocketPath: unixSocketPath,
+            extraArguments: extraArguments)
+        state.withLock { state in
+            state.pid = pid
+            state.running = true
+        }
+        LiveServers.shared.insert(self)
+        switch waitUntilReady(timeout: timeout) {
+        case .ready:
+            return
+        case .portInUse:
+            terminateProcess(timeout: .seconds(1))
+            throw RedisServerLauncherError.portTakenOnRestart(port: port, logTail: logTail())
+        case .failed(let error):
+            terminateProcess(timeout: .seconds(1))
+            throw error
+        }
+    }
+
+    /// The last `maxBytes` bytes of the server's log (empty when it cannot be read).
+    public func logTail(maxBytes: Int = 2048) -> String {
+        Self.readFile(logPath, tail: maxBytes)
+    }
+
+    private func terminateProcess(timeout: Duration) {
+        state.withLock { state in
+            guard state.running else { return }
+            if Self.reapNoHang(state.pid) != nil {
+                state.running = false
+                return
+            }
+            #if canImport(Glibc) || canImport(Musl)
+            _ = Glibc.kill(state.pid, SIGTERM)
+            _ = Glibc.kill(state.pid, SIGCONT)
+            #else
+            _ = Darwin.kill(state.pid, SIGTERM)
+            _ = Darwin.kill(state.pid, SIGCONT)
+            #endif
+            let deadline = ContinuousClock.now.advanced(by: timeout)
+            while Self.reapNoHang(state.pid) == nil {
+                if ContinuousClock.now >= deadline {
+                    #if canImport(Glibc) || canImport(Musl)
+                    _ = Glibc.kill(state.pid, SIGKILL)
+                    #else
+                    _ = Darwin.kill(state.pid, SIGKILL)
+                    #endif
+                    _ = Self.reapBlocking(state.pid)
+                    break
+                }
+                Self.pause()
+            }
+            state.running = false
+        }
+    }
+
+    // MARK: Readiness
+
+    private enum Readiness {
+        case ready
+        case portInUse
+        case failed(RedisServerLauncherError)
+    }
+
+    /// Ready means: our own log says it accepts connections (so the answering server is ours, not another
+    /// one that won a port race) and a PING on the port gets any RESP reply (`+PONG`, or `-NOAUTH` when a
+    /// password is required).
+    private func waitUntilReady(timeout: Duration) -> Readiness {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while true {
+            let exitStatus: String? = state.withLock { state in
+                guard let status = Self.reapNoHang(state.pid) else { return nil }
+                state.running = false
+                return status
+            }
+            if let exitStatus {
+                let log = logTail(maxBytes: 4096)
+                if log.contains("Address already in use") { return .portInUse }
+                return .failed(.exitedDuringStartup(status: exitStatus, logTail: log))
+            }
+            if Self.readFile(logPath, tail: 1 << 16).contains("Ready to accept connections"),
+                Self.pingAnswers(port: port)
+            {
+                return .ready
+            }
+            if ContinuousClock.now >= deadline {
+                return .failed(.startTimedOut(after: timeout, logTail: logTail()))
+            }
+            Self.pause()
+        }
+    }
+
+    private static func pingAnswers(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = loopbackAddress(port: port)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard connected == 0 else { return false }
+        let ping = Array("PING\r\n".utf8)
+        guard write(fd, ping, ping.count) == ping.count else { return false }
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&pfd, 1, 1000) == 1 else { return false }
+        var buffer = [UInt8](repeating: 0, count: 256)
+        let n = read(fd, &buffer, buffer.count)
+        guard n > 0 else { return false }
+        let reply = String(decoding: buffer[0..<n], as: UTF8.self)
+        return (reply.hasPrefix("+") || reply.hasPrefix("-")) && !reply.hasPrefix("-LOADING")
+    }
+
+    // MARK: Process plumbing
+
+    private static func findExecutable() throws -> String {
+        if let override = getenv("REDIS_SERVER_PATH").map({ String(cString: $0) }), !override.isEmpty {
+            if access(override, X_OK) == 0 { return override }
+            throw RedisServerLauncherError.redisServerNotInstalled(searched: [override])
+        }
+        var directories = getenv("PATH").map { String(cString: $0).split(separator: ":").map(String.init) } ?? []
+        for extra in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin"] where !directories.contains(extra) {
+            directories.append(extra)
+        }
+        for directory in directories where !directory.isEmpty {
+            let candidate = directory + "/redis-server"
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        throw RedisServerLauncherError.redisServerNotInstalled(searched: directories)
+    }
+
+    /// Binds port 0 on 127.0.0.1, reads the port the kernel chose, and closes the socket.
+    private static func pickFreePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw RedisServerLauncherError.systemError(operation: "socket", errno: errno) }
+        defer { close(fd) }
+        var address = loopbackAddress(port: 0)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard bound == 0 else { throw RedisServerLauncherError.systemError(operation: "bind", errno: errno) }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else {
+            throw RedisServerLauncherError.systemError(operation: "getsockname", errno: errno)
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    private static func loopbackAddress(port: Int) -> sockaddr_in {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = in_addr_t(0x7f00_0001).bigEndian
+        return address
+    }
+
+    private static func makeTemporaryDirectory() throws -> String {
+        let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+        var template = Array((base + "/connpool-redis-XXXXXX").utf8CString)
+        let result = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        guard result != nil else {
+            throw RedisServerLauncherError.systemError(operation: "mkdtemp", errno: errno)
+        }
+        return template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    }
+
+    private static func removeDirectory(_ path: String) {
+        // Only the files this launcher (or redis-server with persistence off) can create there.
+        for name in ["redis.log", "redis.sock", "dump.rdb", "appendonly.aof", "nodes.conf", "temp.rdb"] {
+            unlink(path + "/" + name)
+        }
+        if rmdir(path) != 0, errno == ENOTEMPTY {
+            // Unexpected files (for example an appendonlydir from a test that enabled AOF): leave the
+            // directory rather than delete recursively.
+        }
+    }
+
+    private static func spawn(
+        executable: String, port: Int, directory: String, unixSocketPath: String?, extraArguments: [String]
+    ) throws -> pid_t {
+        var arguments = [
+            executable,
+            "--port", String(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--dir", directory,
+            "--logfile", directory + "/redis.log",
+            "--loglevel", "notice",
+        ]
+        if let unixSocketPath {
+            arguments += ["--unixsocket", unixSocketPath, "--unixsocketperm", "700"]
+        }
+        arguments += extraArguments
+
+        var fileActions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fileActions)
+        defer { posix_spawn_file_actions_destroy(&fileActions) }
+        posix_spawn_file_actions_addopen(&fileActions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fileActions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&fileActions, 2, "/dev/null", O_WRONLY, 0)
+
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        // Default signal dispositions and an empty mask in the child, whatever the test runner set.
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+
+        let cArguments: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { for pointer in cArguments { free(pointer) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, executable, &fileActions, &attributes, cArguments, environ)
+        guard result == 0 else {
+            throw RedisServerLauncherError.systemError(operation: "posix_spawn \(executable)", errno: result)
+        }
+        return pid
+    }
+
+    /// Reaps `pid` if it has exited; returns a description of its status, or `nil` while it runs.
+    private static func reapNoHang(_ pid: pid_t) -> String? {
+        var status: Int32 = 0
+        let result = waitpid(pid, &status, WNOHANG)
+        if result == pid { return describe(status: status) }
+        if result < 0 && errno == ECHILD { return "already reaped" }
+        return nil
+    }
+
+    private static func reapBlocking(_ pid: pid_t) -> String {
+        var status: Int32 = 0
+        while true {
+            let result = waitpid(pid, &status, 0)
+            if result == pid { return describe(status: status) }
+            if result < 0 && errno == EINTR { continue }
+            return "already reaped"
+        }
+    }
+
+    private static func describe(status: Int32) -> String {
+        let signal = status & 0x7f
+        if signal == 0 { return "exit code \((status >> 8) & 0xff)" }
+        return "killed by signal \(signal)"
+    }
+
+    private static func readFile(_ path: String, tail: Int) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        let size = lseek(fd, 0, SEEK_END)
+        guard size > 0 else { return "" }
+        let start = max(0, Int(size) - tail)
+        lseek(fd, off_t(start), SEEK_SET)
+        var buffer = [UInt8](repeating: 0, count: Int(size) - start)
+        var filled = 0
+        while filled < buffer.count {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, $0.count - filled) }
+            if n <= 0 { break }
+            filled += n
+        }
+        return String(decoding: buffer[0..<filled], as: UTF8.self)
+    }
+
+    /// The interval of the polling loops that wait for start and exit (a poll interval, not a wait for an
+    /// event: every loop re-checks its condition against a deadline).
+    private static func pause() {
+        usleep(5_000)
+    }
+}
+
+/// Servers still running, stopped by an `atexit` hook when the process exits normally (a test runner
+/// that ends without releasing every server).
+private final class LiveServers: Sendable {
+    static let shared: LiveServers = {
+        let servers = LiveServers()
+        atexit { LiveServers.shared.stopAll() }
+        return servers
+    }()
+
+    private let servers = Mutex<[ObjectIdentifier: Weak]>([:])
+
+    private struct Weak: @unchecked Sendable {
+        // Only read or written inside `servers`' lock, and the referenced object is Sendable.
+        weak var server: RedisServerProcess?
+    }
+
+    func insert(_ server: RedisServerProcess) {
+        servers.withLock { $0[ObjectIdentifier(server)] = Weak(server: server) }
+    }
+
+    func remove(_ server: RedisServerProcess) {
+        servers.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(server)) }
+    }
+
+    func stopAll() {
+        let all = servers.withLock { servers in
+            let all = servers.values.compactMap(\.server)
+            servers.removeAll()
+            return all
+        }
+        for server in all { server.stop(timeout: .seconds(2)) }
+    }
+}
