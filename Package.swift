@@ -82,6 +82,7 @@ let package = Package(
             dependencies: ["ConnPool", "ConnPoolRedis", "RedisServerLauncher"],
             swiftSettings: strictSettings
         ),
+        .testTarget(name: "ConnPoolIOTests", dependencies: ["ConnPoolIO"], swiftSettings: strictSettings),
         .testTarget(
             name: "ConnPoolTCPTests",
             dependencies: ["ConnPool", "ConnPoolTCP", "RedisServerLauncher"],

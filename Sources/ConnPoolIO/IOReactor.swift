@@ -1,0 +1,689 @@
+import Glibc
+import Synchronization
+
+/// An error thrown by ``IOReactor/waitReadable(_:deadline:)`` and ``IOReactor/waitWritable(_:deadline:)``.
+public enum IOReactorError: Error, Equatable {
+    /// The deadline passed before the file descriptor became ready. The descriptor's state is
+    /// unchanged; the caller decides whether to wait again or give up.
+    case timedOut
+    /// The reactor was shut down (see ``IOReactor/shutdown()``) before or while waiting. Use another
+    /// reactor, for example ``IOReactor/shared``.
+    case closed
+    /// A system call failed. `operation` names the call and the descriptor, `errno` is the C error
+    /// number (for example `EBADF` for a closed descriptor, `EPERM` for a regular file, which epoll
+    /// cannot watch, or `EBUSY` when another task already waits on the same descriptor and direction).
+    case systemError(errno: Int32, operation: String)
+}
+
+extension IOReactorError: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .timedOut:
+            return "IOReactor: the deadline passed before the descriptor became ready"
+        case .closed:
+            return "IOReactor: the reactor has been shut down; wait on another reactor such as IOReactor.shared"
+        case .systemError(let code, let operation):
+            return "IOReactor: \(operation) failed: \(String(cString: strerror(code))) (errno \(code))"
+        }
+    }
+}
+
+/// A readiness reactor: suspends tasks until a non-blocking file descriptor can be read or written,
+/// without ever blocking a cooperative thread.
+///
+/// ## Design
+/// One dedicated thread sits in `epoll_wait` on behalf of every waiting task. A wait registers the
+/// descriptor with `EPOLLONESHOT` (`EPOLL_CTL_MOD`, falling back to `EPOLL_CTL_ADD` for a descriptor
+/// epoll has not seen, or has forgotten because it was closed), stores the task's continuation in a
+/// table indexed by descriptor and suspends. When epoll reports the descriptor, the reactor thread
+/// takes the continuation out of the table and resumes it; the task then continues on its own
+/// executor, so the reactor thread only ever does bookkeeping.
+///
+/// Why this shape:
+/// - **Hundreds of connections on two cores.** A thread per connection would need hundreds of stacks
+///   and context switches for every byte that arrives; a blocking call on a cooperative thread would
+///   starve the whole Swift concurrency pool (it has one thread per core, two here). One epoll thread
+///   multiplexes any number of descriptors with O(1) work per ready event, and the cooperative pool
+///   keeps running tasks while they wait.
+/// - **One-shot registrations** make each wait an explicit arm/fire pair: an event can never fire
+///   twice for one wait, and no per-wait `EPOLL_CTL_DEL` is needed. Every arming bumps a per-descriptor
+///   generation carried in the epoll event, so an event from an older arming (say, of a wait that was
+///   cancelled a moment ago) is recognised and ignored instead of resuming a newer waiter.
+/// - **Registration happens on the waiting thread**, under the lock, straight into the epoll set
+///   (`epoll_ctl` is safe while another thread is in `epoll_wait`), so the reactor thread is only
+///   woken (through an `eventfd`) when a new deadline is earlier than the one it sleeps until, or on
+///   shutdown.
+/// - **Deadlines live on the reactor thread**: an indexed binary min-heap of the pending deadlines gives
+///   the `epoll_wait` timeout (rounded up to whole milliseconds, so a timeout never fires early), and
+///   a wait that completes early leaves the heap at once (O(log n)), so no stale timers pile up.
+/// - **Cancellation** goes through `withTaskCancellationHandler`: the handler removes the registration
+///   under the lock and resumes the task with `CancellationError` at once, without waiting for the
+///   reactor thread.
+/// - **Allocation.** A wait uses `withUnsafeThrowingContinuation` and a cancellation handler, both of
+///   which live in the task's own allocator; the descriptor table and the deadline heap are arrays that
+///   grow to the high-water mark once and are then reused, so a wait in steady state does not call
+///   `malloc`.
+/// - **Locking.** The state sits behind a plain pthread mutex, held only for table and heap updates
+///   and the `epoll_ctl` call; continuations are always resumed after the lock is released.
+///
+/// ## Rules for callers
+/// - The descriptor must be non-blocking, and readiness is a hint: after a wake, read or write until
+///   `EAGAIN` and wait again. A spurious wake is rare but allowed.
+/// - At most one task at a time may wait for readability and one for writability of one descriptor
+///   (a second concurrent wait for the same descriptor and direction throws
+///   ``IOReactorError/systemError(errno:operation:)`` with `EBUSY`).
+/// - Do not close a descriptor while a task waits on it: epoll silently forgets closed descriptors, so
+///   such a wait would only end at its deadline or on cancellation.
+public final class IOReactor: @unchecked Sendable {
+    // @unchecked Sendable is safe because:
+    // - every stored property is a `let`;
+    // - `state` (the descriptor table, the deadline heap and the flags) is read and written only while
+    //   `mutex` is held, by the waiting threads and the reactor thread alike;
+    // - `events` is touched only by the reactor thread (and freed in deinit, which runs after that
+    //   thread has released its reference to the reactor);
+    // - `epollFD` and `wakeFD` are immutable integers, and the kernel calls on them (`epoll_ctl`,
+    //   `epoll_wait`, `read`/`write` of the eventfd) are thread-safe;
+    // - `nextWaitID` is an `Atomic`.
+
+    /// The process-wide reactor, created (with its thread) on first use and never shut down.
+    ///
+    /// Creating it traps if the kernel refuses the epoll instance, the eventfd or the thread (which
+    /// only happens when the process is out of descriptors or threads).
+    public static let shared: IOReactor = {
+        do {
+            return try IOReactor(isShared: true)
+        } catch {
+            fatalError("IOReactor.shared could not be started: \(error)")
+        }
+    }()
+
+    private let epollFD: Int32
+    private let wakeFD: Int32
+    private let isShared: Bool
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let state: UnsafeMutablePointer<ReactorState>
+    /// The `struct epoll_event` array that `epoll_wait` fills.
+    private let events: UnsafeMutableRawPointer
+    private let nextWaitID = Atomic<UInt64>(1)
+    private let thread: UnsafeMutablePointer<pthread_t>
+
+    private static let maxEvents: Int32 = 256
+    /// The epoll user data of the eventfd; descriptor registrations never use it (their upper half is
+    /// a generation and their lower half a non-negative descriptor).
+    private static let wakeToken: UInt64 = UInt64.max
+
+    /// Creates a reactor and starts its epoll thread.
+    ///
+    /// A reactor made this way lives until ``shutdown()`` is called (its thread holds a reference to it).
+    /// Most code should use ``shared`` instead.
+    ///
+    /// - Throws: ``IOReactorError/systemError(errno:operation:)`` if `epoll_create1`, `eventfd` or
+    ///   `pthread_create` fails.
+    public convenience init() throws {
+        try self.init(isShared: false)
+    }
+
+    private init(isShared: Bool) throws {
+        let epollFD = EpollSys.create(EpollSys.closeOnExec)
+        guard epollFD >= 0 else {
+            throw IOReactorError.systemError(errno: errno, operation: "epoll_create1")
+        }
+        let wakeFD = EpollSys.eventfd(0, EpollSys.closeOnExec | EpollSys.nonBlocking)
+        guard wakeFD >= 0 else {
+            let code = errno
+            Glibc.close(epollFD)
+            throw IOReactorError.systemError(errno: code, operation: "eventfd")
+        }
+        guard EpollSys.control(epollFD, EpollSys.add, wakeFD, events: EpollSys.readable, data: IOReactor.wakeToken) == 0 else {
+            let code = errno
+            Glibc.close(wakeFD)
+            Glibc.close(epollFD)
+            throw IOReactorError.systemError(errno: code, operation: "epoll_ctl(ADD, eventfd)")
+        }
+        self.epollFD = epollFD
+        self.wakeFD = wakeFD
+        self.isShared = isShared
+        self.mutex = .allocate(capacity: 1)
+        pthread_mutex_init(self.mutex, nil)
+        self.state = .allocate(capacity: 1)
+        self.state.initialize(to: ReactorState())
+        self.events = .allocate(byteCount: Int(IOReactor.maxEvents) * EpollSys.eventSize, alignment: 8)
+        self.events.initializeMemory(as: UInt8.self, repeating: 0, count: Int(IOReactor.maxEvents) * EpollSys.eventSize)
+        self.thread = .allocate(capacity: 1)
+
+        // Set before the thread exists, so no lock is needed.
+        self.state.pointee.threadStarted = true
+        // The thread owns one reference until its loop ends (after shutdown()).
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let rc = pthread_create(self.thread, nil, { context in
+            let reactor = Unmanaged<IOReactor>.fromOpaque(context!).takeRetainedValue()
+            reactor.runLoop()
+            return nil
+        }, context)
+        guard rc == 0 else {
+            Unmanaged<IOReactor>.fromOpaque(context).release()
+            // deinit closes the descriptors and frees the buffers.
+            self.state.pointee.isShutDown = true
+            self.state.pointee.threadStarted = false
+            throw IOReactorError.systemError(errno: rc, operation: "pthread_create")
+        }
+    }
+
+    deinit {
+        Glibc.close(wakeFD)
+        Glibc.close(epollFD)
+        state.deinitialize(count: 1)
+        state.deallocate()
+        events.deallocate()
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+        thread.deallocate()
+    }
+
+    // MARK: - Public API
+
+    /// Suspends until `fd` is readable (or has an error or hang-up pending), `deadline` passes, or the
+    /// task is cancelled. Never blocks a cooperative thread.
+    ///
+    /// - Parameters:
+    ///   - fd: an open, non-blocking descriptor that epoll can watch (a socket, pipe, eventfd, …; not a
+    ///     regular file). It must stay open until this call returns.
+    ///   - deadline: when to give up, or `nil` to wait without a time limit. A deadline that has already
+    ///     passed throws ``IOReactorError/timedOut`` at once.
+    /// - Throws: ``IOReactorError/timedOut`` when `deadline` passes first; `CancellationError` when the
+    ///   task is cancelled (the registration is removed at once); ``IOReactorError/closed`` if the
+    ///   reactor is shut down; ``IOReactorError/systemError(errno:operation:)`` if epoll rejects the
+    ///   descriptor (`EBADF`, `EPERM`, …) or another task already waits for the same descriptor to be
+    ///   readable (`EBUSY`).
+    public func waitReadable(_ fd: Int32, deadline: ContinuousClock.Instant?) async throws {
+        try await wait(fd, writable: false, deadline: deadline)
+    }
+
+    /// Suspends until `fd` is writable (or has an error or hang-up pending), `deadline` passes, or the
+    /// task is cancelled. Never blocks a cooperative thread.
+    ///
+    /// Also the way to finish a non-blocking `connect`: wait writable, then read `SO_ERROR`.
+    ///
+    /// - Parameters:
+    ///   - fd: an open, non-blocking descriptor that epoll can watch. It must stay open until this call
+    ///     returns.
+    ///   - deadline: when to give up, or `nil` to wait without a time limit. A deadline that has already
+    ///     passed throws ``IOReactorError/timedOut`` at once.
+    /// - Throws: the same errors as ``waitReadable(_:deadline:)`` (`EBUSY` when another task already
+    ///   waits for the same descriptor to be writable).
+    public func waitWritable(_ fd: Int32, deadline: ContinuousClock.Instant?) async throws {
+        try await wait(fd, writable: true, deadline: deadline)
+    }
+
+    /// Stops the reactor thread and resumes every pending wait with ``IOReactorError/closed``; later
+    /// waits throw ``IOReactorError/closed`` too. Returns once the thread has ended. Idempotent.
+    ///
+    /// - Precondition: not called on ``shared`` (which other code relies on), and not called from
+    ///   inside the reactor thread.
+    public func shutdown() {
+        precondition(!isShared, "IOReactor.shared must not be shut down")
+        lock()
+        let alreadyShutDown = state.pointee.isShutDown
+        let started = state.pointee.threadStarted
+        state.pointee.isShutDown = true
+        unlock()
+        if alreadyShutDown || !started {
+            return
+        }
+        signalWake()
+        pthread_join(thread.pointee, nil)
+    }
+
+    /// The number of waits currently registered (readable and writable waits counted separately).
+    /// For diagnostics and tests; the value may be stale as soon as it is returned.
+    public var pendingWaitCount: Int {
+        lock()
+        defer { unlock() }
+        return state.pointee.pendingCount
+    }
+
+    // MARK: - Waiting
+
+    private func wait(_ fd: Int32, writable: Bool, deadline: ContinuousClock.Instant?) async throws {
+        guard fd >= 0 else {
+            throw IOReactorError.systemError(errno: EBADF, operation: operationName(fd, writable))
+        }
+        let id = nextWaitID.wrappingAdd(1, ordering: .relaxed).oldValue
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                if let error = register(fd, writable: writable, deadline: deadline, id: id, continuation) {
+                    continuation.resume(throwing: error)
+                }
+            }
+        } onCancel: {
+            cancelWait(fd, writable: writable, id: id)
+        }
+    }
+
+    /// Registers a waiter. Returns the error to resume it with at once, or `nil` if it now waits.
+    private func register(
+        _ fd: Int32,
+        writable: Bool,
+        deadline: ContinuousClock.Instant?,
+        id: UInt64,
+        _ continuation: UnsafeContinuation<Void, any Error>
+    ) -> (any Error)? {
+        lock()
+        defer { unlock() }
+        let s = state
+        if s.pointee.isShutDown {
+            return IOReactorError.closed
+        }
+        // The cancellation handler may already have run (and found nothing to remove): the flag it was
+        // triggered by is set before it runs, and the lock orders us after it.
+        if Task.isCancelled {
+            return CancellationError()
+        }
+        if let deadline, deadline <= ContinuousClock.now {
+            return IOReactorError.timedOut
+        }
+        let index = Int(fd)
+        if index >= s.pointee.entries.count {
+            s.pointee.growEntries(toInclude: index)
+        }
+        if writable ? s.pointee.entries[index].writer != nil : s.pointee.entries[index].reader != nil {
+            return IOReactorError.systemError(
+                errno: EBUSY,
+                operation: operationName(fd, writable) + " (another task already waits for the same descriptor and direction)"
+            )
+        }
+        let waiter = Waiter(continuation: continuation, id: id, heapIndex: -1)
+        if writable {
+            s.pointee.entries[index].writer = waiter
+        } else {
+            s.pointee.entries[index].reader = waiter
+        }
+        if let deadline {
+            // Sets the waiter's heapIndex (and those of the entries it moves).
+            s.pointee.heapInsert(HeapEntry(deadline: deadline, fd: fd, writable: writable))
+        }
+        if let code = arm(fd) {
+            // Undo: the wait never reached epoll.
+            _ = s.pointee.removeWaiter(fd: fd, writable: writable)
+            return IOReactorError.systemError(errno: code, operation: "epoll_ctl for " + operationName(fd, writable))
+        }
+        s.pointee.pendingCount += 1
+        // Wake the reactor thread only if it sleeps past the new deadline.
+        if let deadline, s.pointee.isSleeping, !s.pointee.wakePending {
+            if let until = s.pointee.sleepingUntil, until <= deadline {
+                return nil
+            }
+            s.pointee.wakePending = true
+            signalWake()
+        }
+        return nil
+    }
+
+    private func cancelWait(_ fd: Int32, writable: Bool, id: UInt64) {
+        lock()
+        let index = Int(fd)
+        let s = state
+        guard index < s.pointee.entries.count else {
+            unlock()
+            return
+        }
+        let current = writable ? s.pointee.entries[index].writer : s.pointee.entries[index].reader
+        guard let current, current.id == id else {
+            unlock()  // already resumed (ready, timed out, closed) or not registered yet
+            return
+        }
+        let waiter = s.pointee.removeWaiter(fd: fd, writable: writable)
+        s.pointee.pendingCount -= 1
+        rearmRemaining(fd)
+        unlock()
+        waiter?.continuation.resume(throwing: CancellationError())
+    }
+
+    /// Arms `fd` in epoll for the directions that have waiters, with a new generation.
+    /// Called with the lock held. Returns an errno on failure.
+    private func arm(_ fd: Int32) -> Int32? {
+        let index = Int(fd)
+        let s = state
+        var mask: UInt32 = EpollSys.oneShot
+        if s.pointee.entries[index].reader != nil {
+            mask |= EpollSys.readable | EpollSys.readHangUp
+        }
+        if s.pointee.entries[index].writer != nil {
+            mask |= EpollSys.writable
+        }
+        s.pointee.entries[index].generation &+= 1
+        let data = UInt64(s.pointee.entries[index].generation) << 32 | UInt64(UInt32(bitPattern: fd))
+        let first = s.pointee.entries[index].inEpoll ? EpollSys.modify : EpollSys.add
+        if EpollSys.control(epollFD, first, fd, events: mask, data: data) == 0 {
+            s.pointee.entries[index].inEpoll = true
+            return nil
+        }
+        let code = errno
+        // MOD on a descriptor epoll forgot (it was closed and the number reused) or ADD on one it
+        // still knows: retry with the other operation.
+        if (first == EpollSys.modify && code == ENOENT) || (first == EpollSys.add && code == EEXIST) {
+            let second = first == EpollSys.modify ? EpollSys.add : EpollSys.modify
+            if EpollSys.control(epollFD, second, fd, events: mask, data: data) == 0 {
+                s.pointee.entries[index].inEpoll = true
+                return nil
+            }
+            return errno
+        }
+        return code
+    }
+
+    /// After a waiter left, re-arms the descriptor for the direction still waited on, if any.
+    /// Called with the lock held. A one-shot arming with no waiter left is harmless: if it fires, the
+    /// event finds no waiter (or a newer generation) and is ignored.
+    private func rearmRemaining(_ fd: Int32) {
+        let index = Int(fd)
+        guard state.pointee.entries[index].reader != nil || state.pointee.entries[index].writer != nil else {
+            return
+        }
+        if let code = arm(fd) {
+            // The descriptor can no longer be watched (closed under us?): fail the remaining waiter
+            // rather than leaving it hanging. Resumed by the reactor thread's next pass.
+            state.pointee.failRemaining(fd: fd, error: IOReactorError.systemError(errno: code, operation: "epoll_ctl (re-arm) for fd \(fd)"))
+            signalWake()
+        }
+    }
+
+    private func operationName(_ fd: Int32, _ writable: Bool) -> String {
+        (writable ? "waitWritable(fd: " : "waitReadable(fd: ") + String(fd) + ")"
+    }
+
+    // MARK: - Reactor thread
+
+    private func runLoop() {
+        let s = state
+        var toResume: [(UnsafeContinuation<Void, any Error>, (any Error)?)] = []
+        toResume.reserveCapacity(Int(IOReactor.maxEvents))
+        while true {
+            // 1. Under the lock: expire deadlines, plan the sleep.
+            lock()
+            if s.pointee.isShutDown {
+                s.pointee.drainAll(into: &toResume, error: IOReactorError.closed)
+                s.pointee.pendingCount = 0
+                unlock()
+                IOReactor.resumeAll(&toResume)
+                return
+            }
+            s.pointee.takeFailed(into: &toResume)
+            var timeoutMS: Int32 = -1
+            if !s.pointee.heap.isEmpty {
+                let now = ContinuousClock.now
+                while let top = s.pointee.heap.first, top.deadline <= now {
+                    if let waiter = s.pointee.removeWaiter(fd: top.fd, writable: top.writable) {
+                        s.pointee.pendingCount -= 1
+                        toResume.append((waiter.continuation, IOReactorError.timedOut))
+                        rearmRemaining(top.fd)
+                    } else {
+                        s.pointee.heapRemove(at: 0)  // cannot happen; never loop forever on it
+                    }
+                }
+                if let top = s.pointee.heap.first {
+                    timeoutMS = IOReactor.milliseconds(from: now, to: top.deadline)
+                    s.pointee.sleepingUntil = top.deadline
+                } else {
+                    s.pointee.sleepingUntil = nil
+                }
+            } else {
+                s.pointee.sleepingUntil = nil
+            }
+            if !toResume.isEmpty {
+                timeoutMS = 0  // resume first, then look again without sleeping
+            }
+            s.pointee.isSleeping = timeoutMS != 0
+            unlock()
+            IOReactor.resumeAll(&toResume)
+
+            // 2. Wait for events.
+            let count = EpollSys.wait(epollFD, events, IOReactor.maxEvents, timeoutMS)
+            if count < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                fatalError("IOReactor: epoll_wait failed: \(String(cString: strerror(code))) (errno \(code))")
+            }
+
+            // 3. Under the lock: hand the events to their waiters.
+            lock()
+            s.pointee.isSleeping = false
+            for i in 0..<Int(count) {
+                let (flags, token) = EpollSys.loadEvent(at: i, in: events)
+                if token == IOReactor.wakeToken {
+                    var value: UInt64 = 0
+                    _ = read(wakeFD, &value, 8)
+                    s.pointee.wakePending = false
+                    continue
+                }
+                let fd = Int32(bitPattern: UInt32(truncatingIfNeeded: token))
+                let generation = UInt32(truncatingIfNeeded: token >> 32)
+                let index = Int(fd)
+                guard index < s.pointee.entries.count, s.pointee.entries[index].generation == generation else {
+                    continue  // from an older arming: the current one (if any) reports on its own
+                }
+                let failed = flags & (EpollSys.error | EpollSys.hangUp) != 0
+                let readable = failed || flags & (EpollSys.readable | EpollSys.readHangUp | EpollSys.priority) != 0
+                let writable = failed || flags & EpollSys.writable != 0
+                if readable, let waiter = s.pointee.removeWaiter(fd: fd, writable: false) {
+                    s.pointee.pendingCount -= 1
+                    toResume.append((waiter.continuation, nil))
+                }
+                if writable, let waiter = s.pointee.removeWaiter(fd: fd, writable: true) {
+                    s.pointee.pendingCount -= 1
+                    toResume.append((waiter.continuation, nil))
+                }
+                // The one-shot arming is spent: re-arm for a direction still waited on.
+                rearmRemaining(fd)
+            }
+            unlock()
+            IOReactor.resumeAll(&toResume)
+        }
+    }
+
+    private static func resumeAll(_ list: inout [(UnsafeContinuation<Void, any Error>, (any Error)?)]) {
+        for (continuation, error) in list {
+            if let error {
+                continuation.resume(throwing: error)
+            } else {
+                continuation.resume()
+            }
+        }
+        list.removeAll(keepingCapacity: true)
+    }
+
+    /// Milliseconds from `now` to `deadline`, rounded up so that a timeout never fires early.
+    private static func milliseconds(from now: ContinuousClock.Instant, to deadline: ContinuousClock.Instant) -> Int32 {
+        let remaining = now.duration(to: deadline)
+        if remaining <= .zero { return 0 }
+        let (seconds, attoseconds) = remaining.components
+        let attosecondsPerMS: Int64 = 1_000_000_000_000_000
+        var ms = seconds.multipliedReportingOverflow(by: 1000)
+        if ms.overflow || ms.partialValue > Int64(Int32.max) { return Int32.max }
+        ms.partialValue += (attoseconds + attosecondsPerMS - 1) / attosecondsPerMS
+        return Int32(clamping: ms.partialValue)
+    }
+
+    private func signalWake() {
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
+    }
+
+    @inline(__always)
+    private func lock() {
+        pthread_mutex_lock(mutex)
+    }
+
+    @inline(__always)
+    private func unlock() {
+        pthread_mutex_unlock(mutex)
+    }
+}
+
+// MARK: - State (touched only with the reactor's mutex held)
+
+private struct Waiter {
+    var continuation: UnsafeContinuation<Void, any Error>
+    var id: UInt64
+    /// Position in the deadline heap, or -1 without a deadline.
+    var heapIndex: Int
+}
+
+private struct FDEntry {
+    var reader: Waiter?
+    var writer: Waiter?
+    /// Bumped on every arming; carried in the epoll event to recognise stale events.
+    var generation: UInt32 = 0
+    /// Whether this descriptor number was added to the epoll set (it may since have been closed).
+    var inEpoll = false
+}
+
+private struct HeapEntry {
+    var deadline: ContinuousClock.Instant
+    var fd: Int32
+    var writable: Bool
+}
+
+private struct ReactorState {
+    var entries: [FDEntry] = []
+    var heap: [HeapEntry] = []
+    /// Waiters failed outside the reactor thread (a re-arm that failed), resumed by its next pass.
+    var failed: [(UnsafeContinuation<Void, any Error>, any Error)] = []
+    var pendingCount = 0
+    var isShutDown = false
+    var threadStarted = false
+    var isSleeping = false
+    var sleepingUntil: ContinuousClock.Instant?
+    var wakePending = false
+
+    init() {
+        entries.reserveCapacity(1024)
+        heap.reserveCapacity(256)
+    }
+
+    mutating func growEntries(toInclude index: Int) {
+        var newCount = Swift.max(entries.count * 2, 64)
+        while newCount <= index { newCount *= 2 }
+        entries.append(contentsOf: repeatElement(FDEntry(), count: newCount - entries.count))
+    }
+
+    /// Removes and returns the waiter of `fd` in one direction, taking its deadline off the heap.
+    mutating func removeWaiter(fd: Int32, writable: Bool) -> Waiter? {
+        let index = Int(fd)
+        guard let waiter = writable ? entries[index].writer : entries[index].reader else {
+            return nil
+        }
+        if writable {
+            entries[index].writer = nil
+        } else {
+            entries[index].reader = nil
+        }
+        if waiter.heapIndex >= 0 {
+            heapRemove(at: waiter.heapIndex)
+        }
+        return waiter
+    }
+
+    mutating func failRemaining(fd: Int32, error: any Error) {
+        if let waiter = removeWaiter(fd: fd, writable: false) {
+            pendingCount -= 1
+            failed.append((waiter.continuation, error))
+        }
+        if let waiter = removeWaiter(fd: fd, writable: true) {
+            pendingCount -= 1
+            failed.append((waiter.continuation, error))
+        }
+    }
+
+    mutating func takeFailed(into list: inout [(UnsafeContinuation<Void, any Error>, (any Error)?)]) {
+        for (continuation, error) in failed {
+            list.append((continuation, error))
+        }
+        failed.removeAll(keepingCapacity: true)
+    }
+
+    mutating func drainAll(into list: inout [(UnsafeContinuation<Void, any Error>, (any Error)?)], error: any Error) {
+        takeFailed(into: &list)
+        for index in entries.indices {
+            if let waiter = entries[index].reader {
+                list.append((waiter.continuation, error))
+                entries[index].reader = nil
+            }
+            if let waiter = entries[index].writer {
+                list.append((waiter.continuation, error))
+                entries[index].writer = nil
+            }
+        }
+        heap.removeAll()
+    }
+
+    // Indexed binary min-heap on deadline; each move updates the owning waiter's heapIndex.
+
+    mutating func heapInsert(_ entry: HeapEntry) {
+        heap.append(entry)
+        siftUp(heap.count - 1)
+    }
+
+    mutating func heapRemove(at position: Int) {
+        let last = heap.count - 1
+        if position != last {
+            heap.swapAt(position, last)
+            setHeapIndex(of: heap[position], to: position)
+        }
+        heap.removeLast()
+        if position < heap.count {
+            let moved = siftUp(position)
+            if moved == position {
+                siftDown(position)
+            }
+        }
+    }
+
+    private mutating func setHeapIndex(of entry: HeapEntry, to position: Int) {
+        let index = Int(entry.fd)
+        if entry.writable {
+            entries[index].writer?.heapIndex = position
+        } else {
+            entries[index].reader?.heapIndex = position
+        }
+    }
+
+    @discardableResult
+    private mutating func siftUp(_ start: Int) -> Int {
+        var child = start
+        while child > 0 {
+            let parent = (child - 1) / 2
+            if heap[child].deadline < heap[parent].deadline {
+                heap.swapAt(child, parent)
+                setHeapIndex(of: heap[child], to: child)
+                child = parent
+            } else {
+                break
+            }
+        }
+        setHeapIndex(of: heap[child], to: child)
+        return child
+    }
+
+    private mutating func siftDown(_ start: Int) {
+        var parent = start
+        let count = heap.count
+        while true {
+            let left = 2 * parent + 1
+            if left >= count { break }
+            var smallest = left
+            let right = left + 1
+            if right < count, heap[right].deadline < heap[left].deadline {
+                smallest = right
+            }
+            if heap[smallest].deadline < heap[parent].deadline {
+                heap.swapAt(smallest, parent)
+                setHeapIndex(of: heap[parent], to: parent)
+                parent = smallest
+            } else {
+                break
+            }
+        }
+        setHeapIndex(of: heap[parent], to: parent)
+    }
+}
