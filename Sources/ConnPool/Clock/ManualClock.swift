@@ -1,0 +1,83 @@
+import Synchronization
+
+/// A clock that moves only when you advance it. Pools built with ``PoolClock/manual(_:)`` use it for
+/// every deadline, so tests of timeouts and backoff are deterministic and never sleep.
+///
+/// Timers that fall due fire synchronously on the thread that calls ``advance(by:)``.
+public final class ManualClock: Sendable {
+    private let current: Atomic<Int64>
+    private let registrations = LockedValue<[Registration]>([])
+
+    /// Creates a clock reading `start`.
+    public init(start: Duration = .zero) {
+        current = Atomic(start.nanosecondsClamped)
+    }
+
+    /// The current reading, as a duration since the clock's origin.
+    public var now: Duration { .nanoseconds(current.load(ordering: .acquiring)) }
+
+    @usableFromInline
+    var nanoseconds: Int64 { current.load(ordering: .acquiring) }
+
+    /// Moves the clock forward by `duration` and fires every timer that fell due.
+    ///
+    /// - Precondition: `duration` is not negative.
+    public func advance(by duration: Duration) {
+        precondition(duration >= .zero, "ManualClock cannot go backwards")
+        let now = current.add(duration.nanosecondsClamped, ordering: .acquiringAndReleasing).newValue
+        fireDue(now: now)
+    }
+
+    /// Fires the timers that are due at the current reading without moving the clock.
+    public func fireDueTimers() {
+        fireDue(now: nanoseconds)
+    }
+
+    private func fireDue(now: Int64) {
+        let all = registrations.withLock { $0 }
+        for registration in all {
+            registration.fireIfDue(now: now)
+        }
+    }
+
+    func register(handler: @escaping @Sendable (Int64) -> Int64?) -> Registration {
+        let registration = Registration(handler: handler)
+        registrations.withLock { $0.append(registration) }
+        return registration
+    }
+
+    /// A pool's timer on a manual clock.
+    final class Registration: Sendable {
+        private struct State {
+            var deadline: Int64 = .max
+            var stopped = false
+        }
+
+        private let state = LockedValue(State())
+        private let handler: @Sendable (Int64) -> Int64?
+
+        init(handler: @escaping @Sendable (Int64) -> Int64?) {
+            self.handler = handler
+        }
+
+        func schedule(at deadline: Int64) {
+            state.withLock { $0.deadline = min($0.deadline, deadline) }
+        }
+
+        func stop() {
+            state.withLock { $0.stopped = true }
+        }
+
+        func fireIfDue(now: Int64) {
+            while true {
+                let due = state.withLock { state -> Bool in
+                    guard !state.stopped, state.deadline <= now else { return false }
+                    state.deadline = .max
+                    return true
+                }
+                guard due else { return }
+                if let next = handler(now) { schedule(at: next) }
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+/// Exclusive use of one pooled connection, returned to the pool when the lease goes out of scope.
+///
+/// A lease is `~Copyable`: it cannot be duplicated, so a connection is never held by two borrowers,
+/// and its `deinit` returns the connection exactly once (the Swift form of an RAII guard). Returning it
+/// costs no allocation. To give the connection back early, call ``release()``; if you know the
+/// connection is unusable (a protocol error left it in an unknown state), call ``releaseAsBroken()``
+/// and the pool closes it instead of lending it again.
+///
+/// ```swift
+/// let lease = try await pool.acquire()
+/// try await lease.connection.send(...)
+/// // returned here, when `lease` goes out of scope
+/// ```
+public struct ConnectionLease<Factory: ConnectionFactory>: ~Copyable, Sendable {
+    /// The leased connection. Use it only while you hold the lease.
+    public let connection: Factory.PooledConnectionType
+
+    @usableFromInline let pool: ConnectionPool<Factory>
+    @usableFromInline let token: LeaseToken
+    @usableFromInline var returnsBroken = false
+
+    @inlinable
+    init(pool: ConnectionPool<Factory>, token: LeaseToken, connection: Factory.PooledConnectionType) {
+        self.pool = pool
+        self.token = token
+        self.connection = connection
+    }
+
+    /// Returns the connection to the pool now.
+    @inlinable
+    public consuming func release() {}
+
+    /// Returns the connection as unusable: the pool closes it and, if callers wait, opens another.
+    @inlinable
+    public consuming func releaseAsBroken() {
+        returnsBroken = true
+    }
+
+    @inlinable
+    deinit {
+        pool.release(token, connection: connection, broken: returnsBroken)
+    }
+}

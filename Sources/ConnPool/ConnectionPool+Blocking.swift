@@ -1,0 +1,81 @@
+#if canImport(Glibc)
+public import Glibc
+#elseif canImport(Darwin)
+public import Darwin
+#endif
+
+extension ConnectionPool {
+    /// Borrows a connection, blocking the calling thread until one is available.
+    ///
+    /// For plain threads. It blocks only the caller; never call it from a Swift concurrency task (it
+    /// would block a cooperative thread): use ``acquire(timeout:)`` there.
+    ///
+    /// - Parameter timeout: how long to wait; `nil` uses ``PoolConfiguration/acquireTimeout``.
+    /// - Returns: a lease; the connection returns to the pool when the lease goes out of scope.
+    /// - Throws: ``ConnectionPoolError/acquireTimeout(after:lastConnectError:)``,
+    ///   ``ConnectionPoolError/shutDown`` or ``ConnectionPoolError/tooManyWaiters(limit:)``.
+    @inlinable
+    public func acquireBlocking(timeout: Duration? = nil) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
+        core.mutex.lock()
+        if let token = core.state.pointee.leaseIdle() {
+            let connection = connections[Int(token.index)].unsafelyUnwrapped
+            core.mutex.unlock()
+            return ConnectionLease(pool: self, token: token, connection: connection)
+        }
+        let id = core.state.pointee.reserveWaiterID()
+        core.mutex.unlock()
+        let token = try acquireBlockingWaiting(id: id, timeout: timeout ?? configuration.acquireTimeout)
+        return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
+    }
+
+    /// Runs `body` with a borrowed connection on the calling thread and returns the connection
+    /// afterwards, whether `body` returns or throws. Allocation-free for an idle connection.
+    ///
+    /// - Throws: what ``acquireBlocking(timeout:)`` throws, or what `body` throws.
+    @inlinable
+    public func withConnectionBlocking<Result>(
+        timeout: Duration? = nil,
+        _ body: (PooledConnection) throws -> Result
+    ) throws -> Result {
+        let lease = try acquireBlocking(timeout: timeout)
+        return try body(lease.connection)
+    }
+
+    /// The waiting part of ``acquireBlocking(timeout:)``. The thread waits on a condition variable in
+    /// its own stack frame; the pool's timer fails it at its deadline.
+    @usableFromInline
+    func acquireBlockingWaiting(id: UInt64, timeout: Duration) throws(ConnectionPoolError) -> LeaseToken {
+        let now = clock.now()
+        let deadline = now &+ timeout.nanosecondsClamped
+        let result: WaiterResult = withUnsafeTemporaryAllocation(of: BlockingWaitCell.self, capacity: 1) { buffer in
+            let cell = buffer.baseAddress!
+            cell.initialize(to: BlockingWaitCell())
+            pthread_cond_init(&cell.pointee.condition, nil)
+            defer {
+                pthread_cond_destroy(&cell.pointee.condition)
+                cell.deinitialize(count: 1)
+            }
+            core.mutex.lock()
+            let waiter = Waiter(id: id, deadline: deadline, handle: .blocking(cell), timeout: timeout)
+            switch core.state.pointee.enqueue(waiter, now: now) {
+            case .leased(let token):
+                core.mutex.unlock()
+                return .success(token.rawValue)
+            case .failed(let error):
+                core.mutex.unlock()
+                return .failure(error)
+            case .waiting(let createSlot, let scheduleTimer):
+                core.mutex.unlock()
+                afterEnqueue(createSlot: createSlot, scheduleTimer: scheduleTimer)
+                core.mutex.lock()
+                while cell.pointee.result == nil {
+                    core.mutex.wait(on: &cell.pointee.condition)
+                }
+                let result = cell.pointee.result!
+                core.mutex.unlock()
+                return result
+            }
+        }
+        return LeaseToken(rawValue: try result.get())
+    }
+}

@@ -1,0 +1,18 @@
+/// The life cycle of one slot of the pool's slot array.
+///
+/// ```
+/// empty ──reserve──▶ connecting ──created──▶ idle ⇄ leased
+///   ▲                    │ failed              │      │ broken / expired / shutdown
+///   └────────────────────┘                     ▼      ▼
+///   └──────────────────────────────────────── closing
+/// ```
+/// A slot counts towards the pool's size in every state but `empty`, so a connection that is still
+/// being opened or closed holds its place and the total never exceeds `maxSize`.
+@usableFromInline
+enum SlotState: UInt8 {
+    case empty
+    case connecting
+    case idle
+    case leased
+    case closing
+}
