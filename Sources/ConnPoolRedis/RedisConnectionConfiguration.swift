@@ -1,0 +1,418 @@
+/// Why a ``RedisConnectionConfiguration`` (or a Redis URL) was rejected.
+///
+/// The text never contains the password, nor the URL it was parsed from (which may hold one).
+public enum RedisConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The URL does not have the expected shape; `reason` says what is wrong.
+    case malformedURL(reason: String)
+    /// The scheme is neither `redis` nor `unix`. `rediss` (TLS) is not supported by hiredis 0.14.1.
+    case unknownScheme(String)
+    /// The host is empty.
+    case emptyHost
+    /// The port is not a decimal number.
+    case invalidPort(String)
+    /// The port is outside 1...65535.
+    case portOutOfRange(Int)
+    /// The database index is not a decimal number.
+    case invalidDatabase(String)
+    /// The database index is negative.
+    case databaseOutOfRange(Int)
+    /// The unix socket path is empty or not absolute.
+    case invalidSocketPath(reason: String)
+    /// The URL has a query parameter other than `db`.
+    case unsupportedQueryParameter(String)
+    /// A timeout is zero or negative.
+    case invalidTimeout(name: String, value: Duration)
+    /// The client name contains a space or a newline (CLIENT SETNAME refuses those) or is empty.
+    case invalidClientName
+    /// A password was given without a user name where one is required, or the reverse.
+    case invalidCredentials(reason: String)
+
+    public var description: String {
+        switch self {
+        case .malformedURL(let reason):
+            return "malformed Redis URL: \(reason) (expected redis://[user:password@]host[:port][/db] "
+                + "or unix:///path/to/socket[?db=N])"
+        case .unknownScheme(let scheme):
+            let hint = scheme == "rediss" ? " (TLS is not supported by hiredis 0.14.1)" : ""
+            return "unknown Redis URL scheme '\(scheme)'\(hint): use redis:// or unix://"
+        case .emptyHost:
+            return "Redis host is empty"
+        case .invalidPort(let text):
+            return "Redis port '\(text)' is not a number"
+        case .portOutOfRange(let port):
+            return "Redis port \(port) is out of range 1...65535"
+        case .invalidDatabase(let text):
+            return "Redis database index '\(text)' is not a non-negative number"
+        case .databaseOutOfRange(let index):
+            return "Redis database index \(index) is negative"
+        case .invalidSocketPath(let reason):
+            return "Redis unix socket path is invalid: \(reason)"
+        case .unsupportedQueryParameter(let name):
+            return "unsupported Redis URL query parameter '\(name)' (only 'db' is supported)"
+        case .invalidTimeout(let name, let value):
+            return "Redis \(name) must be positive, got \(value)"
+        case .invalidClientName:
+            return "Redis client name must be non-empty without spaces or newlines"
+        case .invalidCredentials(let reason):
+            return "invalid Redis credentials: \(reason)"
+        }
+    }
+}
+
+/// Where and how to connect to Redis: endpoint, timeouts, credentials, database and client name.
+///
+/// Build one with ``init(host:port:)`` or ``init(unixSocketPath:)`` and set the other properties, or
+/// parse a URL with ``init(url:)``. ``RedisConnection/connect(configuration:logger:)`` validates it again
+/// (``validate()``), so properties changed after init are checked too.
+///
+/// The password never appears in ``description``, ``debugDescription`` or reflection (`dump`, `Mirror`):
+/// those show `<redacted>`.
+///
+/// Database index: only negative values are rejected here. How many databases a server has is its own
+/// setting (`databases`, 16 by default), so a larger index is sent and the server's refusal is reported
+/// as ``RedisError/handshakeFailed(command:message:)`` ("ERR DB index is out of range").
+public struct RedisConnectionConfiguration: Sendable, Hashable {
+    /// Where the server listens.
+    public enum Endpoint: Sendable, Hashable, CustomStringConvertible {
+        /// A TCP host (name, IPv4 or IPv6 literal) and port.
+        case tcp(host: String, port: Int)
+        /// A unix domain socket path.
+        case unixSocket(path: String)
+
+        /// `host:port` (`[v6]:port`) or `unix:<path>`.
+        public var description: String {
+            switch self {
+            case .tcp(let host, let port):
+                return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            case .unixSocket(let path):
+                return "unix:\(path)"
+            }
+        }
+    }
+
+    /// Where the server listens.
+    public var endpoint: Endpoint
+    /// Bounds the whole connect: the TCP (or unix socket) connect plus the AUTH/SELECT/CLIENT SETNAME
+    /// handshake. Default 5 s.
+    public var connectTimeout: Duration = .seconds(5)
+    /// Bounds each command or pipeline (send plus all replies). `nil` waits indefinitely (hiredis'
+    /// default); set one in production so that a hung server breaks the connection instead of the
+    /// borrower. A command that times out leaves the connection broken. Default `nil`.
+    public var commandTimeout: Duration? = nil
+    /// The TCP keepalive idle time (probes every third of it, 3 probes), as hiredis does with 15 s.
+    /// `nil` disables keepalive. Ignored for unix sockets. Default 15 s.
+    public var tcpKeepAlive: Duration? = .seconds(15)
+    /// The ACL user name for `AUTH username password` (Redis 6+); `nil` authenticates as `default` with
+    /// `AUTH password` when a password is set.
+    public var username: String?
+    /// The password sent with AUTH, or `nil` for none. Never printed or reflected.
+    public var password: String? {
+        get { secret?.value }
+        set { secret = newValue.map(RedisSecret.init) }
+    }
+    /// The database index sent with SELECT when not 0. Default 0.
+    public var database: Int = 0
+    /// The name set with CLIENT SETNAME (visible in CLIENT LIST), or `nil` for none.
+    public var clientName: String?
+
+    private var secret: RedisSecret?
+
+    /// A TCP endpoint. Defaults: `127.0.0.1:6379`.
+    ///
+    /// - Throws: ``RedisConfigurationError/emptyHost`` or ``RedisConfigurationError/portOutOfRange(_:)``.
+    public init(host: String = "127.0.0.1", port: Int = 6379) throws(RedisConfigurationError) {
+        self.endpoint = .tcp(host: host, port: port)
+        try validate()
+    }
+
+    /// A unix socket endpoint.
+    ///
+    /// - Throws: ``RedisConfigurationError/invalidSocketPath(reason:)`` for an empty, relative or too long
+    ///   path.
+    public init(unixSocketPath: String) throws(RedisConfigurationError) {
+        self.endpoint = .unixSocket(path: unixSocketPath)
+        try validate()
+    }
+
+    /// Parses `redis://[[user]:password@]host[:port][/db][?db=N]` or
+    /// `unix://[[user]:password@]/path/to/socket[?db=N]`.
+    ///
+    /// User and password are percent-decoded (write `%40` for `@`, `%3A` for `:`, `%25` for `%`); the
+    /// port defaults to 6379 and the database to 0; an IPv6 host goes in brackets (`redis://[::1]:6379`).
+    ///
+    /// - Throws: ``RedisConfigurationError`` naming the problem: ``RedisConfigurationError/malformedURL(reason:)``,
+    ///   ``RedisConfigurationError/unknownScheme(_:)``, ``RedisConfigurationError/emptyHost``,
+    ///   ``RedisConfigurationError/invalidPort(_:)``, ``RedisConfigurationError/portOutOfRange(_:)``,
+    ///   ``RedisConfigurationError/invalidDatabase(_:)``, ``RedisConfigurationError/invalidSocketPath(reason:)``,
+    ///   ``RedisConfigurationError/unsupportedQueryParameter(_:)`` or
+    ///   ``RedisConfigurationError/invalidCredentials(reason:)``. The error never quotes the URL.
+    public init(url: String) throws(RedisConfigurationError) {
+        self = try RedisURLParser.parse(url)
+    }
+
+    /// Memberwise init used by the URL parser (validated by it).
+    init(endpoint: Endpoint, username: String?, password: String?, database: Int) {
+        self.endpoint = endpoint
+        self.username = username
+        self.secret = password.map(RedisSecret.init)
+        self.database = database
+    }
+
+    /// Checks every property.
+    ///
+    /// - Throws: the first problem found, as a ``RedisConfigurationError``.
+    public func validate() throws(RedisConfigurationError) {
+        switch endpoint {
+        case .tcp(let host, let port):
+            if host.isEmpty { throw .emptyHost }
+            if !(1...65535).contains(port) { throw .portOutOfRange(port) }
+        case .unixSocket(let path):
+            if path.isEmpty { throw .invalidSocketPath(reason: "the path is empty") }
+            if !path.hasPrefix("/") { throw .invalidSocketPath(reason: "the path is not absolute") }
+            if path.utf8.count > 107 {
+                throw .invalidSocketPath(reason: "the path is \(path.utf8.count) bytes long, the limit is 107")
+            }
+        }
+        if database < 0 { throw .databaseOutOfRange(database) }
+        if connectTimeout <= .zero { throw .invalidTimeout(name: "connectTimeout", value: connectTimeout) }
+        if let commandTimeout, commandTimeout <= .zero {
+            throw .invalidTimeout(name: "commandTimeout", value: commandTimeout)
+        }
+        if let tcpKeepAlive, tcpKeepAlive < .seconds(1) {
+            throw .invalidTimeout(name: "tcpKeepAlive (at least 1 s)", value: tcpKeepAlive)
+        }
+        if let clientName, clientName.isEmpty || clientName.contains(where: { $0 == " " || $0.isNewline }) {
+            throw .invalidClientName
+        }
+        if username != nil && secret == nil {
+            throw .invalidCredentials(reason: "a user name needs a password")
+        }
+    }
+}
+
+extension RedisConnectionConfiguration: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    /// A summary with the password shown as `<redacted>`.
+    public var description: String {
+        var parts = ["endpoint: \(endpoint)"]
+        if let username { parts.append("username: \(username)") }
+        if secret != nil { parts.append("password: <redacted>") }
+        parts.append("database: \(database)")
+        if let clientName { parts.append("clientName: \(clientName)") }
+        parts.append("connectTimeout: \(connectTimeout)")
+        parts.append("commandTimeout: \(commandTimeout.map { "\($0)" } ?? "none")")
+        parts.append("tcpKeepAlive: \(tcpKeepAlive.map { "\($0)" } ?? "off")")
+        return "RedisConnectionConfiguration(\(parts.joined(separator: ", ")))"
+    }
+
+    /// The same as ``description``: the password is redacted.
+    public var debugDescription: String { description }
+
+    /// Reflection (`dump`, `Mirror`) with the password replaced by `<redacted>`.
+    public var customMirror: Mirror {
+        Mirror(
+            self,
+            children: [
+                "endpoint": endpoint,
+                "username": username as Any,
+                "password": (secret == nil ? nil : "<redacted>") as String? as Any,
+                "database": database,
+                "clientName": clientName as Any,
+                "connectTimeout": connectTimeout,
+                "commandTimeout": commandTimeout as Any,
+                "tcpKeepAlive": tcpKeepAlive as Any,
+            ],
+            displayStyle: .struct)
+    }
+}
+
+/// Holds a password; prints and reflects as `<redacted>` wherever it ends up.
+struct RedisSecret: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    let value: String
+    var description: String { "<redacted>" }
+    var debugDescription: String { "<redacted>" }
+    var customMirror: Mirror { Mirror(self, children: [:]) }
+}
+
+/// Parses Redis URLs without Foundation, reporting precise errors that never quote the input.
+enum RedisURLParser {
+    static func parse(_ url: String) throws(RedisConfigurationError) -> RedisConnectionConfiguration {
+        guard let schemeEnd = url.firstRange(of: "://") else {
+            throw .malformedURL(reason: "missing '://' after the scheme")
+        }
+        let scheme = url[..<schemeEnd.lowerBound].lowercased()
+        guard !scheme.isEmpty else { throw .malformedURL(reason: "missing scheme") }
+        var rest = Substring(url[schemeEnd.upperBound...])
+        if rest.contains("#") { throw .malformedURL(reason: "fragments ('#') are not allowed") }
+
+        // Query: only db=N.
+        var queryDatabase: Int?
+        if let questionMark = rest.lastIndex(of: "?"), !rest[questionMark...].contains("@") {
+            let query = rest[rest.index(after: questionMark)...]
+            rest = rest[..<questionMark]
+            for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
+                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let name = String(parts[0])
+                guard name == "db" else { throw .unsupportedQueryParameter(safeEcho(name)) }
+                queryDatabase = try parseDatabase(parts.count > 1 ? String(parts[1]) : "")
+            }
+        }
+
+        switch scheme {
+        case "redis":
+            // The user info ends at the last '@' (a password may hold raw '/', ':' or '?').
+            var username: String?
+            var password: String?
+            if let at = rest.lastIndex(of: "@") {
+                (username, password) = try parseUserInfo(rest[..<at])
+                rest = rest[rest.index(after: at)...]
+            }
+            let authority: Substring
+            var path: Substring = ""
+            if let slash = rest.firstIndex(of: "/") {
+                authority = rest[..<slash]
+                path = rest[rest.index(after: slash)...]
+            } else {
+                authority = rest
+            }
+            let (host, port) = try parseHostPort(authority)
+            var database = 0
+            if !path.isEmpty { database = try parseDatabase(String(path)) }
+            if let queryDatabase { database = queryDatabase }
+            let configuration = RedisConnectionConfiguration(
+                endpoint: .tcp(host: host, port: port), username: username, password: password,
+                database: database)
+            try configuration.validate()
+            return configuration
+        case "unix":
+            var username: String?
+            var password: String?
+            if !rest.hasPrefix("/") {
+                guard let at = rest.lastIndex(of: "@"), rest[rest.index(after: at)...].hasPrefix("/") else {
+                    throw .invalidSocketPath(reason: "expected unix:///absolute/path")
+                }
+                (username, password) = try parseUserInfo(rest[..<at])
+                rest = rest[rest.index(after: at)...]
+            }
+            guard let path = percentDecode(rest) else {
+                throw .malformedURL(reason: "invalid percent-encoding in the socket path")
+            }
+            if path == "/" || path.isEmpty { throw .invalidSocketPath(reason: "the path is empty") }
+            let configuration = RedisConnectionConfiguration(
+                endpoint: .unixSocket(path: path), username: username, password: password,
+                database: queryDatabase ?? 0)
+            try configuration.validate()
+            return configuration
+        default:
+            throw .unknownScheme(safeEcho(scheme))
+        }
+    }
+
+    private static func parseUserInfo(
+        _ userInfo: Substring
+    ) throws(RedisConfigurationError) -> (String?, String?) {
+        guard let colon = userInfo.firstIndex(of: ":") else {
+            if userInfo.isEmpty { return (nil, nil) }
+            throw .invalidCredentials(
+                reason: "a user name needs a password: use redis://user:password@host or redis://:password@host")
+        }
+        guard let user = percentDecode(userInfo[..<colon]) else {
+            throw .malformedURL(reason: "invalid percent-encoding in the user name")
+        }
+        guard let password = percentDecode(userInfo[userInfo.index(after: colon)...]) else {
+            throw .malformedURL(reason: "invalid percent-encoding in the password")
+        }
+        if user.isEmpty && password.isEmpty { return (nil, nil) }
+        return (user.isEmpty ? nil : user, password)
+    }
+
+    private static func parseHostPort(_ authority: Substring) throws(RedisConfigurationError) -> (String, Int) {
+        var host: Substring
+        var portText: Substring?
+        if authority.hasPrefix("[") {
+            guard let close = authority.firstIndex(of: "]") else {
+                throw .malformedURL(reason: "missing ']' after an IPv6 address")
+            }
+            host = authority[authority.index(after: authority.startIndex)..<close]
+            let after = authority[authority.index(after: close)...]
+            if !after.isEmpty {
+                guard after.hasPrefix(":") else {
+                    throw .malformedURL(reason: "unexpected text after the IPv6 address")
+                }
+                portText = after.dropFirst()
+            }
+        } else {
+            let colons = authority.filter { $0 == ":" }.count
+            if colons > 1 {
+                throw .malformedURL(reason: "an IPv6 address must be written in brackets, as [::1]")
+            }
+            if let colon = authority.firstIndex(of: ":") {
+                host = authority[..<colon]
+                portText = authority[authority.index(after: colon)...]
+            } else {
+                host = authority
+            }
+        }
+        if host.isEmpty { throw .emptyHost }
+        guard let decodedHost = percentDecode(host) else {
+            throw .malformedURL(reason: "invalid percent-encoding in the host")
+        }
+        var port = 6379
+        if let portText {
+            guard !portText.isEmpty, portText.allSatisfy(\.isASCIIDigit) else {
+                throw .invalidPort(safeEcho(String(portText)))
+            }
+            guard let value = Int(portText), value <= 65535 else {
+                throw .portOutOfRange(Int(portText.prefix(9)) ?? Int.max)
+            }
+            port = value
+        }
+        return (decodedHost, port)
+    }
+
+    private static func parseDatabase(_ text: String) throws(RedisConfigurationError) -> Int {
+        guard !text.isEmpty, text.allSatisfy(\.isASCIIDigit), let value = Int(text) else {
+            throw .invalidDatabase(safeEcho(text))
+        }
+        return value
+    }
+
+    /// Percent-decodes; `nil` for a bad escape. Invalid UTF-8 is repaired (U+FFFD).
+    static func percentDecode(_ text: Substring) -> String? {
+        guard text.contains("%") else { return String(text) }
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(text.utf8.count)
+        var iterator = text.utf8.makeIterator()
+        while let byte = iterator.next() {
+            if byte == UInt8(ascii: "%") {
+                guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue)
+                else { return nil }
+                bytes.append(high << 4 | low)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+
+    /// Echo a fragment of the URL in an error only when it cannot be a secret's spill-over: short and
+    /// made of plain characters.
+    private static func safeEcho(_ text: String) -> String {
+        if text.count <= 24, text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "+-._".contains($0)) }) {
+            return text
+        }
+        return "<\(text.count) characters>"
+    }
+}
+
+extension Character {
+    fileprivate var isASCIIDigit: Bool { isASCII && isNumber }
+}
