@@ -236,6 +236,20 @@ struct RedisSecret: Sendable, Hashable, CustomStringConvertible, CustomDebugStri
 /// Parses Redis URLs without Foundation, reporting precise errors that never quote the input.
 enum RedisURLParser {
     static func parse(_ url: String) throws(RedisConfigurationError) -> RedisConnectionConfiguration {
+        var knownPassword: String?
+        do {
+            return try parse(url, password: &knownPassword)
+        } catch {
+            // Belt and braces: fragments are echoed only when they look harmless, and never when they hold
+            // the password parsed so far.
+            if let knownPassword, !knownPassword.isEmpty { throw error.redacting(knownPassword) }
+            throw error
+        }
+    }
+
+    private static func parse(
+        _ url: String, password knownPassword: inout String?
+    ) throws(RedisConfigurationError) -> RedisConnectionConfiguration {
         guard let schemeEnd = url.firstRange(of: "://") else {
             throw .malformedURL(reason: "missing '://' after the scheme")
         }
@@ -245,15 +259,16 @@ enum RedisURLParser {
         if rest.contains("#") { throw .malformedURL(reason: "fragments ('#') are not allowed") }
 
         // Query: only db=N.
-        var queryDatabase: Int?
+        // The query is split off first but checked after the user info, so that its errors can be
+        // scrubbed of the password.
+        var queryParameters: [(name: String, value: String)] = []
         if let questionMark = rest.lastIndex(of: "?"), !rest[questionMark...].contains("@") {
             let query = rest[rest.index(after: questionMark)...]
             rest = rest[..<questionMark]
             for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
                 let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 let name = String(parts[0])
-                guard name == "db" else { throw .unsupportedQueryParameter(safeEcho(name)) }
-                queryDatabase = try parseDatabase(parts.count > 1 ? String(parts[1]) : "")
+                queryParameters.append((name, parts.count > 1 ? String(parts[1]) : ""))
             }
         }
 
@@ -264,8 +279,10 @@ enum RedisURLParser {
             var password: String?
             if let at = rest.lastIndex(of: "@") {
                 (username, password) = try parseUserInfo(rest[..<at])
+                knownPassword = password
                 rest = rest[rest.index(after: at)...]
             }
+            let queryDatabase = try parseQuery(queryParameters)
             let authority: Substring
             var path: Substring = ""
             if let slash = rest.firstIndex(of: "/") {
@@ -291,8 +308,10 @@ enum RedisURLParser {
                     throw .invalidSocketPath(reason: "expected unix:///absolute/path")
                 }
                 (username, password) = try parseUserInfo(rest[..<at])
+                knownPassword = password
                 rest = rest[rest.index(after: at)...]
             }
+            let queryDatabase = try parseQuery(queryParameters)
             guard let path = percentDecode(rest) else {
                 throw .malformedURL(reason: "invalid percent-encoding in the socket path")
             }
@@ -303,8 +322,19 @@ enum RedisURLParser {
             try configuration.validate()
             return configuration
         default:
-            throw .unknownScheme(safeEcho(scheme))
+            throw .unknownScheme(knownSchemes.contains(scheme) ? scheme : "<not shown: \(scheme.count) characters>")
         }
+    }
+
+    private static func parseQuery(
+        _ parameters: [(name: String, value: String)]
+    ) throws(RedisConfigurationError) -> Int? {
+        var database: Int?
+        for (name, value) in parameters {
+            guard name == "db" else { throw .unsupportedQueryParameter(safeEcho(name)) }
+            database = try parseDatabase(value)
+        }
+        return database
     }
 
     private static func parseUserInfo(
@@ -359,7 +389,7 @@ enum RedisURLParser {
         var port = 6379
         if let portText {
             guard !portText.isEmpty, portText.allSatisfy(\.isASCIIDigit) else {
-                throw .invalidPort(safeEcho(String(portText)))
+                throw .invalidPort(numericEcho(String(portText)))
             }
             guard let value = Int(portText), value <= 65535 else {
                 throw .portOutOfRange(Int(portText.prefix(9)) ?? Int.max)
@@ -371,7 +401,7 @@ enum RedisURLParser {
 
     private static func parseDatabase(_ text: String) throws(RedisConfigurationError) -> Int {
         guard !text.isEmpty, text.allSatisfy(\.isASCIIDigit), let value = Int(text) else {
-            throw .invalidDatabase(safeEcho(text))
+            throw .invalidDatabase(numericEcho(text))
         }
         return value
     }
@@ -403,16 +433,48 @@ enum RedisURLParser {
         }
     }
 
-    /// Echo a fragment of the URL in an error only when it cannot be a secret's spill-over: short and
-    /// made of plain characters.
-    private static func safeEcho(_ text: String) -> String {
-        if text.count <= 24, text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "+-._".contains($0)) }) {
+    /// Schemes quoted in ``RedisConfigurationError/unknownScheme(_:)``; any other is described by length
+    /// only (the text before `://` could be a misplaced secret).
+    private static let knownSchemes: Set<String> = [
+        "rediss", "http", "https", "tcp", "tls", "valkey", "valkeys", "redis+sentinel", "redis-sentinel",
+        "sentinel", "redis+socket", "redis-socket", "unix+tls", "memcached",
+    ]
+
+    /// Echoes a port or database fragment only when it is made of digits (and signs); anything else may be
+    /// a misplaced password (`redis://user:secret` parses `secret` as a port).
+    private static func numericEcho(_ text: String) -> String {
+        if text.count <= 24, text.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == "-" || $0 == "+") }) {
             return text
         }
-        return "<\(text.count) characters>"
+        return "<not shown: \(text.count) characters>"
+    }
+
+    /// Echoes a query parameter name when it is short and plain.
+    private static func safeEcho(_ text: String) -> String {
+        if text.count <= 24, text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-._".contains($0)) }) {
+            return text
+        }
+        return "<not shown: \(text.count) characters>"
     }
 }
 
 extension Character {
     fileprivate var isASCIIDigit: Bool { isASCII && isNumber }
+}
+
+extension RedisConfigurationError {
+    /// The same error with every occurrence of `secret` in its text replaced by `<redacted>`.
+    func redacting(_ secret: String) -> RedisConfigurationError {
+        func scrub(_ text: String) -> String { text.replacing(secret, with: "<redacted>") }
+        switch self {
+        case .malformedURL(let reason): return .malformedURL(reason: scrub(reason))
+        case .unknownScheme(let scheme): return .unknownScheme(scrub(scheme))
+        case .invalidPort(let text): return .invalidPort(scrub(text))
+        case .invalidDatabase(let text): return .invalidDatabase(scrub(text))
+        case .invalidSocketPath(let reason): return .invalidSocketPath(reason: scrub(reason))
+        case .unsupportedQueryParameter(let name): return .unsupportedQueryParameter(scrub(name))
+        case .invalidCredentials(let reason): return .invalidCredentials(reason: scrub(reason))
+        case .emptyHost, .portOutOfRange, .databaseOutOfRange, .invalidTimeout, .invalidClientName: return self
+        }
+    }
 }
