@@ -1,0 +1,317 @@
+public import ConnPool
+import Synchronization
+
+/// Drives a ``ConnectionPool`` over any ``ConnectionFactory`` with a per-request operation, and runs the
+/// baselines it is compared with through the same code, so that the figures are comparable.
+///
+/// ```swift
+/// let harness = BenchHarness(factory: factory, connectBlocking: { try factory.makeConnectionBlocking() })
+/// let spec = BenchRunSpec(backend: "redis", workload: "ping", mode: .async, concurrency: 8,
+///                         stop: .requests(100_000), warmupRequests: 1_000)
+/// let result = try await harness.run(spec, operation: ping)
+/// print(BenchReport.table([result]))
+/// ```
+///
+/// A run has a warm-up phase (not recorded) and a measured phase. Workers are `concurrency` child
+/// tasks (``BenchMode/async``) or plain threads (``BenchMode/sync``); each claims request indices from
+/// a shared atomic counter until the stop condition is met, times every request with the monotonic
+/// clock into its own HdrHistogram (no lock, no allocation per request), and the histograms are merged
+/// when the phase ends. Failed requests are counted by category and the run carries on.
+public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
+    /// The connection type the operations receive.
+    public typealias PooledConnection = Factory.PooledConnectionType
+
+    /// Opens the connections of every run (through the pool, or directly for the baselines).
+    public let factory: Factory
+    /// Opens a connection on a plain thread, for the sync forms of the per-request and shared baselines.
+    /// When `nil`, ``ConnectionFactory/makeConnection()`` runs on a detached task and the thread waits.
+    public var connectBlocking: (@Sendable () throws -> PooledConnection)?
+    /// Draw a live progress line while a run goes on. Default: only when standard output is a terminal.
+    public var showProgress: Bool
+    /// Names the category a failed request is counted under. Default ``BenchErrorCategory/default(_:)``.
+    public var errorCategory: @Sendable (any Error) -> String
+
+    /// A harness for `factory`; see the properties for the other parameters.
+    public init(
+        factory: Factory,
+        connectBlocking: (@Sendable () throws -> PooledConnection)? = nil,
+        showProgress: Bool = BenchProgress.standardOutputIsTerminal,
+        errorCategory: @escaping @Sendable (any Error) -> String = BenchErrorCategory.default
+    ) {
+        self.factory = factory
+        self.connectBlocking = connectBlocking
+        self.showProgress = showProgress
+        self.errorCategory = errorCategory
+    }
+
+    /// Runs one measurement: warm-up, then the measured phase, then tears down what it opened (the pool
+    /// is shut down, the shared connection closed).
+    ///
+    /// - Parameters:
+    ///   - spec: what to run (labels, mode, baseline, concurrency, pool size, stop condition, warm-up).
+    ///   - operation: the work of one request.
+    /// - Returns: the figures of the measured phase. Failed requests are counted in it, not thrown.
+    /// - Throws: ``BenchError`` when the spec is invalid, the pool cannot be created, or the shared
+    ///   connection cannot be opened at all.
+    public func run(_ spec: BenchRunSpec, operation: BenchOperation<PooledConnection>) async throws -> BenchResult {
+        try spec.validate()
+        let driver = try await makeDriver(spec)
+        let label = "\(spec.backend) \(spec.workload) \(spec.mode) \(spec.baseline) c=\(spec.concurrency)"
+
+        if spec.warmupRequests > 0 {
+            let warmup = spec.baseline == .perRequest ? min(spec.warmupRequests, 100) : spec.warmupRequests
+            _ = await runPhase(
+                spec, driver: driver, operation: operation, stop: .requests(warmup), label: label + " warm-up")
+        }
+        let rssBefore = ResidentMemory.currentBytes()
+        let (recorder, elapsed) = await runPhase(
+            spec, driver: driver, operation: operation, stop: spec.effectiveStop, label: label)
+        let rssAfter = ResidentMemory.currentBytes()
+        await driver.tearDown()
+
+        let seconds = Double(elapsed) / 1e9
+        return BenchResult(
+            backend: spec.backend, workload: spec.workload, mode: spec.mode.rawValue, baseline: spec.baseline,
+            concurrency: spec.concurrency, poolSize: spec.poolSize, requests: recorder.requests,
+            commandsPerRequest: spec.commandsPerRequest, durationSeconds: seconds,
+            opsPerSecond: seconds > 0 ? Double(recorder.successes * spec.commandsPerRequest) / seconds : 0,
+            latency: recorder.summary, errors: recorder.errorCount, errorsByType: recorder.errors,
+            rssBeforeBytes: rssBefore, rssAfterBytes: rssAfter)
+    }
+
+    // MARK: - Drivers
+
+    private func makeDriver(_ spec: BenchRunSpec) async throws -> Driver<Factory> {
+        switch spec.baseline {
+        case .pooled:
+            var configuration = spec.poolConfiguration
+            configuration.maxSize = spec.poolSize
+            configuration.minSize = min(configuration.minSize, spec.poolSize)
+            do {
+                return .pooled(try ConnectionPool(factory: factory, configuration: configuration))
+            } catch {
+                throw BenchError.poolConfiguration(error.description)
+            }
+        case .perRequest:
+            return .perRequest(factory, connectBlocking: blockingConnector())
+        case .shared:
+            let shared = SharedConnection<Factory>(factory: factory, connectBlocking: blockingConnector())
+            do {
+                if spec.mode == .async {
+                    _ = try await shared.connection()
+                } else {
+                    let connector = shared
+                    _ = try await PlainThreads.run(count: 1) { _ in Result { try connector.connectionBlocking() } }[0].get()
+                }
+            } catch {
+                throw BenchError.sharedConnectionFailed("\(error)")
+            }
+            return .shared(shared)
+        case .redisBenchmark:
+            throw BenchError.invalidSpec("the redis-benchmark baseline is an external tool")
+        }
+    }
+
+    private func blockingConnector() -> @Sendable () throws -> PooledConnection {
+        if let connectBlocking { return connectBlocking }
+        let factory = self.factory
+        return { try BlockingWait.run { try await factory.makeConnection() } }
+    }
+
+    // MARK: - Phases
+
+    private func runPhase(
+        _ spec: BenchRunSpec, driver: Driver<Factory>, operation: BenchOperation<PooledConnection>,
+        stop: BenchStopCondition, label: String
+    ) async -> (LatencyRecorder, UInt64) {
+        let counters = PhaseCounters()
+        let start = benchMonotonicNanoseconds()
+        let phase = Phase(stop: stop, start: start, counters: counters)
+        let progress = ProgressLine(
+            enabled: showProgress, label: label, counters: counters, stop: stop,
+            commandsPerRequest: spec.commandsPerRequest)
+        progress.start()
+        let recorders: [LatencyRecorder]
+        let category = errorCategory
+        switch spec.mode {
+        case .async:
+            recorders = await withTaskGroup(of: LatencyRecorder.self) { group in
+                for _ in 0..<spec.concurrency {
+                    group.addTask {
+                        await Self.asyncWorker(phase: phase, driver: driver, operation: operation, category: category)
+                    }
+                }
+                var all: [LatencyRecorder] = []
+                for await recorder in group { all.append(recorder) }
+                return all
+            }
+        case .sync:
+            recorders = await PlainThreads.run(count: spec.concurrency) { _ in
+                Self.blockingWorker(phase: phase, driver: driver, operation: operation, category: category)
+            }
+        }
+        let elapsed = benchMonotonicNanoseconds() &- start
+        progress.finish()
+        var merged = recorders[0]
+        for recorder in recorders.dropFirst() { merged.merge(recorder) }
+        return (merged, elapsed)
+    }
+
+    private static func asyncWorker(
+        phase: Phase, driver: Driver<Factory>, operation: BenchOperation<PooledConnection>,
+        category: @Sendable (any Error) -> String
+    ) async -> LatencyRecorder {
+        var recorder = LatencyRecorder()
+        let run = operation.run
+        while true {
+            let begin = benchMonotonicNanoseconds()
+            guard let index = phase.claim(now: begin) else { break }
+            do {
+                switch driver {
+                case .pooled(let pool):
+                    try await pool.withConnection { connection in try await run(connection, index) }
+                case .perRequest(let factory, _):
+                    let connection = try await factory.makeConnection()
+                    do {
+                        try await run(connection, index)
+                    } catch {
+                        await connection.close()
+                        throw error
+                    }
+                    await connection.close()
+                case .shared(let shared):
+                    await shared.asyncLock.lock()
+                    do {
+                        try await run(try await shared.connection(), index)
+                    } catch {
+                        shared.asyncLock.unlock()
+                        throw error
+                    }
+                    shared.asyncLock.unlock()
+                }
+                recorder.record(nanoseconds: benchMonotonicNanoseconds() &- begin)
+            } catch {
+                phase.counters.errors.add(1, ordering: .relaxed)
+                recorder.recordError(category: category(error))
+            }
+        }
+        return recorder
+    }
+
+    private static func blockingWorker(
+        phase: Phase, driver: Driver<Factory>, operation: BenchOperation<PooledConnection>,
+        category: @Sendable (any Error) -> String
+    ) -> LatencyRecorder {
+        var recorder = LatencyRecorder()
+        let run = operation.runBlocking
+        while true {
+            let begin = benchMonotonicNanoseconds()
+            guard let index = phase.claim(now: begin) else { break }
+            do {
+                switch driver {
+                case .pooled(let pool):
+                    try pool.withConnectionBlocking { connection in try run(connection, index) }
+                case .perRequest(_, let connect):
+                    let connection = try connect()
+                    defer { connection.closeBlocking() }
+                    try run(connection, index)
+                case .shared(let shared):
+                    try shared.threadLock.withLock {
+                        try run(try shared.connectionBlocking(), index)
+                    }
+                }
+                recorder.record(nanoseconds: benchMonotonicNanoseconds() &- begin)
+            } catch {
+                phase.counters.errors.add(1, ordering: .relaxed)
+                recorder.recordError(category: category(error))
+            }
+        }
+        return recorder
+    }
+}
+
+/// How the requests of a run reach a connection.
+private enum Driver<Factory: ConnectionFactory>: Sendable {
+    case pooled(ConnectionPool<Factory>)
+    case perRequest(Factory, connectBlocking: @Sendable () throws -> Factory.PooledConnectionType)
+    case shared(SharedConnection<Factory>)
+
+    func tearDown() async {
+        switch self {
+        case .pooled(let pool): await pool.shutdown()
+        case .perRequest: break
+        case .shared(let shared): await shared.close()
+        }
+    }
+}
+
+/// The state of one phase: the stop condition and the request counter the workers claim from.
+private final class Phase: Sendable {
+    let counters: PhaseCounters
+    private let limit: Int
+    private let deadline: UInt64
+
+    init(stop: BenchStopCondition, start: UInt64, counters: PhaseCounters) {
+        self.counters = counters
+        switch stop {
+        case .requests(let count):
+            limit = count
+            deadline = .max
+        case .duration(let duration):
+            limit = .max
+            let (seconds, attoseconds) = duration.components
+            deadline = start &+ UInt64(seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
+        }
+    }
+
+    /// The next request index, or `nil` once the phase is over.
+    @inline(__always)
+    func claim(now: UInt64) -> Int? {
+        if now >= deadline { return nil }
+        let index = counters.claimed.wrappingAdd(1, ordering: .relaxed).oldValue
+        return index < limit ? index : nil
+    }
+}
+
+/// The one connection of a ``BenchBaseline/shared`` run, reopened if it breaks.
+///
+/// `@unchecked Sendable` is safe because `current` is read and written only by a worker holding
+/// `asyncLock` (async mode) or `threadLock` (sync mode) — a run uses one mode only — or by `close()`
+/// and the opening in `makeDriver`, which run when no worker is running.
+private final class SharedConnection<Factory: ConnectionFactory>: @unchecked Sendable {
+    let asyncLock = AsyncSerialLock()
+    let threadLock = BenchMutex()
+    private let factory: Factory
+    private let connectBlocking: @Sendable () throws -> Factory.PooledConnectionType
+    private var current: Factory.PooledConnectionType?
+
+    init(factory: Factory, connectBlocking: @escaping @Sendable () throws -> Factory.PooledConnectionType) {
+        self.factory = factory
+        self.connectBlocking = connectBlocking
+    }
+
+    /// The connection, reopened when missing or broken. Call with `asyncLock` held.
+    func connection() async throws -> Factory.PooledConnectionType {
+        if let current, !current.isBroken { return current }
+        if let current { await current.close() }
+        current = nil
+        let connection = try await factory.makeConnection()
+        current = connection
+        return connection
+    }
+
+    /// The connection, reopened when missing or broken. Call with `threadLock` held.
+    func connectionBlocking() throws -> Factory.PooledConnectionType {
+        if let current, !current.isBroken { return current }
+        current?.closeBlocking()
+        current = nil
+        let connection = try connectBlocking()
+        current = connection
+        return connection
+    }
+
+    func close() async {
+        if let current { await current.close() }
+        current = nil
+    }
+}
