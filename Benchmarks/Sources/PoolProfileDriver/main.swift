@@ -1,0 +1,2 @@
+import ConnPool
+print("driver")
