@@ -1,1 +1,0 @@
-print("redis-bench: not built yet")
