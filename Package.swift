@@ -83,6 +83,7 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(name: "ConnPoolIOTests", dependencies: ["ConnPoolIO"], swiftSettings: strictSettings),
+        .testTarget(name: "ConnPoolBenchHarnessTests", dependencies: ["ConnPool", "ConnPoolBenchHarness"], swiftSettings: strictSettings),
         .testTarget(
             name: "ConnPoolTCPTests",
             dependencies: ["ConnPool", "ConnPoolTCP", "RedisServerLauncher"],
