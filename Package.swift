@@ -19,6 +19,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
@@ -26,7 +27,10 @@ let package = Package(
         // The generic pool core: state machine, slot storage, waiter queue, clock, lock.
         .target(
             name: "ConnPool",
-            dependencies: [.product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strictSettings
         ),
         // A small epoll readiness reactor shared by the backends' async paths.
@@ -76,7 +80,15 @@ let package = Package(
             path: "Examples/TCPLineClient",
             swiftSettings: strictSettings
         ),
-        .testTarget(name: "ConnPoolTests", dependencies: ["ConnPool"], swiftSettings: strictSettings),
+        .testTarget(
+            name: "ConnPoolTests",
+            dependencies: [
+                "ConnPool",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "ConnPoolRedisTests",
             dependencies: ["ConnPool", "ConnPoolRedis", "RedisServerLauncher"],

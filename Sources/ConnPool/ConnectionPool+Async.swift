@@ -13,6 +13,9 @@ extension ConnectionPool {
     ///   task is cancelled while waiting (the waiter is removed at once, nothing leaks).
     @inlinable
     public nonisolated(nonsending) func acquire(timeout: Duration? = nil) async throws -> ConnectionLease<Factory> {
+        if configuration.validateOnAcquire {
+            return try await acquireValidating(timeout: timeout ?? configuration.acquireTimeout)
+        }
         core.mutex.lock()
         if let token = core.state.pointee.leaseIdle() {
             let connection = connections[Int(token.index)].unsafelyUnwrapped
@@ -21,8 +24,42 @@ extension ConnectionPool {
         }
         let id = core.state.pointee.reserveWaiterID()
         core.mutex.unlock()
-        let token = try await acquireWaiting(id: id, timeout: timeout ?? configuration.acquireTimeout)
+        let token = try await acquireWaiting(id: id, deadline: nil, timeout: timeout ?? configuration.acquireTimeout)
         return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
+    }
+
+    /// ``acquire(timeout:)`` with ``PoolConfiguration/validateOnAcquire``: an idle connection unused
+    /// for longer than the bypass window is checked first; one that fails is closed and the acquire
+    /// moves on to the next idle one, or waits for a new one, within the same deadline.
+    @usableFromInline
+    nonisolated(nonsending) func acquireValidating(timeout: Duration) async throws -> ConnectionLease<Factory> {
+        let deadline = clock.now() &+ timeout.nanosecondsClamped
+        let bypassWindow = configuration.validationBypassWindow.nanosecondsClamped
+        while true {
+            try Task.checkCancellation()
+            let now = clock.coarseNow()
+            core.mutex.lock()
+            if let token = core.state.pointee.leaseIdle() {
+                let needsCheck = core.state.pointee.needsValidation(token, now: now, bypassWindow: bypassWindow)
+                let connection = connections[Int(token.index)].unsafelyUnwrapped
+                core.mutex.unlock()
+                if !needsCheck {
+                    return ConnectionLease(pool: self, token: token, connection: connection)
+                }
+                if await connection.isValid(timeout: configuration.healthCheckTimeout) {
+                    recordCheck(token)
+                    return ConnectionLease(pool: self, token: token, connection: connection)
+                }
+                releaseFailedCheck(token)
+                if clock.now() >= deadline { throw timeoutError(after: timeout) }
+                continue
+            }
+            let id = core.state.pointee.reserveWaiterID()
+            core.mutex.unlock()
+            // A connection handed over or newly opened was just known to work: no check needed.
+            let token = try await acquireWaiting(id: id, deadline: deadline, timeout: timeout)
+            return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
+        }
     }
 
     /// Runs `body` with a borrowed connection and returns it to the pool afterwards, whether `body`
@@ -45,8 +82,8 @@ extension ConnectionPool {
     /// times out or is cancelled. Allocates nothing in steady state (the continuation lives in the
     /// task's own allocator; the waiter queue reuses its storage).
     @usableFromInline
-    nonisolated(nonsending) func acquireWaiting(id: UInt64, timeout: Duration) async throws -> LeaseToken {
-        let deadline = clock.now() &+ timeout.nanosecondsClamped
+    nonisolated(nonsending) func acquireWaiting(id: UInt64, deadline: Int64?, timeout: Duration) async throws -> LeaseToken {
+        let deadline = deadline ?? clock.now() &+ timeout.nanosecondsClamped
         let raw = try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<UInt64, any Error>) in
                 let now = clock.now()

@@ -16,6 +16,9 @@ extension ConnectionPool {
     ///   ``ConnectionPoolError/shutDown`` or ``ConnectionPoolError/tooManyWaiters(limit:)``.
     @inlinable
     public func acquireBlocking(timeout: Duration? = nil) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
+        if configuration.validateOnAcquire {
+            return try acquireBlockingValidating(timeout: timeout ?? configuration.acquireTimeout)
+        }
         core.mutex.lock()
         if let token = core.state.pointee.leaseIdle() {
             let connection = connections[Int(token.index)].unsafelyUnwrapped
@@ -24,8 +27,39 @@ extension ConnectionPool {
         }
         let id = core.state.pointee.reserveWaiterID()
         core.mutex.unlock()
-        let token = try acquireBlockingWaiting(id: id, timeout: timeout ?? configuration.acquireTimeout)
+        let token = try acquireBlockingWaiting(id: id, deadline: nil, timeout: timeout ?? configuration.acquireTimeout)
         return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
+    }
+
+    /// ``acquireBlocking(timeout:)`` with ``PoolConfiguration/validateOnAcquire``: the check runs on
+    /// the calling thread with ``Connection/isValidBlocking(timeout:)``; see ``acquire(timeout:)``.
+    @usableFromInline
+    func acquireBlockingValidating(timeout: Duration) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
+        let deadline = clock.now() &+ timeout.nanosecondsClamped
+        let bypassWindow = configuration.validationBypassWindow.nanosecondsClamped
+        while true {
+            let now = clock.coarseNow()
+            core.mutex.lock()
+            if let token = core.state.pointee.leaseIdle() {
+                let needsCheck = core.state.pointee.needsValidation(token, now: now, bypassWindow: bypassWindow)
+                let connection = connections[Int(token.index)].unsafelyUnwrapped
+                core.mutex.unlock()
+                if !needsCheck {
+                    return ConnectionLease(pool: self, token: token, connection: connection)
+                }
+                if connection.isValidBlocking(timeout: configuration.healthCheckTimeout) {
+                    recordCheck(token)
+                    return ConnectionLease(pool: self, token: token, connection: connection)
+                }
+                releaseFailedCheck(token)
+                if clock.now() >= deadline { throw timeoutError(after: timeout) }
+                continue
+            }
+            let id = core.state.pointee.reserveWaiterID()
+            core.mutex.unlock()
+            let token = try acquireBlockingWaiting(id: id, deadline: deadline, timeout: timeout)
+            return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
+        }
     }
 
     /// Runs `body` with a borrowed connection on the calling thread and returns the connection
@@ -44,9 +78,9 @@ extension ConnectionPool {
     /// The waiting part of ``acquireBlocking(timeout:)``. The thread waits on a condition variable in
     /// its own stack frame; the pool's timer fails it at its deadline.
     @usableFromInline
-    func acquireBlockingWaiting(id: UInt64, timeout: Duration) throws(ConnectionPoolError) -> LeaseToken {
+    func acquireBlockingWaiting(id: UInt64, deadline: Int64?, timeout: Duration) throws(ConnectionPoolError) -> LeaseToken {
         let now = clock.now()
-        let deadline = now &+ timeout.nanosecondsClamped
+        let deadline = deadline ?? now &+ timeout.nanosecondsClamped
         let result: WaiterResult = withUnsafeTemporaryAllocation(of: BlockingWaitCell.self, capacity: 1) { buffer in
             let cell = buffer.baseAddress!
             cell.initialize(to: BlockingWaitCell())

@@ -17,13 +17,16 @@ public import Logging
 ///   `~Copyable` struct, waiters carry a packed token, and a blocked thread waits on stack memory.
 /// - **Waiters** are served first come, first served, with direct hand-off: a released connection goes
 ///   to the oldest waiter, never back to the idle set while someone waits.
-/// - **Limits.** The number of connections (idle + leased + connecting + closing) never exceeds
-///   `maxSize`: a slot is reserved before a connection is created and freed only after it is closed.
-///   A connection created for a waiter that gave up becomes idle, never lost.
+/// - **Limits.** The number of connections (idle + leased + connecting + validating + closing) never
+///   exceeds `maxSize`: a slot is reserved before a connection is created and freed only after it is
+///   closed. A connection created for a waiter that gave up becomes idle, never lost.
+/// - **One timer** per pool (a thread, or a ``ManualClock`` in tests) fails waiters at their deadline,
+///   retries failed connection attempts after their backoff, and runs maintenance (lifetime, idle
+///   timeout, health checks, `minSize`), so sync-only users get all of it without writing async code.
 ///
 /// `@unchecked Sendable` is safe because every mutable piece of state is either behind ``PoolCore``'s
-/// mutex (the state machine, and `connections`: each element is written only with the mutex held, and
-/// read with it held) or immutable after `init`.
+/// mutex (the state machine; `connections`, whose elements are written and read with the mutex held;
+/// and the private `var`s below, each documented as guarded by it) or immutable after `init`.
 public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendable {
     /// The type of the pooled connections.
     public typealias PooledConnection = Factory.PooledConnectionType
@@ -42,15 +45,20 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     public let logger: Logger
 
     let timer: PoolTimer
-    /// Callers of ``shutdown()`` waiting for the last connection to close. Guarded by `core.mutex`.
-    private var drainContinuations: [CheckedContinuation<Void, Never>] = []
-    private var isShutDownComplete = false
+    /// Callers of ``shutdown(gracePeriod:)`` waiting for the end. Guarded by `core.mutex`.
+    private var drainContinuations: [CheckedContinuation<ShutdownReport, Never>] = []
+    /// Callers of ``warm()`` waiting for an attempt under way to finish. Guarded by `core.mutex`.
+    private var creationWatchers: [CheckedContinuation<Void, Never>] = []
+    /// What the shutdown did so far; final once `shutdownFinished`. Guarded by `core.mutex`.
+    private var shutdownReport = ShutdownReport()
+    private var shutdownFinished = false
 
-    /// Creates a pool. It opens no connection until the first acquire.
+    /// Creates a pool and starts its maintenance. With ``PoolConfiguration/warmUpOnInit`` it starts
+    /// opening `minSize` connections in the background; otherwise it opens none until needed.
     ///
     /// - Parameters:
     ///   - factory: opens the connections.
-    ///   - configuration: sizes and timeouts; validated here.
+    ///   - configuration: sizes, timeouts and health rules; validated here.
     ///   - clock: ``PoolClock/system`` in production; ``PoolClock/manual(_:)`` in tests.
     ///   - logger: where the pool logs; it never logs secrets.
     /// - Throws: ``PoolConfigurationError`` if `configuration` breaks a rule.
@@ -72,6 +80,17 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         let reference = WeakPoolReference<Factory>()
         timer = clock.makeTimer { now in reference.pool?.timerFired(now: now) }
         reference.pool = self
+
+        let now = clock.now()
+        core.mutex.lock()
+        let firstTick = core.state.pointee.startMaintenance(now: now)
+        var warmUp: [Int32] = []
+        if configuration.warmUpOnInit {
+            while case .create(let index) = core.state.pointee.creationDecision(now: now) { warmUp.append(index) }
+        }
+        core.mutex.unlock()
+        if let firstTick { timer.schedule(at: firstTick) }
+        for index in warmUp { startCreation(slot: index) }
     }
 
     deinit {
@@ -107,21 +126,22 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
             core.mutex.unlock()
             return
         }
-        releaseSlow(token, broken: broken, now: now)
+        releaseSlow(token, broken: broken, now: now, reason: .broken)
     }
 
-    /// The release path for hand-offs, broken connections and shutdown. Called with the mutex held;
-    /// returns with it released.
+    /// The release path for hand-offs, broken or expired connections and shutdown. Called with the
+    /// mutex held; returns with it released.
     @usableFromInline
-    func releaseSlow(_ token: LeaseToken, broken: Bool, now: Int64) {
-        switch core.state.pointee.release(token, broken: broken, now: now) {
+    func releaseSlow(_ token: LeaseToken, broken: Bool, now: Int64, reason: CloseReason) {
+        switch core.state.pointee.release(token, broken: broken, now: now, brokenReason: reason) {
         case .idle, .stale:
             core.mutex.unlock()
         case .handOff(let waiter, let newToken):
             let continuation = deliverLocked(waiter, .success(newToken.rawValue))
             core.mutex.unlock()
             continuation?.resume(returning: newToken.rawValue)
-        case .close(let index):
+        case .close(let index, let closeReason):
+            if closeReason == .shutdown { shutdownReport.closedOnReturn += 1 }
             let connection = takeConnectionLocked(index)
             core.mutex.unlock()
             closeInBackground(connection, slot: index)
@@ -168,6 +188,16 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         }
     }
 
+    /// Fails, with the mutex held, every waiter that must fail fast (breaker open and nothing open
+    /// to serve them). Returns the async ones to resume once the mutex is released.
+    private func failFastWaitersLocked() -> [(UnsafeContinuation<UInt64, any Error>, ConnectionPoolError)] {
+        var toResume: [(UnsafeContinuation<UInt64, any Error>, ConnectionPoolError)] = []
+        while let (waiter, error) = core.state.pointee.popWaiterForFailFast() {
+            if let continuation = deliverLocked(waiter, .failure(error)) { toResume.append((continuation, error)) }
+        }
+        return toResume
+    }
+
     /// Carries out what an enqueue asked for, outside the mutex.
     @usableFromInline
     func afterEnqueue(createSlot: Int32?, scheduleTimer: Int64?) {
@@ -197,10 +227,11 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
 
     @usableFromInline
     func startCreation(slot: Int32) {
-        Task { await self.createConnection(slot: slot) }
+        Task { _ = await self.createConnection(slot: slot) }
     }
 
-    private func createConnection(slot: Int32) async {
+    /// Opens a connection for the reserved `slot` and installs it. Returns the error if it failed.
+    func createConnection(slot: Int32) async -> (any Error)? {
         let result: Result<PooledConnection, any Error>
         do {
             result = .success(try await factory.makeConnection())
@@ -209,30 +240,50 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         }
         let now = clock.now()
         core.mutex.lock()
+        var failed: [(UnsafeContinuation<UInt64, any Error>, ConnectionPoolError)] = []
+        var logFailure: (error: any Error, failures: Int, breakerOpen: Bool)?
+        var next: PoolStateMachine.CreationDecision = .none
+        var toClose: (PooledConnection?, Int32)?
+        var handOff: (UnsafeContinuation<UInt64, any Error>, UInt64)?
         switch result {
         case .success(let connection):
             connections[Int(slot)] = connection
             switch core.state.pointee.creationSucceeded(slot, now: now) {
             case .idle:
-                core.mutex.unlock()
+                break
             case .handOff(let waiter, let token):
-                let continuation = deliverLocked(waiter, .success(token.rawValue))
-                core.mutex.unlock()
-                continuation?.resume(returning: token.rawValue)
-            case .close(let index):
-                let connection = takeConnectionLocked(index)
-                core.mutex.unlock()
-                closeInBackground(connection, slot: index)
+                if let continuation = deliverLocked(waiter, .success(token.rawValue)) {
+                    handOff = (continuation, token.rawValue)
+                }
+            case .close(let index, _):
+                toClose = (takeConnectionLocked(index), index)
             }
+            next = core.state.pointee.nextCreation(now: now)
         case .failure(let error):
-            let decision = core.state.pointee.creationFailed(slot, error: error, now: now)
-            let failures = core.state.pointee.backoff.consecutiveFailures
-            core.mutex.unlock()
+            next = core.state.pointee.creationFailed(slot, error: error, now: now)
+            logFailure = (error, core.state.pointee.backoff.consecutiveFailures, core.state.pointee.breakerOpen)
+            failed = failFastWaitersLocked()
+        }
+        let watchers = creationWatchers
+        creationWatchers = []
+        core.mutex.unlock()
+
+        if let (continuation, token) = handOff { continuation.resume(returning: token) }
+        if let (connection, index) = toClose { closeInBackground(connection, slot: index) }
+        for (continuation, error) in failed { continuation.resume(throwing: error) }
+        if let logFailure {
             logger.warning(
                 "connection pool: opening a connection failed",
-                metadata: ["error": "\(error)", "consecutive_failures": "\(failures)"])
-            handle(decision)
+                metadata: [
+                    "error": "\(logFailure.error)",
+                    "consecutive_failures": "\(logFailure.failures)",
+                    "fail_fast": "\(logFailure.breakerOpen)",
+                ])
         }
+        handle(next)
+        for watcher in watchers { watcher.resume() }
+        if case .failure(let error) = result { return error }
+        return nil
     }
 
     private func takeConnectionLocked(_ index: Int32) -> PooledConnection? {
@@ -252,16 +303,19 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         let now = clock.now()
         core.mutex.lock()
         let decision = core.state.pointee.closeFinished(slot, now: now)
+        let failed = failFastWaitersLocked()
         let drained = takeDrainContinuationsIfDrainedLocked()
         core.mutex.unlock()
+        for (continuation, error) in failed { continuation.resume(throwing: error) }
         handle(decision)
-        for continuation in drained { continuation.resume() }
+        for (continuation, report) in drained { continuation.resume(returning: report) }
     }
 
-    // MARK: Timer
+    // MARK: Timer and maintenance
 
-    /// Fails waiters past their deadline and retries creation after a backoff. Runs on the timer
-    /// thread (or the thread advancing a manual clock). Returns the next deadline.
+    /// Fails waiters past their deadline, ends a shutdown's grace period, runs a due maintenance
+    /// round and retries creation after a backoff. Runs on the timer thread (or the thread advancing
+    /// a manual clock). Returns the next deadline.
     func timerFired(now: Int64) -> Int64? {
         core.mutex.lock()
         core.state.pointee.timerFired()
@@ -273,62 +327,221 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
                 core.mutex.lock()
             }
         }
-        while case .create(let index) = core.state.pointee.creationDecision(now: now) {
-            core.mutex.unlock()
-            startCreation(slot: index)
-            core.mutex.lock()
+        var toClose: [(PooledConnection?, Int32)] = []
+        var drained: [(CheckedContinuation<ShutdownReport, Never>, ShutdownReport)] = []
+        if core.state.pointee.shutdownDeadlinePassed(now: now) {
+            let forced = core.state.pointee.takeLeasedForForcedClose()
+            shutdownReport.forceClosed += forced.count
+            for index in forced { toClose.append((takeConnectionLocked(index), index)) }
+            drained = takeDrainContinuationsLocked(gaveUp: true)
         }
+        var toValidate: [(PooledConnection, Int32)] = []
+        if core.state.pointee.maintenanceDue(now: now) {
+            for action in core.state.pointee.planMaintenance(now: now) {
+                switch action {
+                case .close(let index, _):
+                    toClose.append((takeConnectionLocked(index), index))
+                case .validate(let index):
+                    if let connection = connections[Int(index)] { toValidate.append((connection, index)) }
+                }
+            }
+        }
+        var toCreate: [Int32] = []
+        while case .create(let index) = core.state.pointee.creationDecision(now: now) { toCreate.append(index) }
         let next = core.state.pointee.nextTimerDeadline()
         core.mutex.unlock()
+
+        for (connection, index) in toClose { closeInBackground(connection, slot: index) }
+        for index in toCreate { startCreation(slot: index) }
+        if !toValidate.isEmpty {
+            Task { await self.validate(toValidate) }
+        }
+        for (continuation, report) in drained { continuation.resume(returning: report) }
         return next
+    }
+
+    /// The maintenance task's health checks: each idle connection in turn, outside the lock.
+    private func validate(_ batch: [(PooledConnection, Int32)]) async {
+        for (connection, index) in batch {
+            let valid = await connection.isValid(timeout: configuration.healthCheckTimeout)
+            finishValidation(index, valid: valid)
+        }
+    }
+
+    private func finishValidation(_ index: Int32, valid: Bool) {
+        let now = clock.now()
+        core.mutex.lock()
+        switch core.state.pointee.validationFinished(index, valid: valid, now: now) {
+        case .idle:
+            core.mutex.unlock()
+        case .handOff(let waiter, let token):
+            let continuation = deliverLocked(waiter, .success(token.rawValue))
+            core.mutex.unlock()
+            continuation?.resume(returning: token.rawValue)
+        case .close(let index, _):
+            let connection = takeConnectionLocked(index)
+            core.mutex.unlock()
+            if !valid {
+                logger.info("connection pool: closing a connection that failed its health check")
+            }
+            closeInBackground(connection, slot: index)
+        }
+    }
+
+    /// Records a passed check of a leased connection (validate on acquire).
+    @usableFromInline
+    func recordCheck(_ token: LeaseToken) {
+        let now = clock.coarseNow()
+        core.mutex.lock()
+        core.state.pointee.recordCheck(token, now: now)
+        core.mutex.unlock()
+    }
+
+    /// The timeout error for an acquire that gave up after `timeout`, with the last connect error.
+    @usableFromInline
+    func timeoutError(after timeout: Duration) -> ConnectionPoolError {
+        core.mutex.lock()
+        defer { core.mutex.unlock() }
+        return .acquireTimeout(after: timeout, lastConnectError: core.state.pointee.lastConnectError)
+    }
+
+    /// Returns a leased connection that failed its check on acquire: the pool closes it.
+    @usableFromInline
+    func releaseFailedCheck(_ token: LeaseToken) {
+        let now = clock.coarseNow()
+        core.mutex.lock()
+        releaseSlow(token, broken: true, now: now, reason: .health)
+    }
+
+    // MARK: Warm-up
+
+    /// Opens connections until the pool holds `minSize`, at most
+    /// ``PoolConfiguration/maxConcurrentConnects`` at a time, and returns when they are open.
+    ///
+    /// - Throws: the first error from ``ConnectionFactory/makeConnection()`` among the attempts this
+    ///   call started (the connections that did open stay in the pool; maintenance keeps retrying the
+    ///   rest with backoff), or ``ConnectionPoolError/shutDown``.
+    public func warm() async throws {
+        while true {
+            core.mutex.lock()
+            guard core.state.pointee.lifecycle == .running else {
+                core.mutex.unlock()
+                throw ConnectionPoolError.shutDown
+            }
+            var reserved: [Int32] = []
+            while let index = core.state.pointee.reserveForWarmUp() { reserved.append(index) }
+            let slots = core.state.pointee.slots
+            if reserved.isEmpty {
+                if slots.liveCount >= configuration.minSize || slots.connectingCount == 0 {
+                    core.mutex.unlock()
+                    return
+                }
+                // Attempts started elsewhere are under way: wait for one to finish, then look again.
+                await withCheckedContinuation { continuation in
+                    creationWatchers.append(continuation)
+                    core.mutex.unlock()
+                }
+                continue
+            }
+            core.mutex.unlock()
+            let firstError = await withTaskGroup(of: (any Error)?.self) { group in
+                for index in reserved {
+                    group.addTask { await self.createConnection(slot: index) }
+                }
+                var firstError: (any Error)?
+                for await error in group where firstError == nil { firstError = error }
+                return firstError
+            }
+            if let firstError { throw firstError }
+        }
+    }
+
+    /// Blocking form of ``warm()`` for plain threads. Never call it from a cooperative thread.
+    ///
+    /// - Throws: what ``warm()`` throws.
+    public func warmBlocking() throws {
+        let result: Result<Void, any Error> = BlockingBridge.wait {
+            do { return .success(try await self.warm()) } catch { return .failure(error) }
+        }
+        try result.get()
     }
 
     // MARK: Shutdown
 
     /// Shuts the pool down: new acquires fail with ``ConnectionPoolError/shutDown``, waiting callers
     /// are failed with it, idle connections are closed now and leased ones as they come back.
-    /// Returns once every connection is closed. Calling it again waits for the same end.
-    public func shutdown() async {
+    ///
+    /// Returns once every connection is closed, or when `gracePeriod` has passed: leased connections
+    /// still out then are closed by force (their leases become stale) and the report says so.
+    /// Calling it again waits for the same end; a shorter grace period takes effect.
+    ///
+    /// - Parameter gracePeriod: how long to wait for leased connections; `nil` waits for all of them.
+    /// - Returns: what the shutdown had to do.
+    @discardableResult
+    public func shutdown(gracePeriod: Duration? = nil) async -> ShutdownReport {
+        let now = clock.now()
         core.mutex.lock()
-        core.state.pointee.beginShutdown()
+        let deadline = core.state.pointee.beginShutdown(now: now, gracePeriod: gracePeriod?.nanosecondsClamped)
         var continuations: [UnsafeContinuation<UInt64, any Error>] = []
         while let waiter = core.state.pointee.popWaiterForShutdown() {
+            shutdownReport.failedWaiters += 1
             if let continuation = deliverLocked(waiter, .failure(.shutDown)) { continuations.append(continuation) }
         }
         var closing: [(Int32, PooledConnection?)] = []
         while let index = core.state.pointee.takeIdleForClosing() {
             closing.append((index, takeConnectionLocked(index)))
         }
+        shutdownReport.closedIdle += closing.count
         core.mutex.unlock()
+        if let deadline { timer.schedule(at: deadline) }
         for continuation in continuations { continuation.resume(throwing: ConnectionPoolError.shutDown) }
         for (index, connection) in closing {
             if let connection { await connection.close() }
             closeFinished(slot: index)
         }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        let report = await withCheckedContinuation { (continuation: CheckedContinuation<ShutdownReport, Never>) in
             core.mutex.lock()
-            if core.state.pointee.isDrained {
+            if core.state.pointee.isDrained || shutdownFinished {
+                shutdownFinished = true
+                let report = finalReportLocked()
                 core.mutex.unlock()
-                continuation.resume()
+                continuation.resume(returning: report)
             } else {
                 drainContinuations.append(continuation)
                 core.mutex.unlock()
             }
         }
-        timer.stop()
+        if report.stillInFlight == 0 { timer.stop() }
+        if report.forceClosed > 0 || report.stillInFlight > 0 {
+            logger.warning("connection pool: shutdown grace period ended", metadata: ["report": "\(report)"])
+        }
+        return report
     }
 
-    /// Blocking form of ``shutdown()`` for plain threads. Never call it from a cooperative thread.
-    public func shutdownBlocking() {
-        BlockingBridge.wait { await self.shutdown() }
+    /// Blocking form of ``shutdown(gracePeriod:)`` for plain threads. Never call it from a cooperative
+    /// thread.
+    @discardableResult
+    public func shutdownBlocking(gracePeriod: Duration? = nil) -> ShutdownReport {
+        BlockingBridge.wait { await self.shutdown(gracePeriod: gracePeriod) }
     }
 
-    private func takeDrainContinuationsIfDrainedLocked() -> [CheckedContinuation<Void, Never>] {
-        guard core.state.pointee.lifecycle == .shuttingDown, core.state.pointee.isDrained,
-              !drainContinuations.isEmpty
-        else { return [] }
+    private func finalReportLocked() -> ShutdownReport {
+        var report = shutdownReport
+        let slots = core.state.pointee.slots
+        report.stillInFlight = slots.connectingCount + slots.closingCount + slots.validatingCount
+        return report
+    }
+
+    private func takeDrainContinuationsIfDrainedLocked() -> [(CheckedContinuation<ShutdownReport, Never>, ShutdownReport)] {
+        guard core.state.pointee.lifecycle == .shuttingDown, core.state.pointee.isDrained else { return [] }
+        return takeDrainContinuationsLocked(gaveUp: false)
+    }
+
+    private func takeDrainContinuationsLocked(gaveUp: Bool) -> [(CheckedContinuation<ShutdownReport, Never>, ShutdownReport)] {
+        shutdownFinished = true
+        let report = finalReportLocked()
         defer { drainContinuations = [] }
-        return drainContinuations
+        return drainContinuations.map { ($0, report) }
     }
 
     // MARK: Inspection
@@ -343,6 +556,7 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
             inUse: state.slots.leasedCount,
             connecting: state.slots.connectingCount,
             closing: state.slots.closingCount,
+            validating: state.slots.validatingCount,
             waiting: state.waiters.count,
             maxSize: state.maxSize)
     }
@@ -355,7 +569,7 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         for index in 0..<capacity {
             let state = core.state.pointee.slots.states[index]
             let hasConnection = connections[index] != nil
-            let shouldHave = state == .idle || state == .leased
+            let shouldHave = state == .idle || state == .leased || state == .validating
             if hasConnection != shouldHave { return "slot \(index) is \(state) but connection present = \(hasConnection)" }
         }
         return nil

@@ -10,6 +10,12 @@ public enum ConnectionPoolError: Error, CustomStringConvertible {
     /// The pool is shutting down or has shut down; it lends no more connections.
     case shutDown
 
+    /// The backend looks down: `consecutiveFailures` connection attempts in a row failed (at least
+    /// ``PoolConfiguration/circuitBreakerThreshold``) and no open connection could serve the acquire,
+    /// so it fails at once instead of waiting for its timeout. One probe keeps retrying in the
+    /// background; the first success lets acquires wait again.
+    case connectFailing(lastConnectError: any Error, consecutiveFailures: Int)
+
     /// The configured limit of waiting callers (`maxWaiters`) is reached; the acquire was shed at once
     /// instead of queueing without bound. Retry later, or raise `maxWaiters`/`maxSize`.
     case tooManyWaiters(limit: Int)
@@ -26,6 +32,9 @@ public enum ConnectionPoolError: Error, CustomStringConvertible {
             return text
         case .shutDown:
             return "connection pool: the pool is shut down and lends no more connections"
+        case .connectFailing(let lastConnectError, let consecutiveFailures):
+            return "connection pool: failing fast after \(consecutiveFailures) consecutive connect failures; "
+                + "last connect error: \(lastConnectError) (a probe keeps retrying; check the server)"
         case .tooManyWaiters(let limit):
             return "connection pool: \(limit) callers are already waiting (maxWaiters); request shed, retry later"
         }

@@ -60,6 +60,56 @@ public struct PoolConfiguration: Sendable, Hashable {
     /// positive when set.
     public var maxWaiters: Int? = nil
 
+    /// How often the pool's maintenance runs: closing connections past `maxLifetime` or idle past
+    /// `idleTimeout`, health-checking idle ones, refilling `minSize`. Default 5 s; these rules are
+    /// applied with this precision. Must be positive.
+    public var maintenanceInterval: Duration = .seconds(5)
+
+    /// An idle connection unused and unchecked for this long is checked with
+    /// ``Connection/isValid(timeout:)`` by the maintenance task, outside the lock, and closed if the
+    /// check fails. Default 30 s; `nil` disables background checks. Must be positive when set.
+    public var healthCheckInterval: Duration? = .seconds(30)
+
+    /// The time a health check (background or on acquire) may take; a slower check counts as failed.
+    /// Default 2 s. Must be positive.
+    public var healthCheckTimeout: Duration = .seconds(2)
+
+    /// The longest a connection may live. An idle one is closed when it reaches it, a leased one when
+    /// it is returned. Default 30 min; `nil` means no limit. Must be positive when set.
+    public var maxLifetime: Duration? = .seconds(1800)
+
+    /// Each connection's lifetime is shortened by a random fraction up to this, so connections opened
+    /// together do not all expire together. Default 0.05 (up to 5 % shorter). Must be in `0...0.5`.
+    public var maxLifetimeJitter: Double = 0.05
+
+    /// Check an idle connection with ``Connection/isValid(timeout:)`` before lending it. A connection
+    /// that fails is closed and the acquire moves on to the next one or a new one, within the same
+    /// acquire timeout. Default `false`.
+    public var validateOnAcquire: Bool = false
+
+    /// With `validateOnAcquire`, skip the check for a connection used within this window: it was just
+    /// known to work. Default 500 ms. Must not be negative.
+    public var validationBypassWindow: Duration = .milliseconds(500)
+
+    /// Open `minSize` connections in the background as soon as the pool is created. Default `true`.
+    /// ``ConnectionPool/warm()`` does it on demand and waits for it.
+    public var warmUpOnInit: Bool = true
+
+    /// The most connection attempts in flight at once (warm-up, refill and waiters together), so a
+    /// restarting server is not stampeded. Default 4. Must be at least 1.
+    public var maxConcurrentConnects: Int = 4
+
+    /// After this many consecutive failed connection attempts the pool fails fast: an acquire that no
+    /// open connection can serve gets ``ConnectionPoolError/connectFailing(lastConnectError:consecutiveFailures:)``
+    /// at once instead of waiting for its timeout, while one probe keeps retrying with backoff; the
+    /// first success closes the breaker. Default 5; `nil` never fails fast. Must be at least 1 when set.
+    public var circuitBreakerThreshold: Int? = 5
+
+    /// How long ``ConnectionPool/run()`` (the swift-service-lifecycle entry point) lets leased
+    /// connections come back after a graceful shutdown is requested before it closes them by force.
+    /// Default 30 s. Must be positive.
+    public var shutdownGracePeriod: Duration = .seconds(30)
+
     /// Creates a configuration with every default.
     public init() {}
 
@@ -75,6 +125,38 @@ public struct PoolConfiguration: Sendable, Hashable {
     public func reuseOrder(_ value: ReuseOrder) -> Self { with { $0.reuseOrder = value } }
     /// Returns a copy with ``maxWaiters`` set (`nil` means unlimited).
     public func maxWaiters(_ value: Int?) -> Self { with { $0.maxWaiters = value } }
+    /// Returns a copy with ``maintenanceInterval`` set.
+    public func maintenanceInterval(_ value: Duration) -> Self { with { $0.maintenanceInterval = value } }
+    /// Returns a copy with ``healthCheckInterval`` (`nil` disables background checks) and
+    /// ``healthCheckTimeout`` set.
+    public func healthCheck(interval: Duration?, timeout: Duration = .seconds(2)) -> Self {
+        with {
+            $0.healthCheckInterval = interval
+            $0.healthCheckTimeout = timeout
+        }
+    }
+    /// Returns a copy with ``maxLifetime`` (`nil` means no limit) and ``maxLifetimeJitter`` set.
+    public func maxLifetime(_ value: Duration?, jitter: Double = 0.05) -> Self {
+        with {
+            $0.maxLifetime = value
+            $0.maxLifetimeJitter = jitter
+        }
+    }
+    /// Returns a copy with ``validateOnAcquire`` and ``validationBypassWindow`` set.
+    public func validateOnAcquire(_ value: Bool, bypassWindow: Duration = .milliseconds(500)) -> Self {
+        with {
+            $0.validateOnAcquire = value
+            $0.validationBypassWindow = bypassWindow
+        }
+    }
+    /// Returns a copy with ``warmUpOnInit`` set.
+    public func warmUpOnInit(_ value: Bool) -> Self { with { $0.warmUpOnInit = value } }
+    /// Returns a copy with ``maxConcurrentConnects`` set.
+    public func maxConcurrentConnects(_ value: Int) -> Self { with { $0.maxConcurrentConnects = value } }
+    /// Returns a copy with ``circuitBreakerThreshold`` set (`nil` never fails fast).
+    public func circuitBreakerThreshold(_ value: Int?) -> Self { with { $0.circuitBreakerThreshold = value } }
+    /// Returns a copy with ``shutdownGracePeriod`` set.
+    public func shutdownGracePeriod(_ value: Duration) -> Self { with { $0.shutdownGracePeriod = value } }
     /// Returns a copy with the connection retry backoff set.
     public func connectRetryBackoff(
         initial: Duration, multiplier: Double = 2, max: Duration, jitter: Double = 0.2
@@ -127,6 +209,28 @@ public struct PoolConfiguration: Sendable, Hashable {
             throw PoolConfigurationError(
                 field: "connectRetryJitter", value: "\(connectRetryJitter)", rule: "must be between 0 and 1")
         }
+        try Self.requirePositive(maintenanceInterval, field: "maintenanceInterval")
+        if let healthCheckInterval { try Self.requirePositive(healthCheckInterval, field: "healthCheckInterval") }
+        try Self.requirePositive(healthCheckTimeout, field: "healthCheckTimeout")
+        if let maxLifetime { try Self.requirePositive(maxLifetime, field: "maxLifetime") }
+        if !(0...0.5).contains(maxLifetimeJitter) {
+            throw PoolConfigurationError(
+                field: "maxLifetimeJitter", value: "\(maxLifetimeJitter)", rule: "must be between 0 and 0.5")
+        }
+        if validationBypassWindow < .zero {
+            throw PoolConfigurationError(
+                field: "validationBypassWindow", value: "\(validationBypassWindow)", rule: "must not be negative")
+        }
+        if maxConcurrentConnects < 1 {
+            throw PoolConfigurationError(
+                field: "maxConcurrentConnects", value: "\(maxConcurrentConnects)", rule: "must be at least 1")
+        }
+        if let circuitBreakerThreshold, circuitBreakerThreshold < 1 {
+            throw PoolConfigurationError(
+                field: "circuitBreakerThreshold", value: "\(circuitBreakerThreshold)",
+                rule: "must be at least 1 (or nil to never fail fast)")
+        }
+        try Self.requirePositive(shutdownGracePeriod, field: "shutdownGracePeriod")
         if let maxWaiters, maxWaiters < 1 {
             throw PoolConfigurationError(
                 field: "maxWaiters", value: "\(maxWaiters)", rule: "must be at least 1 (or nil for unlimited)")

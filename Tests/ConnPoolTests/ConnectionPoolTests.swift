@@ -22,7 +22,7 @@ struct ConnectionPoolTests {
         do {
             let lease = try await pool.acquire()
             #expect(lease.connection.id == 0)
-            #expect(pool.metrics() == PoolMetrics(idle: 0, inUse: 1, connecting: 0, closing: 0, waiting: 0, maxSize: 2))
+            #expect(pool.metrics() == PoolMetrics(idle: 0, inUse: 1, connecting: 0, closing: 0, validating: 0, waiting: 0, maxSize: 2))
         }
         #expect(pool.metrics().idle == 1)
         let id = try await pool.withConnection { $0.id }
@@ -97,7 +97,7 @@ struct ConnectionPoolTests {
         let clock = ManualClock()
         let factory = MockFactory(Array(repeating: .fail("connection refused"), count: 1_000))
         let pool = try Self.makePool(
-            PoolConfiguration().maxSize(1).acquireTimeout(.seconds(2))
+            PoolConfiguration().maxSize(1).acquireTimeout(.seconds(2)).circuitBreakerThreshold(nil)
                 .connectRetryBackoff(initial: .milliseconds(100), max: .milliseconds(100), jitter: 0),
             factory: factory, clock: clock)
         let task = Task { try await pool.acquire().connection.id }
@@ -157,7 +157,7 @@ struct ConnectionPoolTests {
         #expect(pool.metrics().waiting == 0)
         holder.drop()
         // The released connection went idle, not to the cancelled waiter.
-        #expect(pool.metrics() == PoolMetrics(idle: 1, inUse: 0, connecting: 0, closing: 0, waiting: 0, maxSize: 1))
+        #expect(pool.metrics() == PoolMetrics(idle: 1, inUse: 0, connecting: 0, closing: 0, validating: 0, waiting: 0, maxSize: 1))
         await pool.shutdown()
     }
 

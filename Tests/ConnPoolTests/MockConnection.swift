@@ -13,7 +13,17 @@ final class MockConnection: Connection {
 
     init(id: Int) { self.id = id }
 
-    func isValid(timeout: Duration) async -> Bool { valid.load(ordering: .relaxed) }
+    let validations = Atomic<Int>(0)
+
+    func isValid(timeout: Duration) async -> Bool {
+        validations.add(1, ordering: .relaxed)
+        return valid.load(ordering: .relaxed)
+    }
+
+    func isValidBlocking(timeout: Duration) -> Bool {
+        validations.add(1, ordering: .relaxed)
+        return valid.load(ordering: .relaxed)
+    }
     func close() async { closeCount.add(1, ordering: .relaxed) }
     var isBroken: Bool { broken.load(ordering: .relaxed) }
     var isClosed: Bool { closeCount.load(ordering: .relaxed) > 0 }

@@ -77,7 +77,7 @@ struct PoolStateMachineTests {
         _ = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0)
         guard case .handOff(_, let token) = machine.creationSucceeded(0, now: 0) else { Issue.record("hand-off"); return }
         _ = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0)
-        guard case .close(let index) = machine.release(token, broken: true, now: 5) else { Issue.record("close"); return }
+        guard case .close(let index, .broken) = machine.release(token, broken: true, now: 5) else { Issue.record("close"); return }
         #expect(index == 0)
         #expect(machine.slots.closingCount == 1)
         #expect(machine.slots.occupiedCount == 1)  // a closing connection still counts
@@ -178,7 +178,7 @@ struct PoolStateMachineTests {
         _ = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0)
         guard case .handOff(_, let token) = machine.creationSucceeded(0, now: 0) else { Issue.record("hand-off"); return }
         do { let value = machine.releaseToIdle(token, now: 0); #expect(value) }
-        machine.beginShutdown()
+        _ = machine.beginShutdown(now: 0, gracePeriod: nil)
         do { let value = machine.leaseIdle(); #expect(value == nil) }
         guard case .failed(.shutDown) = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0) else { Issue.record("shut down"); return }
         do { let value = machine.takeIdleForClosing(); #expect(value == 0) }

@@ -41,12 +41,13 @@ public final class ManualClock: Sendable {
     }
 
     func register(handler: @escaping @Sendable (Int64) -> Int64?) -> Registration {
-        let registration = Registration(handler: handler)
+        let registration = Registration(clock: self, handler: handler)
         registrations.withLock { $0.append(registration) }
         return registration
     }
 
-    /// A pool's timer on a manual clock.
+    /// A pool's timer on a manual clock. Like a real timer, a deadline scheduled at or before the
+    /// clock's current reading fires at once, on the scheduling thread.
     final class Registration: Sendable {
         private struct State {
             var deadline: Int64 = .max
@@ -55,13 +56,17 @@ public final class ManualClock: Sendable {
 
         private let state = LockedValue(State())
         private let handler: @Sendable (Int64) -> Int64?
+        private unowned let clock: ManualClock
 
-        init(handler: @escaping @Sendable (Int64) -> Int64?) {
+        init(clock: ManualClock, handler: @escaping @Sendable (Int64) -> Int64?) {
+            self.clock = clock
             self.handler = handler
         }
 
         func schedule(at deadline: Int64) {
             state.withLock { $0.deadline = min($0.deadline, deadline) }
+            let now = clock.nanoseconds
+            if deadline <= now { fireIfDue(now: now) }
         }
 
         func stop() {

@@ -1,5 +1,6 @@
-/// The pool's whole bookkeeping as a plain struct: which slot is empty, connecting, idle, leased or
-/// closing, who is waiting, when to retry a failed connection attempt, and what the timer must do.
+/// The pool's whole bookkeeping as a plain struct: which slot is empty, connecting, idle, leased,
+/// validating or closing, who is waiting, when to retry a failed connection attempt, what the
+/// maintenance task must do, and when the timer must fire.
 ///
 /// It performs no I/O, takes no lock, resumes no continuation and reads no clock: every method takes
 /// the current time and returns an action that ``ConnectionPool`` carries out (outside the lock,
@@ -7,6 +8,8 @@
 /// feeding it inputs and asserting the exact action.
 ///
 /// Non-generic: the connections live in the generic pool's buffer, indexed like ``SlotTable``.
+/// The rules are split by concern: creation and the circuit breaker in `+Creation`, maintenance in
+/// `+Maintenance`, shutdown in `+Shutdown`, the action types in `+Actions`.
 @usableFromInline
 struct PoolStateMachine {
     @usableFromInline
@@ -19,7 +22,9 @@ struct PoolStateMachine {
 
     /// The largest number of occupied slots allowed (at most `slots.capacity`).
     var maxSize: Int
-    var maxWaiters: Int?
+    let minSize: Int
+    let maxWaiters: Int?
+    let maxConcurrentConnects: Int
     @usableFromInline var nextWaiterID: UInt64 = 1
 
     /// The most recent connection failure since the last success, reported in timeout errors.
@@ -27,6 +32,24 @@ struct PoolStateMachine {
     var backoff: RetryBackoff
     /// Monotonic nanoseconds before which no new connection attempt starts (after failures).
     var retryNotBefore: Int64 = .min
+    /// Consecutive failures after which the circuit breaker opens; nil: never.
+    let breakerThreshold: Int?
+    /// While open, acquires no open connection can serve fail at once and one probe retries.
+    var breakerOpen = false
+
+    /// Lifetime rules, in nanoseconds.
+    let maxLifetime: Int64?
+    let maxLifetimeJitter: Double
+    let idleTimeout: Int64?
+    let healthCheckInterval: Int64?
+    let maintenanceInterval: Int64
+    /// When the next maintenance round is due.
+    var nextMaintenanceAt: Int64 = .max
+    /// Draws lifetime jitter.
+    var random: SplitMix64
+
+    /// When shutdown gives up waiting for leased connections and closes them by force.
+    var shutdownDeadline: Int64 = .max
 
     /// The earliest deadline handed to the timer that has not fired yet.
     var timerDeadline: Int64 = .max
@@ -36,8 +59,17 @@ struct PoolStateMachine {
         waiters = WaiterQueue()
         lifo = configuration.reuseOrder == .lifo
         maxSize = configuration.maxSize
+        minSize = configuration.minSize
         maxWaiters = configuration.maxWaiters
+        maxConcurrentConnects = configuration.maxConcurrentConnects
         backoff = RetryBackoff(configuration: configuration, seed: randomSeed)
+        breakerThreshold = configuration.circuitBreakerThreshold
+        maxLifetime = configuration.maxLifetime?.nanosecondsClamped
+        maxLifetimeJitter = configuration.maxLifetimeJitter
+        idleTimeout = configuration.idleTimeout?.nanosecondsClamped
+        healthCheckInterval = configuration.healthCheckInterval?.nanosecondsClamped
+        maintenanceInterval = configuration.maintenanceInterval.nanosecondsClamped
+        random = SplitMix64(seed: randomSeed ^ 0xD1B5_4A32_D192_ED03)
     }
 
     func deallocate() {
@@ -65,19 +97,28 @@ struct PoolStateMachine {
         return LeaseToken(index: index, generation: generation)
     }
 
-    /// Returns a healthy connection to the idle set when nobody waits. Returns `false` when the
-    /// release needs the slow path (waiters, shutdown, or a stale token).
+    /// Returns a healthy connection to the idle set when nobody waits and it has not outlived
+    /// `maxLifetime`. Returns `false` when the release needs the slow path (waiters, expiry, shutdown,
+    /// or a stale token).
     @inlinable
     mutating func releaseToIdle(_ token: LeaseToken, now: Int64) -> Bool {
         let index = Int(token.index)
         guard waiters.isEmpty, lifecycle == .running,
-              slots.states[index] == .leased, slots.generations[index] == token.generation
+              slots.states[index] == .leased, slots.generations[index] == token.generation,
+              now < slots.expiresAt[index]
         else { return false }
         slots.states[index] = .idle
         slots.lastUsed[index] = now
         slots.leasedCount &-= 1
         slots.idle.pushBack(token.index)
         return true
+    }
+
+    /// Whether a connection just lent with `token` must be checked before use (validate on acquire):
+    /// it was last used longer ago than `bypassWindow`.
+    @inlinable
+    func needsValidation(_ token: LeaseToken, now: Int64, bypassWindow: Int64) -> Bool {
+        now &- slots.lastUsed[Int(token.index)] > bypassWindow
     }
 
     // MARK: Waiting
@@ -90,22 +131,12 @@ struct PoolStateMachine {
         return id
     }
 
-    /// What an acquire that found no idle connection must do.
-    @usableFromInline
-    enum EnqueueAction {
-        /// A connection became idle meanwhile: here is its lease.
-        case leased(LeaseToken)
-        /// The acquire fails at once.
-        case failed(ConnectionPoolError)
-        /// The waiter is queued; start creating a connection in `createSlot` and (re)arm the timer.
-        case waiting(createSlot: Int32?, scheduleTimer: Int64?)
-    }
-
     /// Queues `waiter` unless it can be served or must fail at once.
     @usableFromInline
     mutating func enqueue(_ waiter: Waiter, now: Int64) -> EnqueueAction {
         guard lifecycle == .running else { return .failed(.shutDown) }
         if let token = leaseIdle() { return .leased(token) }
+        if let error = failFastError() { return .failed(error) }
         if let maxWaiters, waiters.count >= maxWaiters { return .failed(.tooManyWaiters(limit: maxWaiters)) }
         waiters.insert(waiter)
         var timer = requestTimer(at: waiter.deadline)
@@ -130,29 +161,18 @@ struct PoolStateMachine {
 
     // MARK: Release (slow path)
 
-    /// What to do with a returned connection that could not simply go idle.
     @usableFromInline
-    enum ReleaseAction {
-        /// It went idle (the fast path's case, reached here after a race).
-        case idle
-        /// Hand it to this waiter under this new token.
-        case handOff(Waiter, LeaseToken)
-        /// Close the connection in this slot (broken, or the pool is shutting down).
-        case close(Int32)
-        /// The token is stale: the slot was already taken back (for instance forced closed by a
-        /// shutdown). Nothing to do with the slot; the caller's connection is not the pool's any more.
-        case stale
-    }
-
-    @usableFromInline
-    mutating func release(_ token: LeaseToken, broken: Bool, now: Int64) -> ReleaseAction {
+    mutating func release(
+        _ token: LeaseToken, broken: Bool, now: Int64, brokenReason: CloseReason = .broken
+    ) -> ReleaseAction {
         let index = token.index
         guard slots.states[Int(index)] == .leased, slots.generations[Int(index)] == token.generation else {
             return .stale
         }
-        if broken || lifecycle != .running {
+        if broken || lifecycle != .running || now >= slots.expiresAt[Int(index)] {
+            let reason: CloseReason = lifecycle != .running ? .shutdown : broken ? brokenReason : .lifetime
             slots.markClosing(index)
-            return .close(index)
+            return .close(index, reason)
         }
         slots.lastUsed[Int(index)] = now
         if let waiter = waiters.popFirst() {
@@ -164,47 +184,9 @@ struct PoolStateMachine {
         return .idle
     }
 
-    // MARK: Creation
-
-    @usableFromInline
-    enum CreationDecision: Equatable {
-        case none
-        case create(Int32)
-        case retryAt(Int64)
-    }
-
-    /// Whether to open one more connection now: only for a waiter that no attempt under way will
-    /// serve, only below `maxSize`, and not before the retry backoff has passed.
-    mutating func creationDecision(now: Int64) -> CreationDecision {
-        guard lifecycle == .running,
-              waiters.count > slots.connectingCount,
-              slots.occupiedCount < maxSize
-        else { return .none }
-        if now < retryNotBefore { return .retryAt(retryNotBefore) }
-        guard let index = slots.reserveEmpty() else { return .none }
-        return .create(index)
-    }
-
-    /// What to do with a connection that was just opened in `index`.
-    @usableFromInline
-    enum CreatedAction {
-        case idle
-        case handOff(Waiter, LeaseToken)
-        case close(Int32)
-    }
-
-    mutating func creationSucceeded(_ index: Int32, now: Int64) -> CreatedAction {
-        precondition(slots.states[Int(index)] == .connecting)
-        backoff.reset()
-        retryNotBefore = .min
-        lastConnectError = nil
-        slots.createdAt[Int(index)] = now
-        slots.lastUsed[Int(index)] = now
-        if lifecycle != .running {
-            slots.markClosing(index)
-            return .close(index)
-        }
-        slots.connectingCount -= 1
+    /// Hands a connection that became available in `index` (created, validated) to the oldest waiter,
+    /// or puts it in the idle set.
+    mutating func makeAvailable(_ index: Int32) -> AvailableAction {
         if let waiter = waiters.popFirst() {
             slots.leasedCount += 1
             return .handOff(waiter, grant(index))
@@ -214,28 +196,10 @@ struct PoolStateMachine {
         return .idle
     }
 
-    /// Frees the slot of a failed attempt and sets the retry backoff. Returns when to retry, if a
-    /// waiter still needs a connection.
-    mutating func creationFailed(_ index: Int32, error: any Error, now: Int64) -> CreationDecision {
-        lastConnectError = error
-        slots.markEmpty(index)
-        retryNotBefore = now &+ backoff.nextDelay()
-        return nextCreation(now: now)
-    }
-
     /// A connection in `index` finished closing: the slot is free again.
     mutating func closeFinished(_ index: Int32, now: Int64) -> CreationDecision {
         slots.markEmpty(index)
         return nextCreation(now: now)
-    }
-
-    /// The creation decision, with a retry time turned into a timer request.
-    mutating func nextCreation(now: Int64) -> CreationDecision {
-        let decision = creationDecision(now: now)
-        if case .retryAt(let deadline) = decision {
-            return requestTimer(at: deadline).map { .retryAt($0) } ?? .none
-        }
-        return decision
     }
 
     // MARK: Timer
@@ -259,34 +223,11 @@ struct PoolStateMachine {
 
     /// The next deadline the timer must wake for, recorded as requested.
     mutating func nextTimerDeadline() -> Int64? {
-        var next = waiters.earliestDeadline
-        if waiters.count > slots.connectingCount, retryNotBefore != .min { next = min(next, retryNotBefore) }
+        var next = min(waiters.earliestDeadline, nextMaintenanceAt, shutdownDeadline)
+        if retryNotBefore != .min, creationWanted { next = min(next, retryNotBefore) }
         guard next != .max else { return nil }
         return requestTimer(at: next)
     }
-
-    // MARK: Shutdown
-
-    /// Stops lending. Afterwards drain ``popWaiterForShutdown()`` and ``takeIdleForClosing()``.
-    mutating func beginShutdown() {
-        lifecycle = .shuttingDown
-    }
-
-    mutating func popWaiterForShutdown() -> Waiter? {
-        guard lifecycle == .shuttingDown else { return nil }
-        return waiters.popFirst()
-    }
-
-    /// Moves one idle slot to closing and returns it.
-    mutating func takeIdleForClosing() -> Int32? {
-        guard !slots.idle.isEmpty else { return nil }
-        let index = slots.idle.element(at: slots.idle.count - 1)
-        slots.markClosing(index)  // also removes it from the idle ring
-        return index
-    }
-
-    /// True once every slot is empty.
-    var isDrained: Bool { slots.occupiedCount == 0 }
 
     // MARK: Inspection
 
@@ -298,10 +239,11 @@ struct PoolStateMachine {
         if counts[.leased, default: 0] != slots.leasedCount { return "leasedCount \(slots.leasedCount) != \(counts[.leased, default: 0])" }
         if counts[.connecting, default: 0] != slots.connectingCount { return "connectingCount \(slots.connectingCount) != \(counts[.connecting, default: 0])" }
         if counts[.closing, default: 0] != slots.closingCount { return "closingCount \(slots.closingCount) != \(counts[.closing, default: 0])" }
+        if counts[.validating, default: 0] != slots.validatingCount { return "validatingCount \(slots.validatingCount) != \(counts[.validating, default: 0])" }
         if counts[.empty, default: 0] != slots.emptyCount { return "emptyCount \(slots.emptyCount) != \(counts[.empty, default: 0])" }
-        let total = slots.idleCount + slots.leasedCount + slots.connectingCount + slots.closingCount
+        let total = slots.idleCount + slots.leasedCount + slots.connectingCount + slots.closingCount + slots.validatingCount
         if total != slots.occupiedCount { return "total \(total) != occupied \(slots.occupiedCount)" }
-        if total > maxSize && lifecycle == .running && slots.capacity == maxSize { return "total \(total) > maxSize \(maxSize)" }
+        if total > slots.capacity { return "total \(total) > capacity \(slots.capacity)" }
         if !waiters.isEmpty && slots.idleCount > 0 { return "\(waiters.count) waiters while \(slots.idleCount) connections idle" }
         return nil
     }

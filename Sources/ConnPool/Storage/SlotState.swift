@@ -2,10 +2,13 @@
 ///
 /// ```
 /// empty ──reserve──▶ connecting ──created──▶ idle ⇄ leased
-///   ▲                    │ failed              │      │ broken / expired / shutdown
-///   └────────────────────┘                     ▼      ▼
-///   └──────────────────────────────────────── closing
+///   ▲                    │ failed             ▲ │      │ broken / expired / shutdown
+///   └────────────────────┘         check ok   │ ▼      ▼
+///   │                               validating ──▶ closing (failed check, lifetime, idle timeout)
+///   └──────────────────────────────────────────────── closing
 /// ```
+/// `validating` is an idle connection taken out of the idle set while the maintenance task runs its
+/// health check, so it cannot be lent meanwhile.
 /// A slot counts towards the pool's size in every state but `empty`, so a connection that is still
 /// being opened or closed holds its place and the total never exceeds `maxSize`.
 @usableFromInline
@@ -15,4 +18,5 @@ enum SlotState: UInt8 {
     case idle
     case leased
     case closing
+    case validating
 }

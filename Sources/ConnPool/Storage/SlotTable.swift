@@ -19,6 +19,10 @@ struct SlotTable {
     @usableFromInline let lastUsed: UnsafeMutablePointer<Int64>
     /// Monotonic nanoseconds at which each slot's connection was last leased.
     @usableFromInline let leasedAt: UnsafeMutablePointer<Int64>
+    /// Monotonic nanoseconds at which each slot's connection reaches its (jittered) maximum lifetime.
+    @usableFromInline let expiresAt: UnsafeMutablePointer<Int64>
+    /// Monotonic nanoseconds of each slot's last successful health check (or creation).
+    @usableFromInline let lastChecked: UnsafeMutablePointer<Int64>
     /// Idle slots, most recently released at the back.
     @usableFromInline var idle: IndexRing
     /// Empty slots: a stack of indices, `emptyCount` of them valid.
@@ -28,6 +32,7 @@ struct SlotTable {
     @usableFromInline var leasedCount = 0
     @usableFromInline var connectingCount = 0
     @usableFromInline var closingCount = 0
+    @usableFromInline var validatingCount = 0
 
     init(capacity: Int) {
         precondition(capacity > 0 && capacity <= Int(Int32.max))
@@ -42,6 +47,10 @@ struct SlotTable {
         lastUsed.initialize(repeating: 0, count: capacity)
         leasedAt = .allocate(capacity: capacity)
         leasedAt.initialize(repeating: 0, count: capacity)
+        expiresAt = .allocate(capacity: capacity)
+        expiresAt.initialize(repeating: .max, count: capacity)
+        lastChecked = .allocate(capacity: capacity)
+        lastChecked.initialize(repeating: 0, count: capacity)
         idle = IndexRing(minimumCapacity: capacity)
         emptyStack = .allocate(capacity: capacity)
         // Lowest index on top, so a fresh pool fills slots 0, 1, 2, …
@@ -55,14 +64,19 @@ struct SlotTable {
         createdAt.deallocate()
         lastUsed.deallocate()
         leasedAt.deallocate()
+        expiresAt.deallocate()
+        lastChecked.deallocate()
         idle.deallocate()
         emptyStack.deallocate()
     }
 
     @inlinable var idleCount: Int { idle.count }
 
-    /// Slots that hold or are about to hold a connection: idle + leased + connecting + closing.
+    /// Slots that hold or are about to hold a connection: idle + leased + connecting + closing + validating.
     @inlinable var occupiedCount: Int { capacity - emptyCount }
+
+    /// Connections that are open and not on their way out: idle + leased + validating.
+    @inlinable var liveCount: Int { idleCount + leasedCount + validatingCount }
 
     /// Takes an empty slot and marks it `connecting`. Returns nil when every slot is occupied.
     mutating func reserveEmpty() -> Int32? {
@@ -84,6 +98,7 @@ struct SlotTable {
         }
         states[Int(index)] = .empty
         generations[Int(index)] &+= 1
+        expiresAt[Int(index)] = .max
         emptyStack[emptyCount] = index
         emptyCount += 1
     }
@@ -94,6 +109,7 @@ struct SlotTable {
         case .idle: idle.remove(index)
         case .leased: leasedCount -= 1
         case .connecting: connectingCount -= 1
+        case .validating: validatingCount -= 1
         default: preconditionFailure("slot \(index) cannot close from \(states[Int(index)])")
         }
         states[Int(index)] = .closing

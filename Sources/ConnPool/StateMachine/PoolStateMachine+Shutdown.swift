@@ -1,0 +1,46 @@
+/// Graceful shutdown: stop lending, fail waiters, close idle connections now and leased ones as they
+/// return, and close by force whatever is still out when the grace period ends.
+extension PoolStateMachine {
+    /// Stops lending. Returns the timer deadline for the end of the grace period, if one must be
+    /// armed. Afterwards drain ``popWaiterForShutdown()`` and ``takeIdleForClosing()``.
+    mutating func beginShutdown(now: Int64, gracePeriod: Int64?) -> Int64? {
+        lifecycle = .shuttingDown
+        nextMaintenanceAt = .max
+        guard let gracePeriod else { return nil }
+        shutdownDeadline = min(shutdownDeadline, now &+ gracePeriod)
+        return requestTimer(at: shutdownDeadline)
+    }
+
+    mutating func popWaiterForShutdown() -> Waiter? {
+        guard lifecycle == .shuttingDown else { return nil }
+        return waiters.popFirst()
+    }
+
+    /// Moves one idle slot to closing and returns it.
+    mutating func takeIdleForClosing() -> Int32? {
+        guard !slots.idle.isEmpty else { return nil }
+        let index = slots.idle.element(at: slots.idle.count - 1)
+        slots.markClosing(index)  // also removes it from the idle ring
+        return index
+    }
+
+    /// Whether the grace period is over.
+    func shutdownDeadlinePassed(now: Int64) -> Bool {
+        lifecycle == .shuttingDown && now >= shutdownDeadline
+    }
+
+    /// At the end of the grace period: moves every leased slot to closing and returns them. Their
+    /// leases become stale: returning them later does nothing.
+    mutating func takeLeasedForForcedClose() -> [Int32] {
+        shutdownDeadline = .max
+        var forced: [Int32] = []
+        for slot in 0..<slots.capacity where slots.states[slot] == .leased {
+            slots.markClosing(Int32(slot))
+            forced.append(Int32(slot))
+        }
+        return forced
+    }
+
+    /// True once every slot is empty.
+    var isDrained: Bool { slots.occupiedCount == 0 }
+}
