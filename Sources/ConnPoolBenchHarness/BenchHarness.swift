@@ -63,8 +63,7 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
             _ = await runPhase(
                 spec, driver: driver, operation: operation, stop: .requests(warmup), label: label + " warm-up")
         }
-        let rssBefore = ResidentMemory.currentBytes()
-        let (recorder, elapsed) = await runPhase(
+        let (recorder, elapsed, rssBefore) = await runPhase(
             spec, driver: driver, operation: operation, stop: spec.effectiveStop, label: label)
         let rssAfter = ResidentMemory.currentBytes()
         await driver.tearDown()
@@ -123,8 +122,12 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
     private func runPhase(
         _ spec: BenchRunSpec, driver: Driver<Factory>, operation: BenchOperation<PooledConnection>,
         stop: BenchStopCondition, label: String
-    ) async -> (LatencyRecorder, UInt64) {
+    ) async -> (recorder: LatencyRecorder, elapsedNanoseconds: UInt64, rssAtStart: Int?) {
         let counters = PhaseCounters()
+        // Every worker's histogram is allocated (and its pages touched) before the resident size is read
+        // and the clock starts, so neither the memory figures nor the timing include it.
+        let slots = RecorderSlots(count: spec.concurrency)
+        let rssAtStart = ResidentMemory.currentBytes()
         let start = benchMonotonicNanoseconds()
         let phase = Phase(stop: stop, start: start, counters: counters)
         let progress = ProgressLine(
@@ -136,9 +139,11 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
         switch spec.mode {
         case .async:
             recorders = await withTaskGroup(of: LatencyRecorder.self) { group in
-                for _ in 0..<spec.concurrency {
+                for index in 0..<spec.concurrency {
                     group.addTask {
-                        await Self.asyncWorker(phase: phase, driver: driver, operation: operation, category: category)
+                        await Self.asyncWorker(
+                            recorder: slots.take(index), phase: phase, driver: driver, operation: operation,
+                            category: category)
                     }
                 }
                 var all: [LatencyRecorder] = []
@@ -146,22 +151,24 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
                 return all
             }
         case .sync:
-            recorders = await PlainThreads.run(count: spec.concurrency) { _ in
-                Self.blockingWorker(phase: phase, driver: driver, operation: operation, category: category)
+            recorders = await PlainThreads.run(count: spec.concurrency) { index in
+                Self.blockingWorker(
+                    recorder: slots.take(index), phase: phase, driver: driver, operation: operation,
+                    category: category)
             }
         }
         let elapsed = benchMonotonicNanoseconds() &- start
         progress.finish()
         var merged = recorders[0]
         for recorder in recorders.dropFirst() { merged.merge(recorder) }
-        return (merged, elapsed)
+        return (merged, elapsed, rssAtStart)
     }
 
     private static func asyncWorker(
-        phase: Phase, driver: Driver<Factory>, operation: BenchOperation<PooledConnection>,
+        recorder: consuming LatencyRecorder, phase: Phase, driver: Driver<Factory>, operation: BenchOperation<PooledConnection>,
         category: @Sendable (any Error) -> String
     ) async -> LatencyRecorder {
-        var recorder = LatencyRecorder()
+        var recorder = recorder
         let run = operation.run
         while true {
             let begin = benchMonotonicNanoseconds()
@@ -199,10 +206,10 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
     }
 
     private static func blockingWorker(
-        phase: Phase, driver: Driver<Factory>, operation: BenchOperation<PooledConnection>,
+        recorder: consuming LatencyRecorder, phase: Phase, driver: Driver<Factory>, operation: BenchOperation<PooledConnection>,
         category: @Sendable (any Error) -> String
     ) -> LatencyRecorder {
-        var recorder = LatencyRecorder()
+        var recorder = recorder
         let run = operation.runBlocking
         while true {
             let begin = benchMonotonicNanoseconds()
@@ -270,6 +277,33 @@ private final class Phase: Sendable {
         if now >= deadline { return nil }
         let index = counters.claimed.wrappingAdd(1, ordering: .relaxed).oldValue
         return index < limit ? index : nil
+    }
+}
+
+/// One pre-allocated ``LatencyRecorder`` per worker, each moved out (not copied: a copy would share the
+/// histogram's storage and copy it on the first write) by the worker it belongs to.
+///
+/// `@unchecked Sendable` is safe because slot `i` is written once in `init` and taken once, by worker
+/// `i` only; the task or thread start orders the init before the take.
+private final class RecorderSlots: @unchecked Sendable {
+    private let storage: UnsafeMutablePointer<LatencyRecorder?>
+    private let count: Int
+
+    init(count: Int) {
+        self.count = count
+        storage = .allocate(capacity: count)
+        for index in 0..<count { (storage + index).initialize(to: LatencyRecorder()) }
+    }
+
+    deinit {
+        storage.deinitialize(count: count)
+        storage.deallocate()
+    }
+
+    func take(_ index: Int) -> LatencyRecorder {
+        let recorder = storage[index].take()
+        precondition(recorder != nil, "recorder \(index) taken twice")
+        return recorder.unsafelyUnwrapped
     }
 }
 
