@@ -1,3 +1,5 @@
+public import Tracing
+
 extension ConnectionPool {
     /// Borrows a connection, suspending until one is available.
     ///
@@ -5,16 +7,23 @@ extension ConnectionPool {
     /// opens a new one if the pool is below `maxSize`, or waits, first come first served, for a
     /// connection to be released. Never blocks a cooperative thread.
     ///
-    /// - Parameter timeout: how long to wait; `nil` uses ``PoolConfiguration/acquireTimeout``.
+    /// - Parameters:
+    ///   - timeout: how long to wait; `nil` uses ``PoolConfiguration/acquireTimeout``.
+    ///   - file: recorded for leak detection (``PoolConfiguration/leakDetectionThreshold``).
+    ///   - line: recorded for leak detection.
     /// - Returns: a lease; the connection returns to the pool when the lease goes out of scope.
     /// - Throws: ``ConnectionPoolError/acquireTimeout(after:lastConnectError:)`` when no connection came
-    ///   in time; ``ConnectionPoolError/shutDown`` after ``shutdown()``;
-    ///   ``ConnectionPoolError/tooManyWaiters(limit:)`` beyond `maxWaiters`; `CancellationError` if the
-    ///   task is cancelled while waiting (the waiter is removed at once, nothing leaks).
+    ///   in time; ``ConnectionPoolError/connectFailing(lastConnectError:consecutiveFailures:)`` at once
+    ///   while the backend looks down; ``ConnectionPoolError/shutDown`` after
+    ///   ``shutdown(gracePeriod:)``; ``ConnectionPoolError/tooManyWaiters(limit:)`` beyond
+    ///   `maxWaiters`; `CancellationError` if the task is cancelled while waiting (the waiter is
+    ///   removed at once, nothing leaks).
     @inlinable
-    public nonisolated(nonsending) func acquire(timeout: Duration? = nil) async throws -> ConnectionLease<Factory> {
-        if configuration.validateOnAcquire {
-            return try await acquireValidating(timeout: timeout ?? configuration.acquireTimeout)
+    public nonisolated(nonsending) func acquire(
+        timeout: Duration? = nil, file: StaticString = #fileID, line: UInt = #line
+    ) async throws -> ConnectionLease<Factory> {
+        guard plainAcquire else {
+            return try await acquireFull(timeout: timeout ?? configuration.acquireTimeout, file: file, line: line)
         }
         core.mutex.lock()
         if let token = core.state.pointee.leaseIdle() {
@@ -28,11 +37,69 @@ extension ConnectionPool {
         return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
     }
 
-    /// ``acquire(timeout:)`` with ``PoolConfiguration/validateOnAcquire``: an idle connection unused
-    /// for longer than the bypass window is checked first; one that fails is closed and the acquire
-    /// moves on to the next idle one, or waits for a new one, within the same deadline.
+    /// Runs `body` with a borrowed connection and returns it to the pool afterwards, whether `body`
+    /// returns or throws. Allocation-free for an idle connection.
+    ///
+    /// - Parameters:
+    ///   - timeout: how long to wait for a connection; `nil` uses ``PoolConfiguration/acquireTimeout``.
+    ///   - body: the work; it must not keep the connection after it returns.
+    /// - Throws: what ``acquire(timeout:file:line:)`` throws, or what `body` throws.
+    @inlinable
+    public nonisolated(nonsending) func withConnection<Result>(
+        timeout: Duration? = nil,
+        file: StaticString = #fileID,
+        line: UInt = #line,
+        _ body: nonisolated(nonsending) (PooledConnection) async throws -> Result
+    ) async throws -> Result {
+        let lease = try await acquire(timeout: timeout, file: file, line: line)
+        return try await body(lease.connection)
+    }
+
+    /// The acquire path with every optional feature: a tracing span around it, validation on
+    /// acquire, and lease stamping.
     @usableFromInline
-    nonisolated(nonsending) func acquireValidating(timeout: Duration) async throws -> ConnectionLease<Factory> {
+    nonisolated(nonsending) func acquireFull(
+        timeout: Duration, file: StaticString, line: UInt
+    ) async throws -> ConnectionLease<Factory> {
+        guard let tracer else { return try await acquireChecked(timeout: timeout, file: file, line: line) }
+        let span = tracer.startSpan("connpool.acquire", ofKind: .internal)
+        span.attributes["connpool.pool"] = configuration.name
+        let start = clock.now()
+        do {
+            let lease = try await acquireChecked(timeout: timeout, file: file, line: line)
+            span.attributes["connpool.wait_ns"] = Int(clock.now() &- start)
+            span.attributes["connpool.outcome"] = "ok"
+            span.end()
+            return lease
+        } catch {
+            span.attributes["connpool.wait_ns"] = Int(clock.now() &- start)
+            span.attributes["connpool.outcome"] = Self.outcome(of: error)
+            span.recordError(error)
+            span.setStatus(SpanStatus(code: .error))
+            span.end()
+            throw error
+        }
+    }
+
+    /// A short name for how an acquire ended, for spans.
+    static func outcome(of error: any Error) -> String {
+        switch error {
+        case ConnectionPoolError.acquireTimeout: return "timeout"
+        case ConnectionPoolError.connectFailing: return "fail_fast"
+        case ConnectionPoolError.shutDown: return "shut_down"
+        case ConnectionPoolError.tooManyWaiters: return "shed"
+        case is CancellationError: return "cancelled"
+        default: return "error"
+        }
+    }
+
+    /// Acquire with validation on acquire (when configured) and lease stamping: an idle connection
+    /// unused for longer than the bypass window is checked first; one that fails is closed and the
+    /// acquire moves on to the next idle one, or waits for a new one, within the same deadline.
+    @usableFromInline
+    nonisolated(nonsending) func acquireChecked(
+        timeout: Duration, file: StaticString, line: UInt
+    ) async throws -> ConnectionLease<Factory> {
         let deadline = clock.now() &+ timeout.nanosecondsClamped
         let bypassWindow = configuration.validationBypassWindow.nanosecondsClamped
         while true {
@@ -40,7 +107,9 @@ extension ConnectionPool {
             let now = clock.coarseNow()
             core.mutex.lock()
             if let token = core.state.pointee.leaseIdle() {
-                let needsCheck = core.state.pointee.needsValidation(token, now: now, bypassWindow: bypassWindow)
+                if tracksLeases { core.state.pointee.slots.stampLease(token.index, now: now, file: file, line: line) }
+                let needsCheck = configuration.validateOnAcquire
+                    && core.state.pointee.needsValidation(token, now: now, bypassWindow: bypassWindow)
                 let connection = connections[Int(token.index)].unsafelyUnwrapped
                 core.mutex.unlock()
                 if !needsCheck {
@@ -58,32 +127,17 @@ extension ConnectionPool {
             core.mutex.unlock()
             // A connection handed over or newly opened was just known to work: no check needed.
             let token = try await acquireWaiting(id: id, deadline: deadline, timeout: timeout)
-            return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
+            return ConnectionLease(pool: self, token: token, connection: leasedConnection(token, file: file, line: line))
         }
     }
 
-    /// Runs `body` with a borrowed connection and returns it to the pool afterwards, whether `body`
-    /// returns or throws. Allocation-free for an idle connection.
-    ///
-    /// - Parameters:
-    ///   - timeout: how long to wait for a connection; `nil` uses ``PoolConfiguration/acquireTimeout``.
-    ///   - body: the work; it must not keep the connection after it returns.
-    /// - Throws: what ``acquire(timeout:)`` throws, or what `body` throws.
-    @inlinable
-    public nonisolated(nonsending) func withConnection<Result>(
-        timeout: Duration? = nil,
-        _ body: nonisolated(nonsending) (PooledConnection) async throws -> Result
-    ) async throws -> Result {
-        let lease = try await acquire(timeout: timeout)
-        return try await body(lease.connection)
-    }
-
-    /// The waiting part of ``acquire(timeout:)``: queues a waiter and suspends until it is served,
-    /// times out or is cancelled. Allocates nothing in steady state (the continuation lives in the
-    /// task's own allocator; the waiter queue reuses its storage).
+    /// The waiting part of an acquire: queues a waiter and suspends until it is served, times out or
+    /// is cancelled. Allocates nothing in steady state (the continuation lives in the task's own
+    /// allocator; the waiter queue reuses its storage).
     @usableFromInline
     nonisolated(nonsending) func acquireWaiting(id: UInt64, deadline: Int64?, timeout: Duration) async throws -> LeaseToken {
-        let deadline = deadline ?? clock.now() &+ timeout.nanosecondsClamped
+        let start = clock.now()
+        let deadline = deadline ?? start &+ timeout.nanosecondsClamped
         let raw = try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<UInt64, any Error>) in
                 let now = clock.now()
@@ -108,6 +162,7 @@ extension ConnectionPool {
         } onCancel: {
             self.cancelWaiter(id: id)
         }
+        recordWait(since: start)
         return LeaseToken(rawValue: raw)
     }
 }

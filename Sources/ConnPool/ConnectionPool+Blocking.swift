@@ -3,21 +3,28 @@ public import Glibc
 #elseif canImport(Darwin)
 public import Darwin
 #endif
+public import Tracing
 
 extension ConnectionPool {
     /// Borrows a connection, blocking the calling thread until one is available.
     ///
     /// For plain threads. It blocks only the caller; never call it from a Swift concurrency task (it
-    /// would block a cooperative thread): use ``acquire(timeout:)`` there.
+    /// would block a cooperative thread): use ``acquire(timeout:file:line:)`` there.
     ///
-    /// - Parameter timeout: how long to wait; `nil` uses ``PoolConfiguration/acquireTimeout``.
+    /// - Parameters:
+    ///   - timeout: how long to wait; `nil` uses ``PoolConfiguration/acquireTimeout``.
+    ///   - file: recorded for leak detection.
+    ///   - line: recorded for leak detection.
     /// - Returns: a lease; the connection returns to the pool when the lease goes out of scope.
     /// - Throws: ``ConnectionPoolError/acquireTimeout(after:lastConnectError:)``,
+    ///   ``ConnectionPoolError/connectFailing(lastConnectError:consecutiveFailures:)``,
     ///   ``ConnectionPoolError/shutDown`` or ``ConnectionPoolError/tooManyWaiters(limit:)``.
     @inlinable
-    public func acquireBlocking(timeout: Duration? = nil) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
-        if configuration.validateOnAcquire {
-            return try acquireBlockingValidating(timeout: timeout ?? configuration.acquireTimeout)
+    public func acquireBlocking(
+        timeout: Duration? = nil, file: StaticString = #fileID, line: UInt = #line
+    ) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
+        guard plainAcquire else {
+            return try acquireBlockingFull(timeout: timeout ?? configuration.acquireTimeout, file: file, line: line)
         }
         core.mutex.lock()
         if let token = core.state.pointee.leaseIdle() {
@@ -31,17 +38,56 @@ extension ConnectionPool {
         return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
     }
 
-    /// ``acquireBlocking(timeout:)`` with ``PoolConfiguration/validateOnAcquire``: the check runs on
-    /// the calling thread with ``Connection/isValidBlocking(timeout:)``; see ``acquire(timeout:)``.
+    /// Runs `body` with a borrowed connection on the calling thread and returns the connection
+    /// afterwards, whether `body` returns or throws. Allocation-free for an idle connection.
+    ///
+    /// - Throws: what ``acquireBlocking(timeout:file:line:)`` throws, or what `body` throws.
+    @inlinable
+    public func withConnectionBlocking<Result>(
+        timeout: Duration? = nil,
+        file: StaticString = #fileID,
+        line: UInt = #line,
+        _ body: (PooledConnection) throws -> Result
+    ) throws -> Result {
+        let lease = try acquireBlocking(timeout: timeout, file: file, line: line)
+        return try body(lease.connection)
+    }
+
+    /// The blocking acquire path with every optional feature (see ``acquireFull(timeout:file:line:)``);
+    /// checks run on the calling thread with ``Connection/isValidBlocking(timeout:)``.
     @usableFromInline
-    func acquireBlockingValidating(timeout: Duration) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
+    func acquireBlockingFull(timeout: Duration, file: StaticString, line: UInt) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
+        guard let tracer else { return try acquireBlockingChecked(timeout: timeout, file: file, line: line) }
+        let span = tracer.startSpan("connpool.acquire", ofKind: .internal)
+        span.attributes["connpool.pool"] = configuration.name
+        let start = clock.now()
+        do {
+            let lease = try acquireBlockingChecked(timeout: timeout, file: file, line: line)
+            span.attributes["connpool.wait_ns"] = Int(clock.now() &- start)
+            span.attributes["connpool.outcome"] = "ok"
+            span.end()
+            return lease
+        } catch {
+            span.attributes["connpool.wait_ns"] = Int(clock.now() &- start)
+            span.attributes["connpool.outcome"] = Self.outcome(of: error)
+            span.recordError(error)
+            span.setStatus(SpanStatus(code: .error))
+            span.end()
+            throw error
+        }
+    }
+
+    @usableFromInline
+    func acquireBlockingChecked(timeout: Duration, file: StaticString, line: UInt) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
         let deadline = clock.now() &+ timeout.nanosecondsClamped
         let bypassWindow = configuration.validationBypassWindow.nanosecondsClamped
         while true {
             let now = clock.coarseNow()
             core.mutex.lock()
             if let token = core.state.pointee.leaseIdle() {
-                let needsCheck = core.state.pointee.needsValidation(token, now: now, bypassWindow: bypassWindow)
+                if tracksLeases { core.state.pointee.slots.stampLease(token.index, now: now, file: file, line: line) }
+                let needsCheck = configuration.validateOnAcquire
+                    && core.state.pointee.needsValidation(token, now: now, bypassWindow: bypassWindow)
                 let connection = connections[Int(token.index)].unsafelyUnwrapped
                 core.mutex.unlock()
                 if !needsCheck {
@@ -58,25 +104,12 @@ extension ConnectionPool {
             let id = core.state.pointee.reserveWaiterID()
             core.mutex.unlock()
             let token = try acquireBlockingWaiting(id: id, deadline: deadline, timeout: timeout)
-            return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
+            return ConnectionLease(pool: self, token: token, connection: leasedConnection(token, file: file, line: line))
         }
     }
 
-    /// Runs `body` with a borrowed connection on the calling thread and returns the connection
-    /// afterwards, whether `body` returns or throws. Allocation-free for an idle connection.
-    ///
-    /// - Throws: what ``acquireBlocking(timeout:)`` throws, or what `body` throws.
-    @inlinable
-    public func withConnectionBlocking<Result>(
-        timeout: Duration? = nil,
-        _ body: (PooledConnection) throws -> Result
-    ) throws -> Result {
-        let lease = try acquireBlocking(timeout: timeout)
-        return try body(lease.connection)
-    }
-
-    /// The waiting part of ``acquireBlocking(timeout:)``. The thread waits on a condition variable in
-    /// its own stack frame; the pool's timer fails it at its deadline.
+    /// The waiting part of ``acquireBlocking(timeout:file:line:)``. The thread waits on a condition
+    /// variable in its own stack frame; the pool's timer fails it at its deadline.
     @usableFromInline
     func acquireBlockingWaiting(id: UInt64, deadline: Int64?, timeout: Duration) throws(ConnectionPoolError) -> LeaseToken {
         let now = clock.now()
@@ -110,6 +143,8 @@ extension ConnectionPool {
                 return result
             }
         }
-        return LeaseToken(rawValue: try result.get())
+        let token = LeaseToken(rawValue: try result.get())
+        recordWait(since: now)
+        return token
     }
 }

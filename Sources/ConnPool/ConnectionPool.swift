@@ -4,6 +4,7 @@ public import Glibc
 public import Darwin
 #endif
 public import Logging
+public import Tracing
 
 /// A pool of connections made by a ``ConnectionFactory``, lent through `~Copyable` leases, with a
 /// suspending interface for Swift concurrency and a blocking one for plain threads.
@@ -32,10 +33,26 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     public typealias PooledConnection = Factory.PooledConnectionType
 
     @usableFromInline let core: PoolCore
-    /// One optional connection per slot, indexed like the state machine's slots. Guarded by `core.mutex`.
-    @usableFromInline let connections: UnsafeMutablePointer<PooledConnection?>
+    /// Points at the buffer of one optional connection per slot, indexed like the state machine's
+    /// slots. Both the pointer and the elements are guarded by `core.mutex`; the buffer is replaced
+    /// only by ``resize(maxSize:)``.
+    @usableFromInline let connectionBuffer: UnsafeMutablePointer<UnsafeMutablePointer<PooledConnection?>>
     @usableFromInline let clock: PoolClock
-    @usableFromInline let capacity: Int
+    /// False when a feature needs the full acquire path: validate on acquire, tracing or lease
+    /// tracking. Lets the common case skip them with one predictable branch.
+    @usableFromInline let plainAcquire: Bool
+    /// Lends are stamped with time and call site (lease hold time, leak detection).
+    @usableFromInline let tracksLeases: Bool
+    /// Spans for acquires and connection attempts, when given.
+    @usableFromInline let tracer: (any Tracer)?
+
+    /// Lock-free distributions, recorded outside the lock.
+    @usableFromInline let acquireWaitHistogram = LatencyHistogram()
+    @usableFromInline let leaseHoldHistogram = LatencyHistogram()
+    let lifetimeHistogram = LatencyHistogram()
+
+    /// The connection buffer. Read or write it only with `core.mutex` held.
+    @inlinable var connections: UnsafeMutablePointer<PooledConnection?> { connectionBuffer.pointee }
 
     /// The factory that opens this pool's connections.
     public let factory: Factory
@@ -52,6 +69,8 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     /// What the shutdown did so far; final once `shutdownFinished`. Guarded by `core.mutex`.
     private var shutdownReport = ShutdownReport()
     private var shutdownFinished = false
+    /// The periodic metrics handler. Guarded by `core.mutex`.
+    private var metricsHandler: (@Sendable (PoolMetrics) -> Void)?
 
     /// Creates a pool and starts its maintenance. With ``PoolConfiguration/warmUpOnInit`` it starts
     /// opening `minSize` connections in the background; otherwise it opens none until needed.
@@ -60,23 +79,34 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     ///   - factory: opens the connections.
     ///   - configuration: sizes, timeouts and health rules; validated here.
     ///   - clock: ``PoolClock/system`` in production; ``PoolClock/manual(_:)`` in tests.
-    ///   - logger: where the pool logs; it never logs secrets.
+    ///   - logger: where the pool logs, with the pool's name as `pool` metadata; it never logs secrets.
+    ///   - tracer: a swift-distributed-tracing tracer for spans of acquires (`connpool.acquire`, with
+    ///     the wait and the outcome) and connection attempts (`connpool.connect`); `nil` (the default)
+    ///     traces nothing and costs nothing.
     /// - Throws: ``PoolConfigurationError`` if `configuration` breaks a rule.
     public init(
         factory: Factory,
         configuration: PoolConfiguration = PoolConfiguration(),
         clock: PoolClock = .system,
-        logger: Logger = Logger(label: "connpool")
+        logger: Logger = Logger(label: "connpool"),
+        tracer: (any Tracer)? = nil
     ) throws(PoolConfigurationError) {
         try configuration.validate()
         self.factory = factory
         self.configuration = configuration
         self.clock = clock
+        var logger = logger
+        logger[metadataKey: "pool"] = "\(configuration.name)"
         self.logger = logger
-        capacity = configuration.maxSize
+        self.tracer = tracer
+        tracksLeases = configuration.leakDetectionThreshold != nil || configuration.recordsLeaseHoldTime
+        plainAcquire = !configuration.validateOnAcquire && tracer == nil && !tracksLeases
+        let capacity = configuration.maxSize
         core = PoolCore(configuration: configuration, capacity: capacity)
-        connections = .allocate(capacity: capacity)
-        connections.initialize(repeating: nil, count: capacity)
+        let buffer = UnsafeMutablePointer<PooledConnection?>.allocate(capacity: capacity)
+        buffer.initialize(repeating: nil, count: capacity)
+        connectionBuffer = .allocate(capacity: 1)
+        connectionBuffer.initialize(to: buffer)
         let reference = WeakPoolReference<Factory>()
         timer = clock.makeTimer { now in reference.pool?.timerFired(now: now) }
         reference.pool = self
@@ -97,6 +127,7 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         timer.stop()
         core.mutex.lock()
         let wasRunning = core.state.pointee.lifecycle == .running
+        let capacity = core.state.pointee.slots.capacity
         var open: [PooledConnection] = []
         for index in 0..<capacity {
             if let connection = connections[index] { open.append(connection) }
@@ -112,6 +143,7 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         }
         connections.deinitialize(count: capacity)
         connections.deallocate()
+        connectionBuffer.deallocate()
     }
 
     // MARK: Release
@@ -122,17 +154,34 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         let now = clock.coarseNow()
         let broken = broken || connection.isBroken
         core.mutex.lock()
-        if !broken, core.state.pointee.releaseToIdle(token, now: now) {
+        if !broken, !tracksLeases, core.state.pointee.releaseToIdle(token, now: now) {
             core.mutex.unlock()
             return
         }
         releaseSlow(token, broken: broken, now: now, reason: .broken)
     }
 
-    /// The release path for hand-offs, broken or expired connections and shutdown. Called with the
-    /// mutex held; returns with it released.
+    /// The release path for hand-offs, broken or expired connections, shutdown and lease tracking.
+    /// Called with the mutex held; returns with it released.
     @usableFromInline
     func releaseSlow(_ token: LeaseToken, broken: Bool, now: Int64, reason: CloseReason) {
+        var heldFor: Int64?
+        if tracksLeases {
+            let slot = Int(token.index)
+            let slots = core.state.pointee.slots
+            if slots.states[slot] == .leased, slots.generations[slot] == token.generation {
+                heldFor = now &- slots.leasedAt[slot]
+            }
+        }
+        defer {
+            if let heldFor, configuration.recordsLeaseHoldTime {
+                leaseHoldHistogram.record(nanoseconds: UInt64(max(0, heldFor)))
+            }
+        }
+        if !broken, core.state.pointee.releaseToIdle(token, now: now) {
+            core.mutex.unlock()
+            return
+        }
         switch core.state.pointee.release(token, broken: broken, now: now, brokenReason: reason) {
         case .idle, .stale:
             core.mutex.unlock()
@@ -215,6 +264,24 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         return connection
     }
 
+    /// ``leasedConnection(_:)`` that also stamps the lease's time and call site when leases are
+    /// tracked.
+    @usableFromInline
+    func leasedConnection(_ token: LeaseToken, file: StaticString, line: UInt) -> PooledConnection {
+        let now = tracksLeases ? clock.coarseNow() : 0
+        core.mutex.lock()
+        if tracksLeases { core.state.pointee.slots.stampLease(token.index, now: now, file: file, line: line) }
+        let connection = connections[Int(token.index)].unsafelyUnwrapped
+        core.mutex.unlock()
+        return connection
+    }
+
+    /// Records how long a served waiter waited.
+    @usableFromInline
+    func recordWait(since start: Int64) {
+        acquireWaitHistogram.record(nanoseconds: UInt64(max(0, clock.now() &- start)))
+    }
+
     // MARK: Creation and closing
 
     func handle(_ decision: PoolStateMachine.CreationDecision) {
@@ -232,12 +299,17 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
 
     /// Opens a connection for the reserved `slot` and installs it. Returns the error if it failed.
     func createConnection(slot: Int32) async -> (any Error)? {
+        let span = tracer?.startSpan("connpool.connect", ofKind: .client)
+        span?.attributes["connpool.pool"] = configuration.name
         let result: Result<PooledConnection, any Error>
         do {
             result = .success(try await factory.makeConnection())
         } catch {
             result = .failure(error)
+            span?.recordError(error)
+            span?.setStatus(SpanStatus(code: .error))
         }
+        span?.end()
         let now = clock.now()
         core.mutex.lock()
         var failed: [(UnsafeContinuation<UInt64, any Error>, ConnectionPoolError)] = []
@@ -302,10 +374,11 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     private func closeFinished(slot: Int32) {
         let now = clock.now()
         core.mutex.lock()
-        let decision = core.state.pointee.closeFinished(slot, now: now)
+        let (decision, lifetime) = core.state.pointee.closeFinished(slot, now: now)
         let failed = failFastWaitersLocked()
         let drained = takeDrainContinuationsIfDrainedLocked()
         core.mutex.unlock()
+        if let lifetime { lifetimeHistogram.record(nanoseconds: UInt64(max(0, lifetime))) }
         for (continuation, error) in failed { continuation.resume(throwing: error) }
         handle(decision)
         for (continuation, report) in drained { continuation.resume(returning: report) }
@@ -336,7 +409,9 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
             drained = takeDrainContinuationsLocked(gaveUp: true)
         }
         var toValidate: [(PooledConnection, Int32)] = []
+        var leaks: [PoolStateMachine.LeakReport] = []
         if core.state.pointee.maintenanceDue(now: now) {
+            leaks = core.state.pointee.detectLeaks(now: clock.coarseNow())
             for action in core.state.pointee.planMaintenance(now: now) {
                 switch action {
                 case .close(let index, _):
@@ -348,8 +423,22 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         }
         var toCreate: [Int32] = []
         while case .create(let index) = core.state.pointee.creationDecision(now: now) { toCreate.append(index) }
+        var report: (@Sendable (PoolMetrics) -> Void, PoolMetrics)?
+        if core.state.pointee.takeMetricsReportDue(now: now), let metricsHandler {
+            report = (metricsHandler, metricsLocked())
+        }
         let next = core.state.pointee.nextTimerDeadline()
         core.mutex.unlock()
+
+        for leak in leaks {
+            logger.warning(
+                "connection pool: a lease is still held past the leak detection threshold",
+                metadata: [
+                    "acquired_at": "\(leak.file):\(leak.line)",
+                    "held_ms": "\(leak.heldFor / 1_000_000)",
+                ])
+        }
+        if let (handler, metrics) = report { handler(metrics) }
 
         for (connection, index) in toClose { closeInBackground(connection, slot: index) }
         for index in toCreate { startCreation(slot: index) }
@@ -499,6 +588,7 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
             if let connection { await connection.close() }
             closeFinished(slot: index)
         }
+        // (closeFinished records each connection's lifetime.)
         let report = await withCheckedContinuation { (continuation: CheckedContinuation<ShutdownReport, Never>) in
             core.mutex.lock()
             if core.state.pointee.isDrained || shutdownFinished {
@@ -546,12 +636,17 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
 
     // MARK: Inspection
 
-    /// A consistent snapshot of the pool's connection and waiter counts, taken under the lock.
+    /// A snapshot of the pool: connection and waiter counts, event counters (exactly consistent:
+    /// taken under the lock) and the wait, hold and lifetime distributions.
     public func metrics() -> PoolMetrics {
         core.mutex.lock()
         defer { core.mutex.unlock() }
+        return metricsLocked()
+    }
+
+    private func metricsLocked() -> PoolMetrics {
         let state = core.state.pointee
-        return PoolMetrics(
+        var metrics = PoolMetrics(
             idle: state.slots.idleCount,
             inUse: state.slots.leasedCount,
             connecting: state.slots.connectingCount,
@@ -559,6 +654,96 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
             validating: state.slots.validatingCount,
             waiting: state.waiters.count,
             maxSize: state.maxSize)
+        let counters = state.counters
+        metrics.acquires = counters.immediateAcquires + counters.waitedAcquires
+        metrics.acquiresAfterWaiting = counters.waitedAcquires
+        metrics.created = counters.created
+        metrics.creationFailures = counters.creationFailures
+        metrics.acquireTimeouts = counters.acquireTimeouts
+        metrics.healthCheckFailures = counters.healthCheckFailures
+        metrics.failedFast = counters.failedFast
+        metrics.shedWaiters = counters.shedWaiters
+        metrics.cancelledWaiters = counters.cancelledWaiters
+        metrics.leaksDetected = counters.leaksDetected
+        metrics.closedByReason = counters.closedByReason
+        metrics.acquireWait = acquireWaitHistogram.snapshot(extraZeros: UInt64(counters.immediateAcquires))
+        metrics.leaseHold = leaseHoldHistogram.snapshot()
+        metrics.connectionLifetime = lifetimeHistogram.snapshot()
+        return metrics
+    }
+
+    /// Calls `handler` with a fresh ``metrics()`` snapshot every `interval`, on the pool's timer
+    /// thread, until the pool shuts down or another handler (or `nil`) replaces it. Keep the handler
+    /// short: it delays the pool's timer while it runs.
+    ///
+    /// - Precondition: `interval` is positive.
+    public func setMetricsHandler(every interval: Duration, _ handler: (@Sendable (PoolMetrics) -> Void)?) {
+        precondition(interval > .zero, "the metrics interval must be positive")
+        let now = clock.now()
+        core.mutex.lock()
+        metricsHandler = handler
+        let deadline = core.state.pointee.setMetricsInterval(handler == nil ? nil : interval.nanosecondsClamped, now: now)
+        core.mutex.unlock()
+        if let deadline { timer.schedule(at: deadline) }
+    }
+
+    /// The pool's health, metrics and configuration, for a status endpoint. Holds no secret.
+    public func status() -> PoolStatus {
+        core.mutex.lock()
+        let state = core.state.pointee
+        let metrics = metricsLocked()
+        let health: PoolStatus.Health
+        if state.lifecycle != .running {
+            health = .shuttingDown
+        } else if state.breakerOpen {
+            health = .failing
+        } else if state.lastConnectError != nil || (metrics.waiting > 0 && metrics.total >= metrics.maxSize) {
+            health = .degraded
+        } else {
+            health = .healthy
+        }
+        let lastError = state.lastConnectError.map { "\($0)" }
+        let failures = state.backoff.consecutiveFailures
+        core.mutex.unlock()
+        var configuration = self.configuration
+        configuration.maxSize = metrics.maxSize
+        return PoolStatus(
+            name: configuration.name, health: health, metrics: metrics, configuration: configuration,
+            factory: "\(factory)", lastConnectError: lastError, consecutiveConnectFailures: failures)
+    }
+
+    // MARK: Resize
+
+    /// Changes the maximum number of connections at runtime.
+    ///
+    /// Growing serves waiting callers at once (new connections are opened for them). Shrinking closes
+    /// idle connections above the new maximum now, leased ones when they come back and ones being
+    /// opened when they open; from then on the new maximum holds. Safe to call concurrently with
+    /// acquires and other resizes. Growing above the largest size so far reallocates the slot array
+    /// (the only allocation a resize makes).
+    ///
+    /// - Throws: ``PoolConfigurationError`` if `maxSize` is below 1 or below `minSize`.
+    public func resize(maxSize: Int) throws(PoolConfigurationError) {
+        if maxSize < max(1, configuration.minSize) || maxSize > Int(Int32.max) {
+            throw PoolConfigurationError(
+                field: "maxSize", value: "\(maxSize)",
+                rule: "must be at least 1 and at least minSize (\(configuration.minSize))")
+        }
+        let now = clock.now()
+        core.mutex.lock()
+        let capacity = core.state.pointee.slots.capacity
+        if maxSize > capacity {
+            let grown = UnsafeMutablePointer<PooledConnection?>.allocate(capacity: maxSize)
+            grown.moveInitialize(from: connections, count: capacity)
+            (grown + capacity).initialize(repeating: nil, count: maxSize - capacity)
+            connections.deallocate()
+            connectionBuffer.pointee = grown
+        }
+        let action = core.state.pointee.resize(maxSize: maxSize, now: now)
+        let toClose = action.close.map { ($0, takeConnectionLocked($0)) }
+        core.mutex.unlock()
+        for (index, connection) in toClose { closeInBackground(connection, slot: index) }
+        for index in action.create { startCreation(slot: index) }
     }
 
     /// Checks the state machine's invariants (for tests): a description of the first violation.
@@ -566,7 +751,7 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         core.mutex.lock()
         defer { core.mutex.unlock() }
         if let violation = core.state.pointee.invariantViolation() { return violation }
-        for index in 0..<capacity {
+        for index in 0..<core.state.pointee.slots.capacity {
             let state = core.state.pointee.slots.states[index]
             let hasConnection = connections[index] != nil
             let shouldHave = state == .idle || state == .leased || state == .validating

@@ -10,7 +10,7 @@
 /// ```
 /// ``ConnectionPool/init(factory:configuration:clock:)`` calls ``validate()`` and throws
 /// ``PoolConfigurationError`` for a value that breaks a rule.
-public struct PoolConfiguration: Sendable, Hashable {
+public struct PoolConfiguration: Sendable, Hashable, Codable {
     /// The order in which idle connections are reused.
     public enum ReuseOrder: String, Sendable, Hashable, Codable {
         /// Last in, first out (default): the most recently released connection is lent first. Hot
@@ -110,6 +110,20 @@ public struct PoolConfiguration: Sendable, Hashable {
     /// Default 30 s. Must be positive.
     public var shutdownGracePeriod: Duration = .seconds(30)
 
+    /// The pool's name: the `pool` label of its metrics and the `pool` field of its log metadata.
+    /// Default `"default"`. Must not be empty.
+    public var name: String = "default"
+
+    /// Log a warning, with the file and line that acquired it, for a lease still held after this long
+    /// (checked at each maintenance round), and count it in ``PoolMetrics/leaksDetected``. Default
+    /// `nil`: off. Turning it on stamps every lease with the time and call site (a coarse clock read on
+    /// acquire). Must be positive when set.
+    public var leakDetectionThreshold: Duration? = nil
+
+    /// Record how long each lease is held in ``PoolMetrics/leaseHold``. Default `false`: it costs a
+    /// coarse clock read on acquire and a histogram record on release.
+    public var recordsLeaseHoldTime: Bool = false
+
     /// Creates a configuration with every default.
     public init() {}
 
@@ -125,6 +139,12 @@ public struct PoolConfiguration: Sendable, Hashable {
     public func reuseOrder(_ value: ReuseOrder) -> Self { with { $0.reuseOrder = value } }
     /// Returns a copy with ``maxWaiters`` set (`nil` means unlimited).
     public func maxWaiters(_ value: Int?) -> Self { with { $0.maxWaiters = value } }
+    /// Returns a copy with ``name`` set.
+    public func name(_ value: String) -> Self { with { $0.name = value } }
+    /// Returns a copy with ``leakDetectionThreshold`` set (`nil` turns leak detection off).
+    public func leakDetectionThreshold(_ value: Duration?) -> Self { with { $0.leakDetectionThreshold = value } }
+    /// Returns a copy with ``recordsLeaseHoldTime`` set.
+    public func recordsLeaseHoldTime(_ value: Bool) -> Self { with { $0.recordsLeaseHoldTime = value } }
     /// Returns a copy with ``maintenanceInterval`` set.
     public func maintenanceInterval(_ value: Duration) -> Self { with { $0.maintenanceInterval = value } }
     /// Returns a copy with ``healthCheckInterval`` (`nil` disables background checks) and
@@ -231,6 +251,10 @@ public struct PoolConfiguration: Sendable, Hashable {
                 rule: "must be at least 1 (or nil to never fail fast)")
         }
         try Self.requirePositive(shutdownGracePeriod, field: "shutdownGracePeriod")
+        if name.isEmpty {
+            throw PoolConfigurationError(field: "name", value: "\"\"", rule: "must not be empty")
+        }
+        if let leakDetectionThreshold { try Self.requirePositive(leakDetectionThreshold, field: "leakDetectionThreshold") }
         if let maxWaiters, maxWaiters < 1 {
             throw PoolConfigurationError(
                 field: "maxWaiters", value: "\(maxWaiters)", rule: "must be at least 1 (or nil for unlimited)")

@@ -158,3 +158,8 @@ final class Locked<Value>: @unchecked Sendable {
 
     var current: Value { withLock { $0 } }
 }
+
+/// A snapshot's connection counts: [idle, inUse, connecting, closing, validating, waiting].
+func gauges(_ metrics: PoolMetrics) -> [Int] {
+    [metrics.idle, metrics.inUse, metrics.connecting, metrics.closing, metrics.validating, metrics.waiting]
+}

@@ -81,7 +81,12 @@ struct PoolStateMachineTests {
         #expect(index == 0)
         #expect(machine.slots.closingCount == 1)
         #expect(machine.slots.occupiedCount == 1)  // a closing connection still counts
-        do { let value = machine.closeFinished(0, now: 6); #expect(value == .create(0)) }
+        do {
+            let value = machine.closeFinished(0, now: 6)
+            #expect(value.next == .create(0))
+            #expect(value.lifetime == 6)
+            #expect(machine.counters.closedBroken == 1)
+        }
         #expect(machine.invariantViolation() == nil)
     }
 

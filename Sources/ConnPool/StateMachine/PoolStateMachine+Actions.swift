@@ -62,4 +62,8 @@ public enum CloseReason: String, Sendable, Hashable, Codable, CaseIterable {
     case broken
     /// The pool shut down.
     case shutdown
+    /// ``ConnectionPool/resize(maxSize:)`` lowered the maximum below the number of connections.
+    case resize
 }
+
+extension CloseReason: CodingKeyRepresentable {}

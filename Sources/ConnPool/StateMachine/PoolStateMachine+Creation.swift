@@ -43,6 +43,7 @@ extension PoolStateMachine {
     /// lifetime, and lends or parks it.
     mutating func creationSucceeded(_ index: Int32, now: Int64) -> AvailableAction {
         precondition(slots.states[Int(index)] == .connecting)
+        counters.created += 1
         backoff.reset()
         retryNotBefore = .min
         lastConnectError = nil
@@ -53,7 +54,7 @@ extension PoolStateMachine {
         slots.lastChecked[slot] = now
         slots.expiresAt[slot] = expiry(createdAt: now)
         if lifecycle != .running {
-            slots.markClosing(index)
+            slots.markClosing(index, reason: .shutdown)
             return .close(index, .shutdown)
         }
         slots.connectingCount -= 1
@@ -71,6 +72,7 @@ extension PoolStateMachine {
     /// Frees the slot of a failed attempt, sets the retry backoff and opens the breaker after
     /// `breakerThreshold` consecutive failures. Returns what to do next.
     mutating func creationFailed(_ index: Int32, error: any Error, now: Int64) -> CreationDecision {
+        counters.creationFailures += 1
         lastConnectError = error
         slots.markEmpty(index)
         retryNotBefore = now &+ backoff.nextDelay()
@@ -90,6 +92,7 @@ extension PoolStateMachine {
     /// Removes the next waiter that must fail fast (breaker open, nothing open to serve it).
     mutating func popWaiterForFailFast() -> (Waiter, ConnectionPoolError)? {
         guard let error = failFastError(), let waiter = waiters.popFirst() else { return nil }
+        counters.failedFast += 1
         return (waiter, error)
     }
 }

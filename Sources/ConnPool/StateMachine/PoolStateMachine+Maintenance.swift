@@ -24,11 +24,11 @@ extension PoolStateMachine {
         for index in idle {
             let slot = Int(index)
             if now >= slots.expiresAt[slot] {
-                slots.markClosing(index)
+                slots.markClosing(index, reason: .lifetime)
                 actions.append(.close(index, .lifetime))
                 live -= 1
             } else if let idleTimeout, now &- slots.lastUsed[slot] >= idleTimeout, live > minSize {
-                slots.markClosing(index)
+                slots.markClosing(index, reason: .idle)
                 actions.append(.close(index, .idle))
                 live -= 1
             } else if let healthCheckInterval,
@@ -47,8 +47,10 @@ extension PoolStateMachine {
     mutating func validationFinished(_ index: Int32, valid: Bool, now: Int64) -> AvailableAction {
         precondition(slots.states[Int(index)] == .validating)
         if !valid || lifecycle != .running {
-            slots.markClosing(index)
-            return .close(index, valid ? .shutdown : .health)
+            let reason: CloseReason = valid ? .shutdown : .health
+            if !valid { counters.healthCheckFailures += 1 }
+            slots.markClosing(index, reason: reason)
+            return .close(index, reason)
         }
         slots.validatingCount -= 1
         slots.lastChecked[Int(index)] = now

@@ -20,7 +20,7 @@ extension PoolStateMachine {
     mutating func takeIdleForClosing() -> Int32? {
         guard !slots.idle.isEmpty else { return nil }
         let index = slots.idle.element(at: slots.idle.count - 1)
-        slots.markClosing(index)  // also removes it from the idle ring
+        slots.markClosing(index, reason: .shutdown)  // also removes it from the idle ring
         return index
     }
 
@@ -35,7 +35,7 @@ extension PoolStateMachine {
         shutdownDeadline = .max
         var forced: [Int32] = []
         for slot in 0..<slots.capacity where slots.states[slot] == .leased {
-            slots.markClosing(Int32(slot))
+            slots.markClosing(Int32(slot), reason: .shutdown)
             forced.append(Int32(slot))
         }
         return forced

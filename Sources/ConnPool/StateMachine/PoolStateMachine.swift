@@ -21,7 +21,7 @@ struct PoolStateMachine {
     @usableFromInline var lifecycle: Lifecycle = .running
 
     /// The largest number of occupied slots allowed (at most `slots.capacity`).
-    var maxSize: Int
+    @usableFromInline var maxSize: Int
     let minSize: Int
     let maxWaiters: Int?
     let maxConcurrentConnects: Int
@@ -54,6 +54,15 @@ struct PoolStateMachine {
     /// The earliest deadline handed to the timer that has not fired yet.
     var timerDeadline: Int64 = .max
 
+    /// Event counters, read by ``ConnectionPool/metrics()``.
+    @usableFromInline var counters = PoolCounters()
+    /// Whether lends are stamped with time and call site (lease hold time, leak detection).
+    @usableFromInline let tracksLeases: Bool
+    let leakThreshold: Int64?
+    /// How often the metrics handler runs, and when next; nil/max: no handler.
+    var metricsInterval: Int64?
+    var nextMetricsAt: Int64 = .max
+
     init(configuration: PoolConfiguration, capacity: Int? = nil, randomSeed: UInt64 = 0x9E37_79B9_7F4A_7C15) {
         slots = SlotTable(capacity: capacity ?? configuration.maxSize)
         waiters = WaiterQueue()
@@ -70,6 +79,8 @@ struct PoolStateMachine {
         healthCheckInterval = configuration.healthCheckInterval?.nanosecondsClamped
         maintenanceInterval = configuration.maintenanceInterval.nanosecondsClamped
         random = SplitMix64(seed: randomSeed ^ 0xD1B5_4A32_D192_ED03)
+        leakThreshold = configuration.leakDetectionThreshold?.nanosecondsClamped
+        tracksLeases = configuration.leakDetectionThreshold != nil || configuration.recordsLeaseHoldTime
     }
 
     func deallocate() {
@@ -85,6 +96,7 @@ struct PoolStateMachine {
         guard lifecycle == .running else { return nil }
         guard let index = lifo ? slots.idle.popBack() : slots.idle.popFront() else { return nil }
         slots.leasedCount &+= 1
+        counters.immediateAcquires &+= 1
         return grant(index)
     }
 
@@ -105,7 +117,7 @@ struct PoolStateMachine {
         let index = Int(token.index)
         guard waiters.isEmpty, lifecycle == .running,
               slots.states[index] == .leased, slots.generations[index] == token.generation,
-              now < slots.expiresAt[index]
+              now < slots.expiresAt[index], slots.occupiedCount <= maxSize
         else { return false }
         slots.states[index] = .idle
         slots.lastUsed[index] = now
@@ -136,8 +148,14 @@ struct PoolStateMachine {
     mutating func enqueue(_ waiter: Waiter, now: Int64) -> EnqueueAction {
         guard lifecycle == .running else { return .failed(.shutDown) }
         if let token = leaseIdle() { return .leased(token) }
-        if let error = failFastError() { return .failed(error) }
-        if let maxWaiters, waiters.count >= maxWaiters { return .failed(.tooManyWaiters(limit: maxWaiters)) }
+        if let error = failFastError() {
+            counters.failedFast += 1
+            return .failed(error)
+        }
+        if let maxWaiters, waiters.count >= maxWaiters {
+            counters.shedWaiters += 1
+            return .failed(.tooManyWaiters(limit: maxWaiters))
+        }
         waiters.insert(waiter)
         var timer = requestTimer(at: waiter.deadline)
         var createSlot: Int32?
@@ -151,7 +169,9 @@ struct PoolStateMachine {
 
     /// Removes a waiter that gave up (cancelled). Returns it if it was still queued.
     mutating func cancelWaiter(id: UInt64) -> Waiter? {
-        waiters.remove(id: id)
+        guard let waiter = waiters.remove(id: id) else { return nil }
+        counters.cancelledWaiters += 1
+        return waiter
     }
 
     /// The error a timed-out waiter receives.
@@ -169,13 +189,26 @@ struct PoolStateMachine {
         guard slots.states[Int(index)] == .leased, slots.generations[Int(index)] == token.generation else {
             return .stale
         }
-        if broken || lifecycle != .running || now >= slots.expiresAt[Int(index)] {
-            let reason: CloseReason = lifecycle != .running ? .shutdown : broken ? brokenReason : .lifetime
-            slots.markClosing(index)
+        let reason: CloseReason?
+        if lifecycle != .running {
+            reason = .shutdown
+        } else if broken {
+            reason = brokenReason
+            if brokenReason == .health { counters.healthCheckFailures += 1 }
+        } else if now >= slots.expiresAt[Int(index)] {
+            reason = .lifetime
+        } else if slots.occupiedCount > maxSize {
+            reason = .resize
+        } else {
+            reason = nil
+        }
+        if let reason {
+            slots.markClosing(index, reason: reason)
             return .close(index, reason)
         }
         slots.lastUsed[Int(index)] = now
         if let waiter = waiters.popFirst() {
+            counters.waitedAcquires += 1
             return .handOff(waiter, grant(index))
         }
         slots.states[Int(index)] = .idle
@@ -187,7 +220,14 @@ struct PoolStateMachine {
     /// Hands a connection that became available in `index` (created, validated) to the oldest waiter,
     /// or puts it in the idle set.
     mutating func makeAvailable(_ index: Int32) -> AvailableAction {
+        if slots.occupiedCount > maxSize {
+            slots.states[Int(index)] = .leased  // counted below, so markClosing can uncount it
+            slots.leasedCount += 1
+            slots.markClosing(index, reason: .resize)
+            return .close(index, .resize)
+        }
         if let waiter = waiters.popFirst() {
+            counters.waitedAcquires += 1
             slots.leasedCount += 1
             return .handOff(waiter, grant(index))
         }
@@ -196,10 +236,15 @@ struct PoolStateMachine {
         return .idle
     }
 
-    /// A connection in `index` finished closing: the slot is free again.
-    mutating func closeFinished(_ index: Int32, now: Int64) -> CreationDecision {
+    /// A connection in `index` finished closing: the slot is free again. Returns what to create next
+    /// and how long the connection lived (nanoseconds; nil if it never opened).
+    mutating func closeFinished(_ index: Int32, now: Int64) -> (next: CreationDecision, lifetime: Int64?) {
+        let slot = Int(index)
+        counters.countClose(slots.closeReasons[slot])
+        let lifetime = slots.createdAt[slot] != .min ? now &- slots.createdAt[slot] : nil
+        slots.createdAt[slot] = .min
         slots.markEmpty(index)
-        return nextCreation(now: now)
+        return (nextCreation(now: now), lifetime)
     }
 
     // MARK: Timer
@@ -218,12 +263,14 @@ struct PoolStateMachine {
 
     /// Removes the next waiter whose deadline has passed.
     mutating func popExpiredWaiter(now: Int64) -> Waiter? {
-        waiters.removeFirstExpired(now: now)
+        guard let waiter = waiters.removeFirstExpired(now: now) else { return nil }
+        counters.acquireTimeouts += 1
+        return waiter
     }
 
     /// The next deadline the timer must wake for, recorded as requested.
     mutating func nextTimerDeadline() -> Int64? {
-        var next = min(waiters.earliestDeadline, nextMaintenanceAt, shutdownDeadline)
+        var next = min(waiters.earliestDeadline, nextMaintenanceAt, shutdownDeadline, nextMetricsAt)
         if retryNotBefore != .min, creationWanted { next = min(next, retryNotBefore) }
         guard next != .max else { return nil }
         return requestTimer(at: next)

@@ -7,27 +7,36 @@
 /// Each slot has a generation. It changes whenever the slot is handed out, so a lease token
 /// (index + generation) from an earlier lease can never act on the slot's current connection.
 ///
-/// Not thread-safe: ``PoolStateMachine`` owns it, and the pool's mutex guards the state machine.
+/// Buffers are allocated at init for the pool's capacity and again only by ``grow(to:)`` (a runtime
+/// resize above the initial `maxSize`). Not thread-safe: ``PoolStateMachine`` owns it, and the pool's
+/// mutex guards the state machine.
 @usableFromInline
 struct SlotTable {
-    @usableFromInline let capacity: Int
-    @usableFromInline let states: UnsafeMutablePointer<SlotState>
-    @usableFromInline let generations: UnsafeMutablePointer<UInt32>
-    /// Monotonic nanoseconds at which each slot's connection was created.
-    @usableFromInline let createdAt: UnsafeMutablePointer<Int64>
+    @usableFromInline private(set) var capacity: Int
+    @usableFromInline private(set) var states: UnsafeMutablePointer<SlotState>
+    @usableFromInline private(set) var generations: UnsafeMutablePointer<UInt32>
+    /// Monotonic nanoseconds at which each slot's connection was created (`Int64.min`: none yet).
+    @usableFromInline private(set) var createdAt: UnsafeMutablePointer<Int64>
     /// Monotonic (coarse) nanoseconds of each slot's last release.
-    @usableFromInline let lastUsed: UnsafeMutablePointer<Int64>
-    /// Monotonic nanoseconds at which each slot's connection was last leased.
-    @usableFromInline let leasedAt: UnsafeMutablePointer<Int64>
+    @usableFromInline private(set) var lastUsed: UnsafeMutablePointer<Int64>
+    /// Monotonic (coarse) nanoseconds at which each slot was last lent (only with lease tracking).
+    @usableFromInline private(set) var leasedAt: UnsafeMutablePointer<Int64>
+    /// Where each slot was last acquired (file, line; only with lease tracking).
+    @usableFromInline private(set) var leaseFiles: UnsafeMutablePointer<StaticString>
+    @usableFromInline private(set) var leaseLines: UnsafeMutablePointer<UInt>
+    /// The generation whose lease was already reported as a possible leak.
+    @usableFromInline private(set) var leakReported: UnsafeMutablePointer<UInt32>
     /// Monotonic nanoseconds at which each slot's connection reaches its (jittered) maximum lifetime.
-    @usableFromInline let expiresAt: UnsafeMutablePointer<Int64>
+    @usableFromInline private(set) var expiresAt: UnsafeMutablePointer<Int64>
     /// Monotonic nanoseconds of each slot's last successful health check (or creation).
-    @usableFromInline let lastChecked: UnsafeMutablePointer<Int64>
+    @usableFromInline private(set) var lastChecked: UnsafeMutablePointer<Int64>
+    /// Why each closing slot is being closed.
+    @usableFromInline private(set) var closeReasons: UnsafeMutablePointer<CloseReason>
     /// Idle slots, most recently released at the back.
     @usableFromInline var idle: IndexRing
     /// Empty slots: a stack of indices, `emptyCount` of them valid.
-    @usableFromInline let emptyStack: UnsafeMutablePointer<Int32>
-    @usableFromInline var emptyCount: Int
+    @usableFromInline private(set) var emptyStack: UnsafeMutablePointer<Int32>
+    @usableFromInline private(set) var emptyCount: Int
 
     @usableFromInline var leasedCount = 0
     @usableFromInline var connectingCount = 0
@@ -37,25 +46,36 @@ struct SlotTable {
     init(capacity: Int) {
         precondition(capacity > 0 && capacity <= Int(Int32.max))
         self.capacity = capacity
-        states = .allocate(capacity: capacity)
-        states.initialize(repeating: .empty, count: capacity)
-        generations = .allocate(capacity: capacity)
-        generations.initialize(repeating: 0, count: capacity)
-        createdAt = .allocate(capacity: capacity)
-        createdAt.initialize(repeating: 0, count: capacity)
-        lastUsed = .allocate(capacity: capacity)
-        lastUsed.initialize(repeating: 0, count: capacity)
-        leasedAt = .allocate(capacity: capacity)
-        leasedAt.initialize(repeating: 0, count: capacity)
-        expiresAt = .allocate(capacity: capacity)
-        expiresAt.initialize(repeating: .max, count: capacity)
-        lastChecked = .allocate(capacity: capacity)
-        lastChecked.initialize(repeating: 0, count: capacity)
+        states = Self.buffer(capacity, .empty)
+        generations = Self.buffer(capacity, 0)
+        createdAt = Self.buffer(capacity, .min)
+        lastUsed = Self.buffer(capacity, 0)
+        leasedAt = Self.buffer(capacity, 0)
+        leaseFiles = Self.buffer(capacity, "")
+        leaseLines = Self.buffer(capacity, 0)
+        leakReported = Self.buffer(capacity, .max)
+        expiresAt = Self.buffer(capacity, .max)
+        lastChecked = Self.buffer(capacity, 0)
+        closeReasons = Self.buffer(capacity, .broken)
         idle = IndexRing(minimumCapacity: capacity)
         emptyStack = .allocate(capacity: capacity)
         // Lowest index on top, so a fresh pool fills slots 0, 1, 2, …
         for position in 0..<capacity { emptyStack[position] = Int32(capacity - 1 - position) }
         emptyCount = capacity
+    }
+
+    private static func buffer<T>(_ capacity: Int, _ value: T) -> UnsafeMutablePointer<T> {
+        let pointer = UnsafeMutablePointer<T>.allocate(capacity: capacity)
+        pointer.initialize(repeating: value, count: capacity)
+        return pointer
+    }
+
+    private static func grown<T>(_ old: UnsafeMutablePointer<T>, from: Int, to: Int, fill: T) -> UnsafeMutablePointer<T> {
+        let pointer = UnsafeMutablePointer<T>.allocate(capacity: to)
+        pointer.moveInitialize(from: old, count: from)
+        (pointer + from).initialize(repeating: fill, count: to - from)
+        old.deallocate()
+        return pointer
     }
 
     func deallocate() {
@@ -64,10 +84,44 @@ struct SlotTable {
         createdAt.deallocate()
         lastUsed.deallocate()
         leasedAt.deallocate()
+        leaseFiles.deallocate()
+        leaseLines.deallocate()
+        leakReported.deallocate()
         expiresAt.deallocate()
         lastChecked.deallocate()
+        closeReasons.deallocate()
         idle.deallocate()
         emptyStack.deallocate()
+    }
+
+    /// Reallocates every buffer for `newCapacity` slots; the new slots are empty. Resize only.
+    mutating func grow(to newCapacity: Int) {
+        guard newCapacity > capacity else { return }
+        let old = capacity
+        states = Self.grown(states, from: old, to: newCapacity, fill: .empty)
+        generations = Self.grown(generations, from: old, to: newCapacity, fill: 0)
+        createdAt = Self.grown(createdAt, from: old, to: newCapacity, fill: .min)
+        lastUsed = Self.grown(lastUsed, from: old, to: newCapacity, fill: 0)
+        leasedAt = Self.grown(leasedAt, from: old, to: newCapacity, fill: 0)
+        leaseFiles = Self.grown(leaseFiles, from: old, to: newCapacity, fill: "")
+        leaseLines = Self.grown(leaseLines, from: old, to: newCapacity, fill: 0)
+        leakReported = Self.grown(leakReported, from: old, to: newCapacity, fill: .max)
+        expiresAt = Self.grown(expiresAt, from: old, to: newCapacity, fill: .max)
+        lastChecked = Self.grown(lastChecked, from: old, to: newCapacity, fill: 0)
+        closeReasons = Self.grown(closeReasons, from: old, to: newCapacity, fill: .broken)
+        idle.grow(toAtLeast: newCapacity)
+        let stack = UnsafeMutablePointer<Int32>.allocate(capacity: newCapacity)
+        // New slots go below the existing empty ones, highest index deepest.
+        var position = 0
+        for index in stride(from: newCapacity - 1, through: old, by: -1) {
+            stack[position] = Int32(index)
+            position += 1
+        }
+        (stack + position).moveInitialize(from: emptyStack, count: emptyCount)
+        emptyStack.deallocate()
+        emptyStack = stack
+        emptyCount += newCapacity - old
+        capacity = newCapacity
     }
 
     @inlinable var idleCount: Int { idle.count }
@@ -103,8 +157,8 @@ struct SlotTable {
         emptyCount += 1
     }
 
-    /// Moves a slot to `closing` from idle, leased or connecting.
-    mutating func markClosing(_ index: Int32) {
+    /// Moves a slot to `closing` from idle, leased, connecting or validating, recording why.
+    mutating func markClosing(_ index: Int32, reason: CloseReason) {
         switch states[Int(index)] {
         case .idle: idle.remove(index)
         case .leased: leasedCount -= 1
@@ -114,6 +168,19 @@ struct SlotTable {
         }
         states[Int(index)] = .closing
         generations[Int(index)] &+= 1
+        closeReasons[Int(index)] = reason
         closingCount += 1
+    }
+
+    /// Records where and when a lease was taken (lease tracking only).
+    @inlinable
+    mutating func stampLease(_ index: Int32, now: Int64, file: StaticString, line: UInt) {
+        leasedAt[Int(index)] = now
+        leaseFiles[Int(index)] = file
+        leaseLines[Int(index)] = line
+    }
+
+    mutating func markLeakReported(_ index: Int32) {
+        leakReported[Int(index)] = generations[Int(index)]
     }
 }

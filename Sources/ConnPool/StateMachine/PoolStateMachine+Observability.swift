@@ -1,0 +1,68 @@
+/// Runtime resize, leak detection and the metrics handler's schedule.
+extension PoolStateMachine {
+    /// What a resize must do outside the lock.
+    struct ResizeAction {
+        /// Idle connections to close now (the pool holds more than the new maximum).
+        var close: [Int32] = []
+        /// Slots reserved to open connections for waiters (the maximum grew).
+        var create: [Int32] = []
+    }
+
+    /// Sets a new maximum. Growing past the slot array's capacity reallocates it (the caller grows
+    /// the connection buffer to match first). Shrinking closes idle extras now; leased ones close when
+    /// they come back and ones being opened when they open; from then on the new maximum holds.
+    mutating func resize(maxSize newMaxSize: Int, now: Int64) -> ResizeAction {
+        precondition(newMaxSize >= 1)
+        if newMaxSize > slots.capacity { slots.grow(to: newMaxSize) }
+        maxSize = newMaxSize
+        var action = ResizeAction()
+        while slots.occupiedCount > maxSize, !slots.idle.isEmpty {
+            // The least recently used goes first.
+            let index = slots.idle.element(at: 0)
+            slots.markClosing(index, reason: .resize)
+            action.close.append(index)
+        }
+        while case .create(let index) = creationDecision(now: now) { action.create.append(index) }
+        return action
+    }
+
+    /// A lease held past the leak threshold, reported once per lease.
+    struct LeakReport {
+        var index: Int32
+        var heldFor: Int64
+        var file: StaticString
+        var line: UInt
+    }
+
+    /// Leases held longer than the leak threshold and not reported yet (maintenance only).
+    mutating func detectLeaks(now: Int64) -> [LeakReport] {
+        guard let leakThreshold, slots.leasedCount > 0 else { return [] }
+        var reports: [LeakReport] = []
+        for slot in 0..<slots.capacity where slots.states[slot] == .leased {
+            let heldFor = now &- slots.leasedAt[slot]
+            guard heldFor >= leakThreshold, slots.leakReported[slot] != slots.generations[slot] else { continue }
+            slots.markLeakReported(Int32(slot))
+            counters.leaksDetected += 1
+            reports.append(LeakReport(index: Int32(slot), heldFor: heldFor, file: slots.leaseFiles[slot], line: slots.leaseLines[slot]))
+        }
+        return reports
+    }
+
+    /// Starts (or stops, with nil) the periodic metrics report; returns a timer deadline to arm.
+    mutating func setMetricsInterval(_ interval: Int64?, now: Int64) -> Int64? {
+        metricsInterval = interval
+        guard let interval else {
+            nextMetricsAt = .max
+            return nil
+        }
+        nextMetricsAt = now &+ interval
+        return requestTimer(at: nextMetricsAt)
+    }
+
+    /// Whether the metrics handler is due; if so, schedules the next report.
+    mutating func takeMetricsReportDue(now: Int64) -> Bool {
+        guard let metricsInterval, now >= nextMetricsAt else { return false }
+        nextMetricsAt = now &+ metricsInterval
+        return true
+    }
+}
