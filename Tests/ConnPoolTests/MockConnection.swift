@@ -139,6 +139,13 @@ final class LeaseHolder<Factory: ConnectionFactory>: @unchecked Sendable {
     }
 
     func drop() { lease = nil }
+
+    func dropAsBroken() {
+        switch lease.take() {
+        case .some(let lease): lease.releaseAsBroken()
+        case .none: break
+        }
+    }
 }
 
 /// A value shared between test tasks and threads, behind an `NSLock` (a pthread mutex, which
