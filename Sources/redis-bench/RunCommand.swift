@@ -94,6 +94,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "Most requests of a per-request baseline run (it opens a connection per request).")
     var perRequestCap: Int = 2_000
 
+    @Option(help: "hiredis backend: per-command timeout in milliseconds (default: none, like redis-benchmark). A deadline makes every async wait re-arm the I/O reactor's timer.")
+    var commandTimeoutMs: Int?
+
     @Option(help: "Serve pool metrics on this port (not available yet).")
     var metricsPort: Int?
 
@@ -109,6 +112,7 @@ struct RunCommand: AsyncParsableCommand {
         if let poolSize, poolSize < 1 { throw ValidationError("--pool-size must be at least 1") }
         if perRequestCap < 1 { throw ValidationError("--per-request-cap must be at least 1") }
         if `repeat` < 1 { throw ValidationError("--repeat must be at least 1") }
+        if let commandTimeoutMs, commandTimeoutMs < 1 { throw ValidationError("--command-timeout-ms must be at least 1") }
         _ = try parsedWorkloads()
         _ = try parsedConcurrency()
     }
@@ -333,7 +337,7 @@ struct RunCommand: AsyncParsableCommand {
     private func startTarget() throws -> Target {
         if let url {
             var configuration = try RedisConnectionConfiguration(url: url)
-            configuration.commandTimeout = .seconds(10)
+            configuration.commandTimeout = commandTimeoutMs.map { .milliseconds($0) }
             if backend == .tcp, configuration.password != nil || configuration.database != 0 {
                 throw ValidationError("--backend tcp sends no AUTH/SELECT: use a URL without password and database")
             }
@@ -351,7 +355,7 @@ struct RunCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
         var configuration = try RedisConnectionConfiguration(host: server.host, port: server.port)
-        configuration.commandTimeout = .seconds(10)
+        configuration.commandTimeout = commandTimeoutMs.map { .milliseconds($0) }
         return Target(
             server: server, redisConfiguration: configuration,
             description: "throwaway redis-server pid \(server.pid) on \(server.host):\(server.port)")
