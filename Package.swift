@@ -16,6 +16,8 @@ let package = Package(
         .library(name: "ConnPoolTCP", targets: ["ConnPoolTCP"]),
         .library(name: "ConnPoolBenchHarness", targets: ["ConnPoolBenchHarness"]),
         .executable(name: "redis-bench", targets: ["redis-bench"]),
+        .library(name: "ConnPoolMetrics", targets: ["ConnPoolMetrics"]),
+        .library(name: "ConnPoolPrometheus", targets: ["ConnPoolPrometheus"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -23,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
     ],
     targets: [
         // The generic pool core: state machine, slot storage, waiter queue, clock, lock.
@@ -62,6 +66,14 @@ let package = Package(
             dependencies: ["ConnPool", .product(name: "Histogram", package: "hdrhistogram-swift")],
             swiftSettings: strictSettings
         ),
+        // Opt-in observability: pool metrics through swift-metrics, or as a Prometheus exposition served
+        // over a tiny loopback HTTP server (no dependency beyond ConnPool).
+        .target(
+            name: "ConnPoolMetrics",
+            dependencies: ["ConnPool", .product(name: "Metrics", package: "swift-metrics")],
+            swiftSettings: strictSettings
+        ),
+        .target(name: "ConnPoolPrometheus", dependencies: ["ConnPool"], swiftSettings: strictSettings),
         .executableTarget(
             name: "redis-bench",
             dependencies: [
@@ -95,6 +107,20 @@ let package = Package(
         .testTarget(
             name: "ConnPoolRedisTests",
             dependencies: ["ConnPool", "ConnPoolRedis", "RedisServerLauncher"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ConnPoolMetricsTests",
+            dependencies: [
+                "ConnPool", "ConnPoolMetrics",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ConnPoolPrometheusTests",
+            dependencies: ["ConnPool", "ConnPoolPrometheus", .product(name: "Prometheus", package: "swift-prometheus")],
             swiftSettings: strictSettings
         ),
         .testTarget(name: "ConnPoolIOTests", dependencies: ["ConnPoolIO"], swiftSettings: strictSettings),
