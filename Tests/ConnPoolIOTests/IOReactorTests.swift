@@ -103,7 +103,7 @@ struct IOReactorTests {
             }
             let elapsed = start.duration(to: .now)
             #expect(elapsed >= .milliseconds(100))
-            #expect(elapsed < .seconds(2))
+            #expect(elapsed < .seconds(10))  // a sanity bound, loose for loaded CI machines
             #expect(reactor.pendingWaitCount == 0)
         }
     }
@@ -128,7 +128,7 @@ struct IOReactorTests {
             await #expect(throws: IOReactorError.timedOut) {
                 try await reactor.waitReadable(pair.b, deadline: start + .milliseconds(50))
             }
-            #expect(start.duration(to: .now) < .seconds(2))
+            #expect(start.duration(to: .now) < .seconds(10))  // a sanity bound, loose for loaded CI machines
             long.cancel()
             await #expect(throws: CancellationError.self) { try await long.value }
         }
@@ -143,7 +143,7 @@ struct IOReactorTests {
             let start = ContinuousClock.now
             waiter.cancel()
             await #expect(throws: CancellationError.self) { try await waiter.value }
-            #expect(start.duration(to: .now) < .seconds(1))
+            #expect(start.duration(to: .now) < .seconds(10))  // a sanity bound, loose for loaded CI machines
             #expect(reactor.pendingWaitCount == 0)
             // The descriptor can be waited on again, and the stale arming does not resume the new wait early.
             let again = Task { try await reactor.waitReadable(pair.a, deadline: .now + .seconds(10)) }

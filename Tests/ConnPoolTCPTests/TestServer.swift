@@ -251,6 +251,15 @@ enum Handlers {
         }
     }
 
+    /// Never reads: waits (in poll, for no event but a hang-up) until the server stops.
+    static let neverReads: @Sendable (ServerPeer) -> Void = { peer in
+        var entry = pollfd(fd: peer.fd, events: 0, revents: 0)
+        while true {
+            let rc = poll(&entry, 1, -1)
+            if rc > 0 || (rc < 0 && errno != EINTR) { return }
+        }
+    }
+
     /// Reads and never answers.
     static let silent: @Sendable (ServerPeer) -> Void = { peer in
         while peer.readSome() != nil {}
