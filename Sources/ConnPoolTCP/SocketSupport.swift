@@ -104,7 +104,8 @@ enum SocketSupport {
     }
 
     /// Resolves on a dispatch thread (never blocking a cooperative thread) and gives up at `deadline`
-    /// or on cancellation. A numeric host is resolved inline.
+    /// or on cancellation, whichever comes first, without waiting for `getaddrinfo` to return (a task
+    /// group would wait for its uncancellable child). A numeric host is resolved inline.
     static func resolveAsync(
         host: String,
         port: Int,
@@ -114,24 +115,28 @@ enum SocketSupport {
         if isNumericHost(host) {
             return try resolve(host: host, port: port)
         }
-        return try await withThrowingTaskGroup(of: [ResolvedAddress].self) { group in
-            group.addTask {
-                try await withCheckedThrowingContinuation { continuation in
-                    DispatchQueue.global().async {
-                        do throws(TCPConnectionError) {
-                            continuation.resume(returning: try resolve(host: host, port: port))
-                        } catch {
-                            continuation.resume(throwing: error)
-                        }
+        let once = ResumeOnce<[ResolvedAddress]>()
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { continuation in
+                once.install(continuation)
+                DispatchQueue.global().async {
+                    let result: Result<[ResolvedAddress], any Error>
+                    do throws(TCPConnectionError) {
+                        result = .success(try resolve(host: host, port: port))
+                    } catch {
+                        result = .failure(error)
                     }
+                    once.resume(with: result)
+                }
+                let remaining = ContinuousClock.now.duration(to: deadline)
+                let nanoseconds = max(0, remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000)
+                // After a result this fires into a finished ResumeOnce and does nothing.
+                DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(nanoseconds))) {
+                    once.resume(with: .failure(TCPConnectionError.connectTimedOut(host: host, port: port, timeout: timeout)))
                 }
             }
-            group.addTask {
-                try await Task.sleep(until: deadline, clock: .continuous)
-                throw TCPConnectionError.connectTimedOut(host: host, port: port, timeout: timeout)
-            }
-            defer { group.cancelAll() }
-            return try await group.next()!
+        } onCancel: {
+            once.resume(with: .failure(CancellationError()))
         }
     }
 
@@ -308,4 +313,54 @@ private final class ResolutionBox: @unchecked Sendable {
     // read by the waiter only after `wait` succeeded, so the semaphore orders the two accesses; after a
     // timeout the waiter never reads it.
     var result: Result<[ResolvedAddress], TCPConnectionError>?
+}
+
+/// Resumes a continuation exactly once, whichever of several racing events (a result, a timeout, a
+/// cancellation) comes first; the later ones are ignored. A cancellation that arrives before the
+/// continuation is installed is remembered and applied at installation.
+private final class ResumeOnce<Value: Sendable>: @unchecked Sendable {
+    // @unchecked Sendable: `continuation`, `pending` and `done` are only touched with `mutex` held.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private var continuation: UnsafeContinuation<Value, any Error>?
+    private var pending: Result<Value, any Error>?
+    private var done = false
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    func install(_ continuation: UnsafeContinuation<Value, any Error>) {
+        pthread_mutex_lock(mutex)
+        if let pending {
+            self.pending = nil
+            pthread_mutex_unlock(mutex)
+            continuation.resume(with: pending)
+            return
+        }
+        self.continuation = continuation
+        pthread_mutex_unlock(mutex)
+    }
+
+    func resume(with result: Result<Value, any Error>) {
+        pthread_mutex_lock(mutex)
+        if done {
+            pthread_mutex_unlock(mutex)
+            return
+        }
+        done = true
+        guard let continuation else {
+            pending = result  // not installed yet: install() resumes with it
+            pthread_mutex_unlock(mutex)
+            return
+        }
+        self.continuation = nil
+        pthread_mutex_unlock(mutex)
+        continuation.resume(with: result)
+    }
 }

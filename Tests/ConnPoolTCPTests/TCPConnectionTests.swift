@@ -352,6 +352,15 @@ struct TCPConnectionTests {
             return start.duration(to: .now)
         }
         #expect(blockingElapsed >= .milliseconds(300))
+
+        // A cancelled connect ends at once with CancellationError, long before its timeout.
+        let patient = TCPConnectionConfiguration(host: "127.0.0.1", port: backlog.port, connectTimeout: .seconds(60))
+        let connecting = Task { try await TCPConnection.connect(patient) }
+        try await Task.sleep(for: .milliseconds(50))  // let it reach the wait (not required for correctness)
+        let cancelledAt = ContinuousClock.now
+        connecting.cancel()
+        await #expect(throws: CancellationError.self) { try await connecting.value }
+        #expect(cancelledAt.duration(to: .now) < .seconds(10))  // a sanity bound, loose for loaded CI machines
         #expect(blockingElapsed < .seconds(10))  // a sanity bound, loose for loaded CI machines
     }
 
