@@ -14,6 +14,12 @@ public struct BenchComparison: Sendable, Hashable {
     public var versusShared: Double?
     /// At concurrency 1 only: the pool's own overhead, `1 - pooled / shared`, as a fraction.
     public var poolOverhead: Double?
+    /// redis-benchmark's median latency ÷ the pooled median: the throughput ratio a closed loop would
+    /// show without its stalls. Far steadier than the ops/s ratio on a machine shared with other work
+    /// (a few preempted requests move the mean, not the median).
+    public var medianVersusRedisBenchmark: Double?
+    /// At concurrency 1 only: `pooled p50 / shared p50 - 1`, the pool's overhead by median latency.
+    public var medianPoolOverhead: Double?
 }
 
 /// Tables and JSON for a list of ``BenchResult``s.
@@ -33,13 +39,21 @@ public enum BenchReport {
         }
         if let external = find(.redisBenchmark, sameMode: false) {
             comparison.versusRedisBenchmark = result.opsPerSecond / external.opsPerSecond
+            if let theirs = external.p50Microseconds, let ours = result.p50Microseconds, ours > 0 {
+                comparison.medianVersusRedisBenchmark = theirs / ours
+            }
         }
         if let perRequest = find(.perRequest, sameMode: true) {
             comparison.versusPerRequest = result.opsPerSecond / perRequest.opsPerSecond
         }
         if let shared = find(.shared, sameMode: true) {
             comparison.versusShared = result.opsPerSecond / shared.opsPerSecond
-            if result.concurrency == 1 { comparison.poolOverhead = 1 - result.opsPerSecond / shared.opsPerSecond }
+            if result.concurrency == 1 {
+                comparison.poolOverhead = 1 - result.opsPerSecond / shared.opsPerSecond
+                if let ours = result.p50Microseconds, let theirs = shared.p50Microseconds, theirs > 0 {
+                    comparison.medianPoolOverhead = ours / theirs - 1
+                }
+            }
         }
         return comparison
     }

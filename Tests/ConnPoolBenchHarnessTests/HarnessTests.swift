@@ -331,9 +331,12 @@ struct ReportTests {
         #expect(abs(comparison.versusPerRequest! - 19_000.0 / 3_000) < 1e-9)
         #expect(abs(comparison.versusShared! - 0.95) < 1e-9)
         #expect(abs(comparison.poolOverhead! - 0.05) < 1e-9)
+        #expect(abs(comparison.medianVersusRedisBenchmark! - 31.0 / 20) < 1e-9)
+        #expect(abs(comparison.medianPoolOverhead!) < 1e-9)
         let pooledSync8 = try #require(results.first { $0.baseline == .pooled && $0.mode == "sync" && $0.concurrency == 8 })
         let comparison8 = BenchReport.comparison(for: pooledSync8, in: results)
         #expect(comparison8.poolOverhead == nil)
+        #expect(comparison8.medianPoolOverhead == nil)
         #expect(abs(comparison8.versusShared! - 2.9) < 1e-9)
         #expect(BenchReport.comparison(for: results[0], in: results) == BenchComparison())
     }
