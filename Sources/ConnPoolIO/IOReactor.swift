@@ -51,8 +51,10 @@ extension IOReactorError: CustomStringConvertible {
 ///   cancelled a moment ago) is recognised and ignored instead of resuming a newer waiter.
 /// - **Registration happens on the waiting thread**, under the lock, straight into the epoll set
 ///   (`epoll_ctl` is safe while another thread is in `epoll_wait`), so the reactor thread is only
-///   woken (through an `eventfd`) when a new deadline is earlier than the one it sleeps until, or on
-///   shutdown.
+///   woken (through an `eventfd`) when a new deadline is earlier than the time it sleeps until, or on
+///   shutdown. While deadlines are in use it sleeps at most a one-second tick, so the usual waits
+///   (with I/O timeouts of seconds) never need that wake-up; after ten seconds without deadlines it
+///   sleeps until an event.
 /// - **Deadlines live on the reactor thread**: an indexed binary min-heap of the pending deadlines gives
 ///   the `epoll_wait` timeout (rounded up to whole milliseconds, so a timeout never fires early), and
 ///   a wait that completes early leaves the heap at once (O(log n)), so no stale timers pile up.
@@ -108,6 +110,10 @@ public final class IOReactor: @unchecked Sendable {
     private let thread: UnsafeMutablePointer<pthread_t>
 
     private static let maxEvents: Int32 = 256
+    /// While deadlines are in use, the reactor thread wakes at least this often (see runLoop).
+    private static let idleTick: Duration = .seconds(1)
+    /// How long after the last deadline the reactor keeps ticking before it sleeps without a limit.
+    private static let idleTickSpan: Duration = .seconds(10)
     /// The epoll user data of the eventfd; descriptor registrations never use it (their upper half is
     /// a generation and their lower half a non-negative descriptor).
     private static let wakeToken: UInt64 = UInt64.max
@@ -410,7 +416,8 @@ public final class IOReactor: @unchecked Sendable {
             }
             s.pointee.takeFailed(into: &toResume)
             var timeoutMS: Int32 = -1
-            if !s.pointee.heap.isEmpty {
+            s.pointee.sleepingUntil = nil
+            if !s.pointee.heap.isEmpty || s.pointee.lastDeadlineSeen != nil {
                 let now = ContinuousClock.now
                 while let top = s.pointee.heap.first, top.deadline <= now {
                     if let waiter = s.pointee.removeWaiter(fd: top.fd, writable: top.writable) {
@@ -422,13 +429,18 @@ public final class IOReactor: @unchecked Sendable {
                     }
                 }
                 if let top = s.pointee.heap.first {
+                    s.pointee.lastDeadlineSeen = now
                     timeoutMS = IOReactor.milliseconds(from: now, to: top.deadline)
                     s.pointee.sleepingUntil = top.deadline
+                } else if let last = s.pointee.lastDeadlineSeen, last.duration(to: now) < IOReactor.idleTickSpan {
+                    // Deadlines were in use a moment ago: wake on a tick rather than sleeping without a
+                    // limit, so that the next wait with a deadline further away than the tick (the usual
+                    // case: I/O timeouts are seconds long) need not wake this thread through the eventfd.
+                    timeoutMS = IOReactor.milliseconds(from: now, to: now + IOReactor.idleTick)
+                    s.pointee.sleepingUntil = now + IOReactor.idleTick
                 } else {
-                    s.pointee.sleepingUntil = nil
+                    s.pointee.lastDeadlineSeen = nil  // idle for a while: sleep until an event
                 }
-            } else {
-                s.pointee.sleepingUntil = nil
             }
             if !toResume.isEmpty {
                 timeoutMS = 0  // resume first, then look again without sleeping
@@ -554,6 +566,8 @@ private struct ReactorState {
     var threadStarted = false
     var isSleeping = false
     var sleepingUntil: ContinuousClock.Instant?
+    /// When the reactor thread last saw a pending deadline; nil once it has been idle for a while.
+    var lastDeadlineSeen: ContinuousClock.Instant?
     var wakePending = false
 
     init() {
