@@ -260,14 +260,20 @@ private final class Phase: Sendable {
 
     init(stop: BenchStopCondition, start: UInt64, counters: PhaseCounters) {
         self.counters = counters
+        func end(_ duration: Duration) -> UInt64 {
+            let (seconds, attoseconds) = duration.components
+            return start &+ UInt64(seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
+        }
         switch stop {
         case .requests(let count):
             limit = count
             deadline = .max
         case .duration(let duration):
             limit = .max
-            let (seconds, attoseconds) = duration.components
-            deadline = start &+ UInt64(seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
+            deadline = end(duration)
+        case .requestsOrDuration(let count, let duration):
+            limit = count
+            deadline = end(duration)
         }
     }
 

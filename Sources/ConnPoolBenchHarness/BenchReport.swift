@@ -78,7 +78,8 @@ public enum BenchReport {
             }
             rows.append([
                 result.backend, result.workload, result.mode, result.baseline.rawValue, String(result.concurrency),
-                result.poolSize.map(String.init) ?? "-", String(result.requests * result.commandsPerRequest),
+                result.poolSize.map(String.init) ?? "-",
+                String(result.requests) + (result.commandsPerRequest > 1 ? "x\(result.commandsPerRequest)" : ""),
                 TextFormat.grouped(result.opsPerSecond), TextFormat.microseconds(result.p50Microseconds),
                 TextFormat.microseconds(result.p90Microseconds), TextFormat.microseconds(result.p99Microseconds),
                 TextFormat.microseconds(result.p999Microseconds), TextFormat.microseconds(result.maxMicroseconds),

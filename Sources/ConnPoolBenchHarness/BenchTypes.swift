@@ -34,11 +34,14 @@ public enum BenchStopCondition: Sendable, Hashable, CustomStringConvertible {
     case requests(Int)
     /// When this much time has passed since the measured phase began (requests in flight finish).
     case duration(Duration)
+    /// After this many requests or this much time, whichever comes first.
+    case requestsOrDuration(Int, Duration)
 
     public var description: String {
         switch self {
         case .requests(let count): return "\(count) requests"
         case .duration(let duration): return "\(duration)"
+        case .requestsOrDuration(let count, let duration): return "\(count) requests or \(duration)"
         }
     }
 }
@@ -97,12 +100,14 @@ public struct BenchRunSpec: Sendable, Hashable {
         self.poolConfiguration = poolConfiguration
     }
 
-    /// The stop condition actually used: the per-request cap applied for ``BenchBaseline/perRequest``.
+    /// The stop condition actually used: the per-request cap applied for ``BenchBaseline/perRequest``
+    /// (also to a duration run, which then ends at the cap if it comes first).
     public var effectiveStop: BenchStopCondition {
         guard baseline == .perRequest else { return stop }
         switch stop {
         case .requests(let count): return .requests(min(count, perRequestCap))
-        case .duration: return stop
+        case .duration(let duration): return .requestsOrDuration(perRequestCap, duration)
+        case .requestsOrDuration(let count, let duration): return .requestsOrDuration(min(count, perRequestCap), duration)
         }
     }
 
@@ -121,9 +126,9 @@ public struct BenchRunSpec: Sendable, Hashable {
             throw .invalidSpec("the redis-benchmark baseline is an external tool; import its figures instead")
         }
         switch stop {
-        case .requests(let count) where count < 1:
+        case .requests(let count) where count < 1, .requestsOrDuration(let count, _) where count < 1:
             throw .invalidSpec("the request count must be at least 1 (is \(count))")
-        case .duration(let duration) where duration <= .zero:
+        case .duration(let duration) where duration <= .zero, .requestsOrDuration(_, let duration) where duration <= .zero:
             throw .invalidSpec("the duration must be positive (is \(duration))")
         default:
             break

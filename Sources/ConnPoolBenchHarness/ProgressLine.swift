@@ -71,7 +71,7 @@ final class ProgressLine: Sendable {
             let rate = elapsed > 0 ? Double(claimed * commandsPerRequest) / elapsed : 0
             var text = "\r\u{1B}[2K  \(label): "
             switch stop {
-            case .requests(let total):
+            case .requests(let total), .requestsOrDuration(let total, _):
                 let done = min(claimed, total)
                 text += "\(done)/\(total) requests (\(done * 100 / max(total, 1))%)"
             case .duration(let duration):

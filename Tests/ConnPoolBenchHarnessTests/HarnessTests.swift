@@ -136,6 +136,17 @@ struct HarnessRunTests {
         #expect(factory.made.load(ordering: .relaxed) == 300)
     }
 
+    @Test("a duration run of the per-request baseline also stops at the cap")
+    func perRequestCapInDurationRun() async throws {
+        let factory = MemoryFactory()
+        let spec = BenchRunSpec(
+            backend: "mock", workload: "count", mode: .async, baseline: .perRequest, concurrency: 3,
+            stop: .duration(.seconds(30)), perRequestCap: 200)
+        let result = try await harness(factory).run(spec, operation: countingOperation(IndexLog()))
+        #expect(result.requests == 200)
+        #expect(result.durationSeconds < 10)
+    }
+
     @Test("a duration run stops on time", arguments: [BenchMode.async, .sync])
     func durationRun(mode: BenchMode) async throws {
         let operation = BenchOperation<MemoryConnection>(
