@@ -16,6 +16,7 @@ public enum IOReactorError: Error, Equatable {
 }
 
 extension IOReactorError: CustomStringConvertible {
+    /// What went wrong, in words, with the C error text for a system error.
     public var description: String {
         switch self {
         case .timedOut:
