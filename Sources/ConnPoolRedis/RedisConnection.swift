@@ -101,8 +101,9 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     // MARK: - Connecting
 
     /// Opens a connection without blocking a cooperative thread: a non-blocking connect waited on the
-    /// ``IOReactor``, then AUTH, SELECT and CLIENT SETNAME (as configured) sent as one pipeline. All of it
-    /// is bounded by ``RedisConnectionConfiguration/connectTimeout``. A host name (not an IP literal) is
+    /// ``IOReactor``, then AUTH, SELECT and CLIENT SETNAME (as configured; a PING instead when none is and
+    /// ``RedisConnectionConfiguration/pingOnConnect`` is set) sent as one pipeline. All of it is bounded by
+    /// ``RedisConnectionConfiguration/connectTimeout``. A host name (not an IP literal) is
     /// resolved with `getaddrinfo` on a dispatch thread (``BlockingOffload``); that lookup is not bounded
     /// by the timeout.
     ///
@@ -142,12 +143,23 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
                         break addressLoop
                     case .inProgress(let fd):
                         do {
-                            try await IOReactor.shared.waitWritable(fd, deadline: deadline)
-                        } catch IOReactorError.timedOut {
+                            if !Sockets.isReady(fd, events: Int16(POLLOUT)) {
+                                try await IOReactor.shared.waitWritable(fd, deadline: deadline)
+                            }
+                        } catch let error as IOReactorError {
                             closeDescriptor(fd)
-                            throw RedisError.connectTimeout(endpoint: endpoint, timeout: configuration.connectTimeout)
+                            switch error {
+                            case .timedOut:
+                                throw RedisError.connectTimeout(
+                                    endpoint: endpoint, timeout: configuration.connectTimeout)
+                            case .closed:
+                                throw RedisError.connectFailed(
+                                    endpoint: endpoint, operation: "wait (the reactor was shut down)", errno: ESHUTDOWN)
+                            case .systemError(let code, let operation):
+                                throw RedisError.connectFailed(endpoint: endpoint, operation: operation, errno: code)
+                            }
                         } catch {
-                            closeDescriptor(fd)
+                            closeDescriptor(fd)  // CancellationError
                             throw error
                         }
                         try Sockets.finishConnect(fd, endpoint: endpoint)
@@ -179,8 +191,9 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     }
 
     /// Opens a connection, blocking the calling thread (never call it on a cooperative thread): a
-    /// non-blocking connect waited with `poll()`, then AUTH, SELECT and CLIENT SETNAME (as configured)
-    /// sent as one pipeline, all bounded by ``RedisConnectionConfiguration/connectTimeout`` (a host-name
+    /// non-blocking connect waited with `poll()`, then AUTH, SELECT and CLIENT SETNAME (as configured; a
+    /// PING instead when none is and ``RedisConnectionConfiguration/pingOnConnect`` is set) sent as one
+    /// pipeline, all bounded by ``RedisConnectionConfiguration/connectTimeout`` (a host-name
     /// lookup excepted).
     ///
     /// - Throws: the errors of ``connect(configuration:logger:)`` except `CancellationError`.
@@ -284,6 +297,9 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         if let clientName = configuration.clientName {
             steps.append(HandshakeStep(name: "CLIENT SETNAME", arguments: ["CLIENT", "SETNAME", .string(clientName)]))
         }
+        if steps.isEmpty && configuration.pingOnConnect {
+            steps.append(HandshakeStep(name: "PING", arguments: ["PING"]))
+        }
         return steps
     }
 
@@ -319,7 +335,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
             if let password = configuration.password, !password.isEmpty {
                 message = message.replacing(password, with: "<redacted>")
             }
-            if step.name == "AUTH" { throw .authenticationFailed(message) }
+            if step.name == "AUTH" || message.hasPrefix("NOAUTH") { throw .authenticationFailed(message) }
             throw .handshakeFailed(command: step.name, message: message)
         }
     }
@@ -552,8 +568,14 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         }
     }
 
-    /// Suspends on the reactor; maps its errors to ``RedisError`` and breaks the connection on any of them.
+    /// Suspends on the reactor until the socket is ready; maps its errors to ``RedisError`` and breaks the
+    /// connection on any of them.
+    ///
+    /// A zero-timeout `poll()` first skips the reactor when the socket is already ready (a reply that
+    /// arrived while the previous one was parsed, a loopback connect that completed at once): one cheap
+    /// syscall instead of arming epoll and suspending.
     private func wait(writable: Bool, deadline: ContinuousClock.Instant?, budget: Duration?) async throws {
+        if Sockets.isReady(fd, events: writable ? Int16(POLLOUT) : Int16(POLLIN)) { return }
         do {
             if writable {
                 try await IOReactor.shared.waitWritable(fd, deadline: deadline)

@@ -114,6 +114,13 @@ public struct RedisConnectionConfiguration: Sendable, Hashable {
     public var database: Int = 0
     /// The name set with CLIENT SETNAME (visible in CLIENT LIST), or `nil` for none.
     public var clientName: String?
+    /// Send a PING while connecting when no AUTH, SELECT or CLIENT SETNAME is, so that a connection is
+    /// returned only once the server has answered: a TCP connect alone also completes against a frozen
+    /// server (the kernel accepts it), and a server that wants a password then fails the connect with
+    /// ``RedisError/authenticationFailed(_:)`` (NOAUTH) instead of the first command with
+    /// ``RedisError/server(_:)``. Costs one round trip per new connection. Default `false` (hiredis'
+    /// behaviour; a pool's validation and health checks cover liveness).
+    public var pingOnConnect: Bool = false
 
     private var secret: RedisSecret?
 
@@ -198,6 +205,7 @@ extension RedisConnectionConfiguration: CustomStringConvertible, CustomDebugStri
         if secret != nil { parts.append("password: <redacted>") }
         parts.append("database: \(database)")
         if let clientName { parts.append("clientName: \(clientName)") }
+        if pingOnConnect { parts.append("pingOnConnect: true") }
         parts.append("connectTimeout: \(connectTimeout)")
         parts.append("commandTimeout: \(commandTimeout.map { "\($0)" } ?? "none")")
         parts.append("tcpKeepAlive: \(tcpKeepAlive.map { "\($0)" } ?? "off")")
@@ -217,6 +225,7 @@ extension RedisConnectionConfiguration: CustomStringConvertible, CustomDebugStri
                 "password": (secret == nil ? nil : "<redacted>") as String? as Any,
                 "database": database,
                 "clientName": clientName as Any,
+                "pingOnConnect": pingOnConnect,
                 "connectTimeout": connectTimeout,
                 "commandTimeout": commandTimeout as Any,
                 "tcpKeepAlive": tcpKeepAlive as Any,

@@ -28,10 +28,11 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
     case connectFailed(endpoint: String, operation: String, errno: Int32)
     /// The host name could not be resolved.
     case hostNotFound(host: String, detail: String)
-    /// The server rejected the credentials (its message, with any echo of the password removed).
+    /// The server rejected the credentials, or wants a password none was configured for (`NOAUTH`);
+    /// the server's message, with any echo of the password removed.
     case authenticationFailed(String)
-    /// A handshake command after AUTH failed: `SELECT` (for example an out-of-range database index)
-    /// or `CLIENT SETNAME`.
+    /// A handshake command after AUTH failed: `SELECT` (for example an out-of-range database index),
+    /// `CLIENT SETNAME`, or the `PING` sent when nothing else is configured.
     case handshakeFailed(command: String, message: String)
     /// The reply stream could not be parsed.
     case protocolError(String)

@@ -124,7 +124,6 @@ enum Sockets {
     static func connectError(_ code: Int32, endpoint: String) -> RedisError {
         switch code {
         case ECONNREFUSED, ENOENT: return .connectionRefused(endpoint: endpoint)
-        case ETIMEDOUT: return .connectTimeout(endpoint: endpoint, timeout: .zero)
         default: return .connectFailed(endpoint: endpoint, operation: "connect", errno: code)
         }
     }
@@ -142,6 +141,12 @@ enum Sockets {
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPIDLE, &idleSeconds, socklen_t(MemoryLayout<Int32>.size))
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPINTVL, &interval, socklen_t(MemoryLayout<Int32>.size))
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPCNT, &count, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// `true` when `fd` has one of `events` (or an error or hang-up) right now: a zero-timeout poll().
+    static func isReady(_ fd: Int32, events: Int16) -> Bool {
+        var pfd = pollfd(fd: fd, events: events, revents: 0)
+        return Glibc.poll(&pfd, 1, 0) > 0
     }
 
     /// Waits with poll() until `fd` has one of `events` or the deadline passes.

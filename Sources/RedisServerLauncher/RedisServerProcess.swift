@@ -221,13 +221,23 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         }
     }
 
-    /// Stops the server if it runs, then starts it again on the same port and unix socket with the same
-    /// arguments (data is not kept: persistence is off). Returns once it answers PING.
+    /// Stops the server if it runs (or after ``stop(timeout:)``), then starts it again on the same port and
+    /// unix socket with the same arguments (data is not kept: persistence is off). Returns once it
+    /// answers PING.
     ///
     /// - Throws: ``RedisServerLauncherError/portTakenOnRestart(port:logTail:)`` when another process took
     ///   the port meanwhile; the other start errors otherwise.
     public func restart(timeout: Duration = .seconds(10)) throws {
         terminateProcess(timeout: .seconds(5))
+        // After stop() the temporary directory is gone: make it again (same path, for the unix socket).
+        try state.withLock { state in
+            if state.removedDirectory {
+                if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+                    throw RedisServerLauncherError.systemError(operation: "mkdir \(directory)", errno: errno)
+                }
+                state.removedDirectory = false
+            }
+        }
         let pid = try Self.spawn(
             executable: executable, port: port, directory: directory, unixSocketPath: unixSocketPath,
             extraArguments: extraArguments)

@@ -191,16 +191,18 @@ struct RedisConnectionReplyTests {
     }
 
     @Test func concurrentUseOfOneConnectionIsRejected() async throws {
-        let configuration = try SharedServer.configuration()
-        let connection = try await RedisConnection.connect(configuration: configuration)
+        var configuration = try SharedServer.configuration()
         let observer = try await RedisConnection.connect(configuration: configuration)
+        let name = "concurrent-\(UInt32.random(in: 0...UInt32.max))"
+        configuration.clientName = name
+        let connection = try await RedisConnection.connect(configuration: configuration)
         defer {
             connection.closeBlocking()
             observer.closeBlocking()
         }
         let key = uniqueKey()
         let blocked = Task { try await connection.command("BLPOP", key, 0) }
-        #expect(try await waitUntilClientRuns("blpop", observer: observer))
+        #expect(try await waitUntilClientRuns("blpop", named: name, observer: observer))
         let error = await expectRedisError { _ = try await connection.command("PING") }
         #expect(error == .concurrentUse)
         #expect(connection.isValidBlocking(timeout: .seconds(1)) == false)
@@ -211,20 +213,45 @@ struct RedisConnectionReplyTests {
     }
 
     @Test func cancellingAWaitingCommandBreaksTheConnection() async throws {
-        let configuration = try SharedServer.configuration()
-        let connection = try await RedisConnection.connect(configuration: configuration)
+        var configuration = try SharedServer.configuration()
         let observer = try await RedisConnection.connect(configuration: configuration)
+        let name = "cancel-\(UInt32.random(in: 0...UInt32.max))"
+        configuration.clientName = name
+        let connection = try await RedisConnection.connect(configuration: configuration)
         defer {
             connection.closeBlocking()
             observer.closeBlocking()
         }
         let blocked = Task { try await connection.command("BLPOP", uniqueKey(), 0) }
-        #expect(try await waitUntilClientRuns("blpop", observer: observer))
+        #expect(try await waitUntilClientRuns("blpop", named: name, observer: observer))
         blocked.cancel()
         await #expect(throws: CancellationError.self) { _ = try await blocked.value }
         #expect(connection.isBroken)
         let error = await expectRedisError { _ = try await connection.command("PING") }
         #expect(error == .connectionBroken(cause: .cancelled))
+    }
+
+    @Test func clientKillOfAnIdleConnectionIsCaughtByIsValid() async throws {
+        var configuration = try SharedServer.configuration()
+        let admin = try await RedisConnection.connect(configuration: configuration)
+        defer { admin.closeBlocking() }
+        let name = "victim-\(UInt32.random(in: 0...UInt32.max))"
+        configuration.clientName = name
+        let victim = try await RedisConnection.connect(configuration: configuration)
+        let blockingVictim = try await RedisConnection.connect(configuration: configuration)
+        defer {
+            victim.closeBlocking()
+            blockingVictim.closeBlocking()
+        }
+        let victimID = try await victim.command("CLIENT", "ID").int
+        let blockingVictimID = try await blockingVictim.command("CLIENT", "ID").int
+        let killed = try await admin.command("CLIENT", "KILL", "ID", victimID).int
+        let killedToo = try await admin.command("CLIENT", "KILL", "ID", blockingVictimID).int
+        #expect(killed == 1 && killedToo == 1)
+        #expect(await victim.isValid(timeout: .seconds(2)) == false)
+        #expect(victim.isBroken)
+        #expect(blockingVictim.isValidBlocking(timeout: .seconds(2)) == false)
+        #expect(blockingVictim.isBroken)
     }
 
     @Test func isValidAnswersPing() async throws {
@@ -284,6 +311,16 @@ struct RedisConnectionSetupTests {
         }
         #expect(noauthMessage.hasPrefix("NOAUTH"))
         #expect(await anonymous.isValid(timeout: .seconds(1)) == false)
+
+        // ...unless pingOnConnect is set: then the connect itself reports it
+        var pinging = try RedisConnectionConfiguration(port: server.port)
+        pinging.pingOnConnect = true
+        let anonymousError = await expectRedisError { _ = try await RedisConnection.connect(configuration: pinging) }
+        guard case .authenticationFailed(let message) = anonymousError else {
+            Issue.record("expected .authenticationFailed, got \(String(describing: anonymousError))")
+            return
+        }
+        #expect(message.hasPrefix("NOAUTH"))
     }
 
     @Test func authWithACLUser() async throws {
@@ -453,6 +490,24 @@ struct RedisConnectionSetupTests {
         #expect(blocking.2 < .milliseconds(2500))
     }
 
+    @Test func connectToAFrozenServerTimesOut() async throws {
+        let server = try RedisServerProcess.start()
+        defer { server.stop() }
+        try server.kill(signal: SIGSTOP)
+        var configuration = try RedisConnectionConfiguration(port: server.port)
+        configuration.connectTimeout = .milliseconds(300)
+        configuration.pingOnConnect = true
+        // the kernel completes the TCP handshake, but the PING of the handshake gets no answer
+        let start = ContinuousClock.now
+        let error = await expectRedisError { _ = try await RedisConnection.connect(configuration: configuration) }
+        #expect(error == .connectTimeout(endpoint: "127.0.0.1:\(server.port)", timeout: .milliseconds(300)))
+        #expect(ContinuousClock.now - start < .seconds(2))
+        try server.kill(signal: SIGCONT)
+        let connection = try await RedisConnection.connect(configuration: configuration)
+        #expect(try await connection.command("PING") == .status("PONG"))
+        await connection.close()
+    }
+
     @Test func serverKilledMidCommand() async throws {
         let server = try RedisServerProcess.start()
         defer { server.stop() }
@@ -529,5 +584,46 @@ struct RedisConnectionSetupTests {
             Issue.record("expected .hostNotFound, got \(String(describing: error))")
             return
         }
+    }
+}
+
+@Suite("RedisConnection: writing to a dead server")
+struct RedisDeadServerWriteTests {
+    /// hiredis' own redisBufferWrite uses write(2), which raises SIGPIPE (killing the process by default)
+    /// once the peer is gone; the connection's send(MSG_NOSIGNAL) twin must turn that into an error.
+    @Test func writingToAKilledServerFailsWithoutSIGPIPE() async throws {
+        var action = sigaction()
+        sigaction(SIGPIPE, nil, &action)
+        let sigpipeIsDefault = action.__sigaction_handler.sa_handler == nil  // SIG_DFL
+        print("SIGPIPE disposition in the test process: \(sigpipeIsDefault ? "default (terminate)" : "changed")")
+
+        let server = try RedisServerProcess.start()
+        defer { server.stop() }
+        var configuration = try RedisConnectionConfiguration(port: server.port)
+        configuration.commandTimeout = .seconds(5)
+        let asyncConnection = try await RedisConnection.connect(configuration: configuration)
+        let blockingConfiguration = configuration
+        let blockingConnection = try await onThread {
+            try RedisConnection.connectBlocking(configuration: blockingConfiguration)
+        }
+        defer {
+            asyncConnection.closeBlocking()
+            blockingConnection.closeBlocking()
+        }
+        try server.kill(signal: SIGKILL)
+        let big = [UInt8](repeating: 0x78, count: 8 << 20)
+
+        let error = await expectRedisError { _ = try await asyncConnection.command("SET", "k", big) }
+        #expect(error?.isConnectionError == true, "got \(String(describing: error))")
+        #expect(asyncConnection.isBroken)
+
+        let blockingError = try await onThread { () -> RedisError? in
+            do {
+                _ = try blockingConnection.commandBlocking("SET", "k", big)
+                return nil
+            } catch let error as RedisError { return error }
+        }
+        #expect(blockingError?.isConnectionError == true, "got \(String(describing: blockingError))")
+        #expect(blockingConnection.isBroken)
     }
 }

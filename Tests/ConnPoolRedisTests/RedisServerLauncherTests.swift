@@ -31,6 +31,17 @@ struct RedisServerLauncherTests {
         #expect(server.pid != firstPid)
     }
 
+    @Test func restartAfterStop() throws {
+        let server = try RedisServerProcess.start(unixSocket: true)
+        server.stop()
+        #expect(!server.isRunning)
+        try server.restart()
+        #expect(server.isRunning)
+        #expect(access(server.unixSocketPath!, F_OK) == 0)
+        server.stop()
+        #expect(access(server.directory, F_OK) != 0)
+    }
+
     @Test func stopsAStoppedProcess() throws {
         let server = try RedisServerProcess.start()
         try server.kill(signal: SIGSTOP)

@@ -52,11 +52,14 @@ func eventually(
     return try await condition()
 }
 
-/// Waits (polling CLIENT LIST through `observer`) until some client of the server runs `command`.
-func waitUntilClientRuns(_ command: String, observer: RedisConnection) async throws -> Bool {
+/// Waits (polling CLIENT LIST through `observer`) until a client of the server runs `command`; with
+/// `named`, the client with that CLIENT SETNAME name (other tests share the server).
+func waitUntilClientRuns(_ command: String, named name: String? = nil, observer: RedisConnection) async throws -> Bool {
     try await eventually {
         let list = try await observer.command("CLIENT", "LIST").string
-        return list.contains("cmd=\(command)")
+        return list.split(separator: "\n").contains { line in
+            line.contains(" cmd=\(command) ") && (name.map { line.contains(" name=\($0) ") } ?? true)
+        }
     }
 }
 
