@@ -127,10 +127,11 @@ struct PoolStateMachine {
     }
 
     /// Whether a connection just lent with `token` must be checked before use (validate on acquire):
-    /// it was last used longer ago than `bypassWindow`.
+    /// it was last used longer ago than `bypassWindow`. A zero window checks every time (`lastUsed`
+    /// may come from the precise clock and `now` from the coarse one, a tick behind).
     @inlinable
     func needsValidation(_ token: LeaseToken, now: Int64, bypassWindow: Int64) -> Bool {
-        now &- slots.lastUsed[Int(token.index)] > bypassWindow
+        bypassWindow <= 0 || now &- slots.lastUsed[Int(token.index)] > bypassWindow
     }
 
     // MARK: Waiting
