@@ -74,10 +74,17 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(name: "ConnPoolPrometheus", dependencies: ["ConnPool"], swiftSettings: strictSettings),
+        // The chaos engine: a load through a Redis pool with injected server faults (redis-bench chaos,
+        // ChaosTests, Scripts/soak.sh).
+        .target(
+            name: "ConnPoolChaos",
+            dependencies: ["ConnPool", "ConnPoolRedis", "RedisServerLauncher", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "redis-bench",
             dependencies: [
-                "ConnPool", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolBenchHarness", "RedisServerLauncher",
+                "ConnPool", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolBenchHarness", "RedisServerLauncher", "ConnPoolChaos",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -124,10 +131,32 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(name: "ConnPoolIOTests", dependencies: ["ConnPoolIO"], swiftSettings: strictSettings),
+        .testTarget(
+            name: "ChaosTests",
+            dependencies: [
+                "ConnPool", "ConnPoolRedis", "ConnPoolChaos", "ConnPoolPrometheus", "RedisServerLauncher",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .testTarget(name: "ConnPoolBenchHarnessTests", dependencies: ["ConnPool", "ConnPoolBenchHarness"], swiftSettings: strictSettings),
         .testTarget(
             name: "ConnPoolTCPTests",
             dependencies: ["ConnPool", "ConnPoolTCP", "RedisServerLauncher"],
+            swiftSettings: strictSettings
+        ),
+        // The DocC catalog's code samples, compiled and run; checks that the articles quote them verbatim.
+        .testTarget(
+            name: "ConnPoolDocTests",
+            dependencies: [
+                "ConnPool", "ConnPoolRedis", "ConnPoolMetrics", "ConnPoolPrometheus",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
             swiftSettings: strictSettings
         ),
     ],
