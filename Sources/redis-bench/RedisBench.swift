@@ -18,7 +18,7 @@ struct RedisBench: AsyncParsableCommand {
             Without --url, starts a throwaway redis-server on a free loopback port (needs the \
             redis-server package: apt-get install redis-server redis-tools, or Scripts/install-deps.sh).
             """,
-        subcommands: [RunCommand.self],
+        subcommands: [RunCommand.self, ChaosCommand.self],
         defaultSubcommand: RunCommand.self
     )
 }
