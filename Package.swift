@@ -16,17 +16,27 @@ let package = Package(
         .library(name: "ConnPoolTCP", targets: ["ConnPoolTCP"]),
         .library(name: "ConnPoolBenchHarness", targets: ["ConnPoolBenchHarness"]),
         .executable(name: "redis-bench", targets: ["redis-bench"]),
+        .library(name: "ConnPoolMetrics", targets: ["ConnPoolMetrics"]),
+        .library(name: "ConnPoolPrometheus", targets: ["ConnPoolPrometheus"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
     ],
     targets: [
         // The generic pool core: state machine, slot storage, waiter queue, clock, lock.
         .target(
             name: "ConnPool",
-            dependencies: [.product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
             swiftSettings: strictSettings
         ),
         // A small epoll readiness reactor shared by the backends' async paths.
@@ -56,10 +66,25 @@ let package = Package(
             dependencies: ["ConnPool", .product(name: "Histogram", package: "hdrhistogram-swift")],
             swiftSettings: strictSettings
         ),
+        // Opt-in observability: pool metrics through swift-metrics, or as a Prometheus exposition served
+        // over a tiny loopback HTTP server (no dependency beyond ConnPool).
+        .target(
+            name: "ConnPoolMetrics",
+            dependencies: ["ConnPool", .product(name: "Metrics", package: "swift-metrics")],
+            swiftSettings: strictSettings
+        ),
+        .target(name: "ConnPoolPrometheus", dependencies: ["ConnPool"], swiftSettings: strictSettings),
+        // The chaos engine: a load through a Redis pool with injected server faults (redis-bench chaos,
+        // ChaosTests, Scripts/soak.sh).
+        .target(
+            name: "ConnPoolChaos",
+            dependencies: ["ConnPool", "ConnPoolRedis", "RedisServerLauncher", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "redis-bench",
             dependencies: [
-                "ConnPool", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolBenchHarness", "RedisServerLauncher",
+                "ConnPool", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolBenchHarness", "RedisServerLauncher", "ConnPoolChaos",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -76,17 +101,62 @@ let package = Package(
             path: "Examples/TCPLineClient",
             swiftSettings: strictSettings
         ),
-        .testTarget(name: "ConnPoolTests", dependencies: ["ConnPool"], swiftSettings: strictSettings),
+        .testTarget(
+            name: "ConnPoolTests",
+            dependencies: [
+                "ConnPool",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "ConnPoolRedisTests",
             dependencies: ["ConnPool", "ConnPoolRedis", "RedisServerLauncher"],
             swiftSettings: strictSettings
         ),
+        .testTarget(
+            name: "ConnPoolMetricsTests",
+            dependencies: [
+                "ConnPool", "ConnPoolMetrics",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ConnPoolPrometheusTests",
+            dependencies: ["ConnPool", "ConnPoolPrometheus", .product(name: "Prometheus", package: "swift-prometheus")],
+            swiftSettings: strictSettings
+        ),
         .testTarget(name: "ConnPoolIOTests", dependencies: ["ConnPoolIO"], swiftSettings: strictSettings),
+        .testTarget(
+            name: "ChaosTests",
+            dependencies: [
+                "ConnPool", "ConnPoolRedis", "ConnPoolChaos", "ConnPoolPrometheus", "RedisServerLauncher",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .testTarget(name: "ConnPoolBenchHarnessTests", dependencies: ["ConnPool", "ConnPoolBenchHarness"], swiftSettings: strictSettings),
         .testTarget(
             name: "ConnPoolTCPTests",
             dependencies: ["ConnPool", "ConnPoolTCP", "RedisServerLauncher"],
+            swiftSettings: strictSettings
+        ),
+        // The DocC catalog's code samples, compiled and run; checks that the articles quote them verbatim.
+        .testTarget(
+            name: "ConnPoolDocTests",
+            dependencies: [
+                "ConnPool", "ConnPoolRedis", "ConnPoolMetrics", "ConnPoolPrometheus",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
             swiftSettings: strictSettings
         ),
     ],
