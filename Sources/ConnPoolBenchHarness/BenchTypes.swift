@@ -7,6 +7,7 @@ public enum BenchMode: String, Sendable, Hashable, Codable, CaseIterable, Custom
     /// `concurrency` child tasks, each calling the async API (`withConnection`).
     case async
 
+    /// The raw value: the label used in tables and JSON.
     public var description: String { rawValue }
 }
 
@@ -25,6 +26,7 @@ public enum BenchBaseline: String, Sendable, Hashable, Codable, CaseIterable, Cu
     /// The harness cannot run it itself.
     case redisBenchmark = "redis-benchmark"
 
+    /// The raw value: the label used in tables and JSON.
     public var description: String { rawValue }
 }
 
@@ -37,6 +39,7 @@ public enum BenchStopCondition: Sendable, Hashable, CustomStringConvertible {
     /// After this many requests or this much time, whichever comes first.
     case requestsOrDuration(Int, Duration)
 
+    /// `50000 requests`, `10 seconds`, …
     public var description: String {
         switch self {
         case .requests(let count): return "\(count) requests"
@@ -145,6 +148,7 @@ public enum BenchError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The connection a ``BenchBaseline/shared`` run needs could not be opened.
     case sharedConnectionFailed(String)
 
+    /// What went wrong, for people.
     public var description: String {
         switch self {
         case .invalidSpec(let reason): return "invalid benchmark run: \(reason)"
