@@ -114,13 +114,13 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         let now = clock.now()
         core.mutex.lock()
         let firstTick = core.state.pointee.startMaintenance(now: now)
-        var warmUp: [Int32] = []
+        var warmUp: [LeaseToken] = []
         if configuration.warmUpOnInit {
-            while case .create(let index) = core.state.pointee.creationDecision(now: now) { warmUp.append(index) }
+            while case .create(let token) = core.state.pointee.creationDecision(now: now) { warmUp.append(token) }
         }
         core.mutex.unlock()
         if let firstTick { timer.schedule(at: firstTick) }
-        for index in warmUp { startCreation(slot: index) }
+        for token in warmUp { startCreation(token) }
     }
 
     deinit {
@@ -189,11 +189,11 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
             let continuation = deliverLocked(waiter, .success(newToken.rawValue))
             core.mutex.unlock()
             continuation?.resume(returning: newToken.rawValue)
-        case .close(let index, let closeReason):
+        case .close(let closing, let closeReason):
             if closeReason == .shutdown { shutdownReport.closedOnReturn += 1 }
-            let connection = takeConnectionLocked(index)
+            let connection = takeConnectionLocked(closing.index)
             core.mutex.unlock()
-            closeInBackground(connection, slot: index)
+            closeInBackground(connection, closing)
         }
     }
 
@@ -249,8 +249,8 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
 
     /// Carries out what an enqueue asked for, outside the mutex.
     @usableFromInline
-    func afterEnqueue(createSlot: Int32?, scheduleTimer: Int64?) {
-        if let createSlot { startCreation(slot: createSlot) }
+    func afterEnqueue(createSlot: LeaseToken?, scheduleTimer: Int64?) {
+        if let createSlot { startCreation(createSlot) }
         if let scheduleTimer { timer.schedule(at: scheduleTimer) }
     }
 
@@ -287,18 +287,19 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     func handle(_ decision: PoolStateMachine.CreationDecision) {
         switch decision {
         case .none: break
-        case .create(let index): startCreation(slot: index)
+        case .create(let token): startCreation(token)
         case .retryAt(let deadline): timer.schedule(at: deadline)
         }
     }
 
     @usableFromInline
-    func startCreation(slot: Int32) {
-        Task { _ = await self.createConnection(slot: slot) }
+    func startCreation(_ token: LeaseToken) {
+        Task { _ = await self.createConnection(token) }
     }
 
-    /// Opens a connection for the reserved `slot` and installs it. Returns the error if it failed.
-    func createConnection(slot: Int32) async -> (any Error)? {
+    /// Opens a connection for the slot reserved under `token` and installs it. Returns the error if
+    /// it failed.
+    func createConnection(_ token: LeaseToken) async -> (any Error)? {
         let span = tracer?.startSpan("connpool.connect", ofKind: .client)
         span?.attributes["connpool.pool"] = configuration.name
         let result: Result<PooledConnection, any Error>
@@ -315,24 +316,29 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         var failed: [(UnsafeContinuation<UInt64, any Error>, ConnectionPoolError)] = []
         var logFailure: (error: any Error, failures: Int, breakerOpen: Bool)?
         var next: PoolStateMachine.CreationDecision = .none
-        var toClose: (PooledConnection?, Int32)?
+        var toClose: (PooledConnection?, LeaseToken?)?
         var handOff: (UnsafeContinuation<UInt64, any Error>, UInt64)?
         switch result {
         case .success(let connection):
-            connections[Int(slot)] = connection
-            switch core.state.pointee.creationSucceeded(slot, now: now) {
-            case .idle:
+            let action = core.state.pointee.creationSucceeded(token, now: now)
+            if case .discard = action {
+                toClose = (connection, nil)
+            } else {
+                connections[Int(token.index)] = connection
+            }
+            switch action {
+            case .idle, .discard:
                 break
-            case .handOff(let waiter, let token):
-                if let continuation = deliverLocked(waiter, .success(token.rawValue)) {
-                    handOff = (continuation, token.rawValue)
+            case .handOff(let waiter, let leaseToken):
+                if let continuation = deliverLocked(waiter, .success(leaseToken.rawValue)) {
+                    handOff = (continuation, leaseToken.rawValue)
                 }
-            case .close(let index, _):
-                toClose = (takeConnectionLocked(index), index)
+            case .close(let closing, _):
+                toClose = (takeConnectionLocked(closing.index), closing)
             }
             next = core.state.pointee.nextCreation(now: now)
         case .failure(let error):
-            next = core.state.pointee.creationFailed(slot, error: error, now: now)
+            next = core.state.pointee.creationFailed(token, error: error, now: now)
             logFailure = (error, core.state.pointee.backoff.consecutiveFailures, core.state.pointee.breakerOpen)
             failed = failFastWaitersLocked()
         }
@@ -340,8 +346,8 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         creationWatchers = []
         core.mutex.unlock()
 
-        if let (continuation, token) = handOff { continuation.resume(returning: token) }
-        if let (connection, index) = toClose { closeInBackground(connection, slot: index) }
+        if let (continuation, leaseToken) = handOff { continuation.resume(returning: leaseToken) }
+        if let (connection, closing) = toClose { closeInBackground(connection, closing) }
         for (continuation, error) in failed { continuation.resume(throwing: error) }
         if let logFailure {
             logger.warning(
@@ -364,17 +370,19 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         return connection
     }
 
-    private func closeInBackground(_ connection: PooledConnection?, slot: Int32) {
+    /// Closes `connection` on a task of its own; then frees the slot named by `closing` (nil: the
+    /// connection is not the pool's, there is no slot to free).
+    private func closeInBackground(_ connection: PooledConnection?, _ closing: LeaseToken?) {
         Task {
             if let connection { await connection.close() }
-            self.closeFinished(slot: slot)
+            if let closing { self.closeFinished(closing) }
         }
     }
 
-    private func closeFinished(slot: Int32) {
+    private func closeFinished(_ closing: LeaseToken) {
         let now = clock.now()
         core.mutex.lock()
-        let (decision, lifetime) = core.state.pointee.closeFinished(slot, now: now)
+        let (decision, lifetime) = core.state.pointee.closeFinished(closing, now: now)
         let failed = failFastWaitersLocked()
         let drained = takeDrainContinuationsIfDrainedLocked()
         core.mutex.unlock()
@@ -400,29 +408,42 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
                 core.mutex.lock()
             }
         }
-        var toClose: [(PooledConnection?, Int32)] = []
+        var toClose: [(PooledConnection?, LeaseToken)] = []
         var drained: [(CheckedContinuation<ShutdownReport, Never>, ShutdownReport)] = []
         if core.state.pointee.shutdownDeadlinePassed(now: now) {
-            let forced = core.state.pointee.takeLeasedForForcedClose()
+            let forced = core.state.pointee.takeLeasedForForcedClose(now: now)
             shutdownReport.forceClosed += forced.count
-            for index in forced { toClose.append((takeConnectionLocked(index), index)) }
+            for closing in forced { toClose.append((takeConnectionLocked(closing.index), closing)) }
             drained = takeDrainContinuationsLocked(gaveUp: true)
         }
-        var toValidate: [(PooledConnection, Int32)] = []
+        var toValidate: [(PooledConnection, LeaseToken)] = []
         var leaks: [PoolStateMachine.LeakReport] = []
+        var abandoned: [PoolStateMachine.AbandonedOperation] = []
+        var failedFast: [(UnsafeContinuation<UInt64, any Error>, ConnectionPoolError)] = []
+        if core.state.pointee.maintenanceDue(now: now) || core.state.pointee.lifecycle == .shuttingDown {
+            abandoned = core.state.pointee.abandonStuckOperations(now: now)
+            for operation in abandoned where operation.kind == .validating {
+                // The check's task still holds the connection and closes it when (if) it returns.
+                connections[Int(operation.index)] = nil
+            }
+            if !abandoned.isEmpty {
+                failedFast = failFastWaitersLocked()
+                drained += takeDrainContinuationsIfDrainedLocked()
+            }
+        }
         if core.state.pointee.maintenanceDue(now: now) {
             leaks = core.state.pointee.detectLeaks(now: clock.coarseNow())
             for action in core.state.pointee.planMaintenance(now: now) {
                 switch action {
-                case .close(let index, _):
-                    toClose.append((takeConnectionLocked(index), index))
-                case .validate(let index):
-                    if let connection = connections[Int(index)] { toValidate.append((connection, index)) }
+                case .close(let closing, _):
+                    toClose.append((takeConnectionLocked(closing.index), closing))
+                case .validate(let checking):
+                    if let connection = connections[Int(checking.index)] { toValidate.append((connection, checking)) }
                 }
             }
         }
-        var toCreate: [Int32] = []
-        while case .create(let index) = core.state.pointee.creationDecision(now: now) { toCreate.append(index) }
+        var toCreate: [LeaseToken] = []
+        while case .create(let token) = core.state.pointee.creationDecision(now: now) { toCreate.append(token) }
         var report: (@Sendable (PoolMetrics) -> Void, PoolMetrics)?
         if core.state.pointee.takeMetricsReportDue(now: now), let metricsHandler {
             report = (metricsHandler, metricsLocked())
@@ -430,6 +451,12 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         let next = core.state.pointee.nextTimerDeadline()
         core.mutex.unlock()
 
+        for (continuation, error) in failedFast { continuation.resume(throwing: error) }
+        for operation in abandoned {
+            logger.warning(
+                "connection pool: gave up on an operation that outlived its deadline",
+                metadata: ["operation": "\(operation.kind.rawValue)", "slot": "\(operation.index)"])
+        }
         for leak in leaks {
             logger.warning(
                 "connection pool: a lease is still held past the leak detection threshold",
@@ -440,8 +467,8 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         }
         if let (handler, metrics) = report { handler(metrics) }
 
-        for (connection, index) in toClose { closeInBackground(connection, slot: index) }
-        for index in toCreate { startCreation(slot: index) }
+        for (connection, closing) in toClose { closeInBackground(connection, closing) }
+        for token in toCreate { startCreation(token) }
         if !toValidate.isEmpty {
             Task { await self.validate(toValidate) }
         }
@@ -450,30 +477,33 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     }
 
     /// The maintenance task's health checks: each idle connection in turn, outside the lock.
-    private func validate(_ batch: [(PooledConnection, Int32)]) async {
-        for (connection, index) in batch {
+    private func validate(_ batch: [(PooledConnection, LeaseToken)]) async {
+        for (connection, checking) in batch {
             let valid = await connection.isValid(timeout: configuration.healthCheckTimeout)
-            finishValidation(index, valid: valid)
+            finishValidation(checking, connection: connection, valid: valid)
         }
     }
 
-    private func finishValidation(_ index: Int32, valid: Bool) {
+    private func finishValidation(_ checking: LeaseToken, connection checked: PooledConnection, valid: Bool) {
         let now = clock.now()
         core.mutex.lock()
-        switch core.state.pointee.validationFinished(index, valid: valid, now: now) {
+        switch core.state.pointee.validationFinished(checking, valid: valid, now: now) {
         case .idle:
             core.mutex.unlock()
         case .handOff(let waiter, let token):
             let continuation = deliverLocked(waiter, .success(token.rawValue))
             core.mutex.unlock()
             continuation?.resume(returning: token.rawValue)
-        case .close(let index, _):
-            let connection = takeConnectionLocked(index)
+        case .close(let closing, _):
+            let connection = takeConnectionLocked(closing.index)
             core.mutex.unlock()
             if !valid {
                 logger.info("connection pool: closing a connection that failed its health check")
             }
-            closeInBackground(connection, slot: index)
+            closeInBackground(connection, closing)
+        case .discard:
+            core.mutex.unlock()
+            closeInBackground(checked, nil)
         }
     }
 
@@ -517,8 +547,9 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
                 core.mutex.unlock()
                 throw ConnectionPoolError.shutDown
             }
-            var reserved: [Int32] = []
-            while let index = core.state.pointee.reserveForWarmUp() { reserved.append(index) }
+            var reserved: [LeaseToken] = []
+            let now = clock.now()
+            while let token = core.state.pointee.reserveForWarmUp(now: now) { reserved.append(token) }
             let slots = core.state.pointee.slots
             if reserved.isEmpty {
                 if slots.liveCount >= configuration.minSize || slots.connectingCount == 0 {
@@ -534,8 +565,8 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
             }
             core.mutex.unlock()
             let firstError = await withTaskGroup(of: (any Error)?.self) { group in
-                for index in reserved {
-                    group.addTask { await self.createConnection(slot: index) }
+                for token in reserved {
+                    group.addTask { await self.createConnection(token) }
                 }
                 var firstError: (any Error)?
                 for await error in group where firstError == nil { firstError = error }
@@ -576,17 +607,17 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
             shutdownReport.failedWaiters += 1
             if let continuation = deliverLocked(waiter, .failure(.shutDown)) { continuations.append(continuation) }
         }
-        var closing: [(Int32, PooledConnection?)] = []
-        while let index = core.state.pointee.takeIdleForClosing() {
-            closing.append((index, takeConnectionLocked(index)))
+        var closing: [(LeaseToken, PooledConnection?)] = []
+        while let token = core.state.pointee.takeIdleForClosing(now: now) {
+            closing.append((token, takeConnectionLocked(token.index)))
         }
         shutdownReport.closedIdle += closing.count
         core.mutex.unlock()
         if let deadline { timer.schedule(at: deadline) }
         for continuation in continuations { continuation.resume(throwing: ConnectionPoolError.shutDown) }
-        for (index, connection) in closing {
+        for (token, connection) in closing {
             if let connection { await connection.close() }
-            closeFinished(slot: index)
+            closeFinished(token)
         }
         // (closeFinished records each connection's lifetime.)
         let report = await withCheckedContinuation { (continuation: CheckedContinuation<ShutdownReport, Never>) in
@@ -740,10 +771,10 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
             connectionBuffer.pointee = grown
         }
         let action = core.state.pointee.resize(maxSize: maxSize, now: now)
-        let toClose = action.close.map { ($0, takeConnectionLocked($0)) }
+        let toClose = action.close.map { ($0, takeConnectionLocked($0.index)) }
         core.mutex.unlock()
-        for (index, connection) in toClose { closeInBackground(connection, slot: index) }
-        for index in action.create { startCreation(slot: index) }
+        for (closing, connection) in toClose { closeInBackground(connection, closing) }
+        for token in action.create { startCreation(token) }
     }
 
     /// Checks the state machine's invariants (for tests): a description of the first violation.

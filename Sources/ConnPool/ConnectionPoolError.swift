@@ -20,6 +20,10 @@ public enum ConnectionPoolError: Error, CustomStringConvertible {
     /// instead of queueing without bound. Retry later, or raise `maxWaiters`/`maxSize`.
     case tooManyWaiters(limit: Int)
 
+    /// A connection attempt took longer than ``PoolConfiguration/connectTimeout`` and was given up
+    /// on. Reported as the `lastConnectError` of a timeout, never thrown by an acquire directly.
+    case connectTimedOut(after: Duration)
+
     public var description: String {
         switch self {
         case .acquireTimeout(let after, let lastConnectError):
@@ -35,6 +39,8 @@ public enum ConnectionPoolError: Error, CustomStringConvertible {
         case .connectFailing(let lastConnectError, let consecutiveFailures):
             return "connection pool: failing fast after \(consecutiveFailures) consecutive connect failures; "
                 + "last connect error: \(lastConnectError) (a probe keeps retrying; check the server)"
+        case .connectTimedOut(let after):
+            return "connection pool: a connection attempt took longer than \(Self.format(after)) (connectTimeout) and was given up on"
         case .tooManyWaiters(let limit):
             return "connection pool: \(limit) callers are already waiting (maxWaiters); request shed, retry later"
         }

@@ -105,6 +105,16 @@ public struct PoolConfiguration: Sendable, Hashable, Codable {
     /// first success closes the breaker. Default 5; `nil` never fails fast. Must be at least 1 when set.
     public var circuitBreakerThreshold: Int? = 5
 
+    /// How long the pool waits for ``ConnectionFactory/makeConnection()`` before it gives up on the
+    /// attempt, frees its slot and counts it as failed (checked at each maintenance round; a late
+    /// connection is closed). Guards the pool against a factory that hangs. Default 10 s. Must be
+    /// positive.
+    public var connectTimeout: Duration = .seconds(10)
+
+    /// How long the pool waits for ``Connection/close()`` before it frees the slot anyway (checked at
+    /// each maintenance round). Default 10 s. Must be positive.
+    public var closeTimeout: Duration = .seconds(10)
+
     /// How long ``ConnectionPool/run()`` (the swift-service-lifecycle entry point) lets leased
     /// connections come back after a graceful shutdown is requested before it closes them by force.
     /// Default 30 s. Must be positive.
@@ -175,6 +185,13 @@ public struct PoolConfiguration: Sendable, Hashable, Codable {
     public func maxConcurrentConnects(_ value: Int) -> Self { with { $0.maxConcurrentConnects = value } }
     /// Returns a copy with ``circuitBreakerThreshold`` set (`nil` never fails fast).
     public func circuitBreakerThreshold(_ value: Int?) -> Self { with { $0.circuitBreakerThreshold = value } }
+    /// Returns a copy with ``connectTimeout`` and ``closeTimeout`` set.
+    public func operationTimeouts(connect: Duration, close: Duration = .seconds(10)) -> Self {
+        with {
+            $0.connectTimeout = connect
+            $0.closeTimeout = close
+        }
+    }
     /// Returns a copy with ``shutdownGracePeriod`` set.
     public func shutdownGracePeriod(_ value: Duration) -> Self { with { $0.shutdownGracePeriod = value } }
     /// Returns a copy with the connection retry backoff set.
@@ -251,6 +268,8 @@ public struct PoolConfiguration: Sendable, Hashable, Codable {
                 rule: "must be at least 1 (or nil to never fail fast)")
         }
         try Self.requirePositive(shutdownGracePeriod, field: "shutdownGracePeriod")
+        try Self.requirePositive(connectTimeout, field: "connectTimeout")
+        try Self.requirePositive(closeTimeout, field: "closeTimeout")
         if name.isEmpty {
             throw PoolConfigurationError(field: "name", value: "\"\"", rule: "must not be empty")
         }

@@ -22,7 +22,7 @@ struct PoolStateMachineTests {
         guard case .waiting(let slot, let timer) = machine.enqueue(Self.waiter(id, deadline: 500), now: 0) else {
             Issue.record("expected waiting"); return
         }
-        #expect(slot == 0)
+        #expect(slot?.index == 0)
         #expect(timer == 500)
         #expect(machine.slots.connectingCount == 1)
         #expect(machine.invariantViolation() == nil)
@@ -31,7 +31,7 @@ struct PoolStateMachineTests {
         guard case .waiting(let slot2, let timer2) = machine.enqueue(Self.waiter(machine.reserveWaiterID(), deadline: 600), now: 0) else {
             Issue.record("expected waiting"); return
         }
-        #expect(slot2 == 1)
+        #expect(slot2?.index == 1)
         #expect(timer2 == nil)
         // A third waiter: pool full, no slot.
         guard case .waiting(let slot3, _) = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0) else {
@@ -50,7 +50,7 @@ struct PoolStateMachineTests {
         // The second caller enqueues first; order still follows arrival (ids).
         _ = machine.enqueue(Self.waiter(second), now: 0)
         _ = machine.enqueue(Self.waiter(first), now: 0)
-        guard case .handOff(let waiter, let token) = machine.creationSucceeded(0, now: 10) else {
+        guard case .handOff(let waiter, let token) = machine.creationSucceeded(machine.slots.token(0), now: 10) else {
             Issue.record("expected hand-off"); return
         }
         #expect(waiter.id == first)
@@ -75,15 +75,15 @@ struct PoolStateMachineTests {
         var machine = Self.machine(PoolConfiguration().maxSize(1))
         defer { machine.deallocate() }
         _ = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0)
-        guard case .handOff(_, let token) = machine.creationSucceeded(0, now: 0) else { Issue.record("hand-off"); return }
+        guard case .handOff(_, let token) = machine.creationSucceeded(machine.slots.token(0), now: 0) else { Issue.record("hand-off"); return }
         _ = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0)
-        guard case .close(let index, .broken) = machine.release(token, broken: true, now: 5) else { Issue.record("close"); return }
-        #expect(index == 0)
+        guard case .close(let closing, .broken) = machine.release(token, broken: true, now: 5) else { Issue.record("close"); return }
+        #expect(closing.index == 0)
         #expect(machine.slots.closingCount == 1)
         #expect(machine.slots.occupiedCount == 1)  // a closing connection still counts
         do {
-            let value = machine.closeFinished(0, now: 6)
-            #expect(value.next == .create(0))
+            let value = machine.closeFinished(closing, now: 6)
+            #expect(value.next == .create(machine.slots.token(0)))
             #expect(value.lifetime == 6)
             #expect(machine.counters.closedBroken == 1)
         }
@@ -100,18 +100,18 @@ struct PoolStateMachineTests {
         var now: Int64 = 0
         var delays: [Int64] = []
         for _ in 0..<5 {
-            guard case .retryAt(let at) = machine.creationFailed(0, error: MockConnectError(message: "refused"), now: now) else {
+            guard case .retryAt(let at) = machine.creationFailed(machine.slots.token(0), error: MockConnectError(message: "refused"), now: now) else {
                 Issue.record("expected retry"); return
             }
             delays.append(at - now)
             machine.timerFired()
             now = at
             do { let value = machine.creationDecision(now: now - 1); #expect(value == .retryAt(at)) }
-            do { let value = machine.creationDecision(now: now); #expect(value == .create(0)) }
+            do { let value = machine.creationDecision(now: now); #expect(value == .create(machine.slots.token(0))) }
         }
         #expect(delays == [10_000_000, 20_000_000, 40_000_000, 50_000_000, 50_000_000])
         #expect((machine.lastConnectError as? MockConnectError)?.message == "refused")
-        guard case .handOff = machine.creationSucceeded(0, now: now) else { Issue.record("hand-off"); return }
+        guard case .handOff = machine.creationSucceeded(machine.slots.token(0), now: now) else { Issue.record("hand-off"); return }
         #expect(machine.lastConnectError == nil)
         #expect(machine.backoff.consecutiveFailures == 0)
     }
@@ -167,7 +167,7 @@ struct PoolStateMachineTests {
             var tokens: [LeaseToken] = []
             for slot in 0..<3 {
                 _ = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0)
-                guard case .handOff(_, let token) = machine.creationSucceeded(Int32(slot), now: 0) else { Issue.record("hand-off"); return }
+                guard case .handOff(_, let token) = machine.creationSucceeded(machine.slots.token(Int32(slot)), now: 0) else { Issue.record("hand-off"); return }
                 tokens.append(token)
             }
             for token in tokens { do { let value = machine.releaseToIdle(token, now: 1); #expect(value) } }
@@ -181,15 +181,61 @@ struct PoolStateMachineTests {
         var machine = Self.machine(PoolConfiguration().maxSize(2))
         defer { machine.deallocate() }
         _ = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0)
-        guard case .handOff(_, let token) = machine.creationSucceeded(0, now: 0) else { Issue.record("hand-off"); return }
+        guard case .handOff(_, let token) = machine.creationSucceeded(machine.slots.token(0), now: 0) else { Issue.record("hand-off"); return }
         do { let value = machine.releaseToIdle(token, now: 0); #expect(value) }
         _ = machine.beginShutdown(now: 0, gracePeriod: nil)
         do { let value = machine.leaseIdle(); #expect(value == nil) }
         guard case .failed(.shutDown) = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0) else { Issue.record("shut down"); return }
-        do { let value = machine.takeIdleForClosing(); #expect(value == 0) }
-        do { let value = machine.takeIdleForClosing(); #expect(value == nil) }
+        let closing = machine.takeIdleForClosing(now: 0)
+        #expect(closing?.index == 0)
+        do { let value = machine.takeIdleForClosing(now: 0); #expect(value == nil) }
         #expect(!machine.isDrained)
-        _ = machine.closeFinished(0, now: 0)
+        _ = machine.closeFinished(closing!, now: 0)
         #expect(machine.isDrained)
+        #expect(machine.counters.closedShutdown == 1)
+    }
+
+    @Test("operations that outlive their deadline are given up on; their late results are discarded")
+    func stuckOperationsAreAbandoned() {
+        let configuration = PoolConfiguration().maxSize(3)
+            .operationTimeouts(connect: .nanoseconds(100), close: .nanoseconds(100))
+            .healthCheck(interval: .nanoseconds(10), timeout: .nanoseconds(100)).idleTimeout(nil).maxLifetime(nil)
+            .connectRetryBackoff(initial: .nanoseconds(1), max: .nanoseconds(1), jitter: 0)
+        var machine = Self.machine(configuration)
+        defer { machine.deallocate() }
+        // Three waiters reserve slots 0, 1 and 2.
+        var creates: [LeaseToken] = []
+        for _ in 0..<3 {
+            guard case .waiting(let create?, _) = machine.enqueue(Self.waiter(machine.reserveWaiterID(), deadline: 10), now: 0) else {
+                Issue.record("create"); return
+            }
+            creates.append(create)
+        }
+        // Slot 0: a connection attempt that hangs. Slot 1: an idle connection whose check will hang.
+        // Slot 2: a connection whose close hangs.
+        let hungCreate = creates[0]
+        guard case .handOff(_, let lease1) = machine.creationSucceeded(creates[1], now: 0) else { Issue.record("hand-off"); return }
+        guard case .handOff(_, let lease2) = machine.creationSucceeded(creates[2], now: 0) else { Issue.record("hand-off"); return }
+        #expect(machine.popExpiredWaiter(now: 10) != nil)
+        let parked = machine.releaseToIdle(lease1, now: 0)
+        #expect(parked)
+        guard case .close(let hungClose, _) = machine.release(lease2, broken: true, now: 0) else { Issue.record("close"); return }
+        let actions = machine.planMaintenance(now: 20)
+        guard case .validate(let hungCheck)? = actions.first else { Issue.record("validate \(actions)"); return }
+        let early = machine.abandonStuckOperations(now: 99)
+        #expect(early.isEmpty)
+        let abandoned = machine.abandonStuckOperations(now: 200)
+        #expect(Set(abandoned.map(\.kind)) == [.connecting, .validating, .closing])
+        #expect(machine.slots.occupiedCount == 0)
+        #expect(machine.invariantViolation() == nil)
+        // The late results change nothing.
+        guard case .discard = machine.creationSucceeded(hungCreate, now: 300) else { Issue.record("discard"); return }
+        guard case .discard = machine.validationFinished(hungCheck, valid: true, now: 300) else { Issue.record("discard"); return }
+        let late = machine.closeFinished(hungClose, now: 300)
+        #expect(late.lifetime == nil)
+        #expect(machine.slots.occupiedCount == 0)
+        #expect(machine.counters.creationFailures == 1)
+        #expect(machine.counters.healthCheckFailures == 1)
+        #expect((machine.lastConnectError as? ConnectionPoolError).map { "\($0)" }?.contains("connectTimeout") == true)
     }
 }

@@ -7,7 +7,7 @@ extension PoolStateMachine {
         /// The acquire fails at once.
         case failed(ConnectionPoolError)
         /// The waiter is queued; start creating a connection in `createSlot` and (re)arm the timer.
-        case waiting(createSlot: Int32?, scheduleTimer: Int64?)
+        case waiting(createSlot: LeaseToken?, scheduleTimer: Int64?)
     }
 
     /// What to do with a returned connection that could not simply go idle.
@@ -17,8 +17,8 @@ extension PoolStateMachine {
         case idle
         /// Hand it to this waiter under this new token.
         case handOff(Waiter, LeaseToken)
-        /// Close the connection in this slot.
-        case close(Int32, CloseReason)
+        /// Close the connection in this slot (the token names the closing).
+        case close(LeaseToken, CloseReason)
         /// The token is stale: the slot was already taken back (for instance closed by force at the
         /// end of a shutdown's grace period). Nothing to do.
         case stale
@@ -29,14 +29,17 @@ extension PoolStateMachine {
     enum AvailableAction {
         case idle
         case handOff(Waiter, LeaseToken)
-        case close(Int32, CloseReason)
+        case close(LeaseToken, CloseReason)
+        /// The slot was given up on while the operation ran (it took longer than its deadline): the
+        /// connection is not the pool's; close it without touching any slot.
+        case discard
     }
 
     /// Whether to open one more connection.
     @usableFromInline
     enum CreationDecision: Equatable {
         case none
-        case create(Int32)
+        case create(LeaseToken)
         case retryAt(Int64)
     }
 
@@ -44,9 +47,18 @@ extension PoolStateMachine {
     @usableFromInline
     enum MaintenanceAction: Equatable {
         /// Close it (the slot is already `closing`).
-        case close(Int32, CloseReason)
+        case close(LeaseToken, CloseReason)
         /// Check it with `isValid` (the slot is already `validating`).
-        case validate(Int32)
+        case validate(LeaseToken)
+    }
+
+    /// An operation that outlived its deadline and was given up on: its slot is free again.
+    @usableFromInline
+    struct AbandonedOperation: Equatable {
+        @usableFromInline
+        enum Kind: String, Equatable { case connecting, validating, closing }
+        var index: Int32
+        var kind: Kind
     }
 }
 

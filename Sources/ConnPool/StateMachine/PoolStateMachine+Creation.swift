@@ -15,8 +15,8 @@ extension PoolStateMachine {
     mutating func creationDecision(now: Int64) -> CreationDecision {
         guard creationWanted, slots.connectingCount < maxConcurrentConnects else { return .none }
         if now < retryNotBefore { return .retryAt(retryNotBefore) }
-        guard let index = slots.reserveEmpty() else { return .none }
-        return .create(index)
+        guard let token = slots.reserveEmpty(deadline: now &+ connectTimeout) else { return .none }
+        return .create(token)
     }
 
     /// The creation decision, with a retry time turned into a timer request (nil when already armed).
@@ -30,19 +30,21 @@ extension PoolStateMachine {
 
     /// Reserves a slot for an explicit warm-up, ignoring the backoff (the caller asked for it now)
     /// but not the concurrency bound. Nil when `minSize` is reached or covered by attempts under way.
-    mutating func reserveForWarmUp() -> Int32? {
+    mutating func reserveForWarmUp(now: Int64) -> LeaseToken? {
         guard lifecycle == .running,
               slots.liveCount + slots.connectingCount < minSize,
               slots.connectingCount < maxConcurrentConnects,
               slots.occupiedCount < maxSize
         else { return nil }
-        return slots.reserveEmpty()
+        return slots.reserveEmpty(deadline: now &+ connectTimeout)
     }
 
     /// A connection was opened in `index`: resets the backoff, closes the breaker, stamps its
     /// lifetime, and lends or parks it.
-    mutating func creationSucceeded(_ index: Int32, now: Int64) -> AvailableAction {
-        precondition(slots.states[Int(index)] == .connecting)
+    mutating func creationSucceeded(_ token: LeaseToken, now: Int64) -> AvailableAction {
+        let index = token.index
+        // An attempt that outlived `connectTimeout` was given up on: its connection is not ours.
+        guard slots.states[Int(index)] == .connecting, slots.isCurrent(token) else { return .discard }
         counters.created += 1
         backoff.reset()
         retryNotBefore = .min
@@ -54,11 +56,10 @@ extension PoolStateMachine {
         slots.lastChecked[slot] = now
         slots.expiresAt[slot] = expiry(createdAt: now)
         if lifecycle != .running {
-            slots.markClosing(index, reason: .shutdown)
-            return .close(index, .shutdown)
+            return .close(slots.markClosing(index, reason: .shutdown, deadline: now &+ closeTimeout), .shutdown)
         }
         slots.connectingCount -= 1
-        return makeAvailable(index)
+        return makeAvailable(index, now: now)
     }
 
     /// The moment a connection created at `createdAt` reaches its lifetime, shortened by a random
@@ -71,7 +72,10 @@ extension PoolStateMachine {
 
     /// Frees the slot of a failed attempt, sets the retry backoff and opens the breaker after
     /// `breakerThreshold` consecutive failures. Returns what to do next.
-    mutating func creationFailed(_ index: Int32, error: any Error, now: Int64) -> CreationDecision {
+    mutating func creationFailed(_ token: LeaseToken, error: any Error, now: Int64) -> CreationDecision {
+        let index = token.index
+        // An attempt given up on was already counted as failed when it was abandoned.
+        guard slots.states[Int(index)] == .connecting, slots.isCurrent(token) else { return .none }
         counters.creationFailures += 1
         lastConnectError = error
         slots.markEmpty(index)

@@ -24,19 +24,14 @@ extension PoolStateMachine {
         for index in idle {
             let slot = Int(index)
             if now >= slots.expiresAt[slot] {
-                slots.markClosing(index, reason: .lifetime)
-                actions.append(.close(index, .lifetime))
+                actions.append(.close(slots.markClosing(index, reason: .lifetime, deadline: now &+ closeTimeout), .lifetime))
                 live -= 1
             } else if let idleTimeout, now &- slots.lastUsed[slot] >= idleTimeout, live > minSize {
-                slots.markClosing(index, reason: .idle)
-                actions.append(.close(index, .idle))
+                actions.append(.close(slots.markClosing(index, reason: .idle, deadline: now &+ closeTimeout), .idle))
                 live -= 1
             } else if let healthCheckInterval,
                       now &- max(slots.lastUsed[slot], slots.lastChecked[slot]) >= healthCheckInterval {
-                slots.idle.remove(index)
-                slots.states[slot] = .validating
-                slots.validatingCount += 1
-                actions.append(.validate(index))
+                actions.append(.validate(slots.beginValidating(index, deadline: now &+ healthCheckTimeout)))
             }
         }
         return actions
@@ -44,17 +39,53 @@ extension PoolStateMachine {
 
     /// The health check of `index` finished: a passing connection is lent or parked, a failing one
     /// (or any, once shutting down) is closed.
-    mutating func validationFinished(_ index: Int32, valid: Bool, now: Int64) -> AvailableAction {
-        precondition(slots.states[Int(index)] == .validating)
+    mutating func validationFinished(_ token: LeaseToken, valid: Bool, now: Int64) -> AvailableAction {
+        let index = token.index
+        // A check that outlived its deadline was given up on: the connection is not ours any more.
+        guard slots.states[Int(index)] == .validating, slots.isCurrent(token) else { return .discard }
         if !valid || lifecycle != .running {
             let reason: CloseReason = valid ? .shutdown : .health
             if !valid { counters.healthCheckFailures += 1 }
-            slots.markClosing(index, reason: reason)
-            return .close(index, reason)
+            return .close(slots.markClosing(index, reason: reason, deadline: now &+ closeTimeout), reason)
         }
         slots.validatingCount -= 1
         slots.lastChecked[Int(index)] = now
-        return makeAvailable(index)
+        return makeAvailable(index, now: now)
+    }
+
+    /// Gives up on connection attempts, health checks and closes that outlived their deadline (a
+    /// factory, `isValid` or `close` that hangs): their slots become free, so a hung call never
+    /// shrinks the pool for good. The late result, if it ever comes, is discarded (a late connection
+    /// is closed outside the pool's accounting). Counted as a failed attempt, a failed check, or a
+    /// close.
+    mutating func abandonStuckOperations(now: Int64) -> [AbandonedOperation] {
+        guard slots.connectingCount + slots.validatingCount + slots.closingCount > 0 else { return [] }
+        var abandoned: [AbandonedOperation] = []
+        for slot in 0..<slots.capacity where now >= slots.operationDeadlines[slot] {
+            let index = Int32(slot)
+            switch slots.states[slot] {
+            case .connecting:
+                counters.creationFailures += 1
+                lastConnectError = ConnectionPoolError.connectTimedOut(after: .nanoseconds(connectTimeout))
+                retryNotBefore = now &+ backoff.nextDelay()
+                if let breakerThreshold, backoff.consecutiveFailures >= breakerThreshold { breakerOpen = true }
+                slots.markEmpty(index)
+                abandoned.append(AbandonedOperation(index: index, kind: .connecting))
+            case .validating:
+                counters.healthCheckFailures += 1
+                slots.markClosing(index, reason: .health, deadline: .max)
+                counters.countClose(.health)
+                slots.markEmpty(index)
+                abandoned.append(AbandonedOperation(index: index, kind: .validating))
+            case .closing:
+                counters.countClose(slots.closeReasons[slot])
+                slots.markEmpty(index)
+                abandoned.append(AbandonedOperation(index: index, kind: .closing))
+            default:
+                continue
+            }
+        }
+        return abandoned
     }
 
     /// Records a passed check of a leased connection (validate on acquire).

@@ -3,9 +3,9 @@ extension PoolStateMachine {
     /// What a resize must do outside the lock.
     struct ResizeAction {
         /// Idle connections to close now (the pool holds more than the new maximum).
-        var close: [Int32] = []
+        var close: [LeaseToken] = []
         /// Slots reserved to open connections for waiters (the maximum grew).
-        var create: [Int32] = []
+        var create: [LeaseToken] = []
     }
 
     /// Sets a new maximum. Growing past the slot array's capacity reallocates it (the caller grows
@@ -19,10 +19,9 @@ extension PoolStateMachine {
         while slots.occupiedCount > maxSize, !slots.idle.isEmpty {
             // The least recently used goes first.
             let index = slots.idle.element(at: 0)
-            slots.markClosing(index, reason: .resize)
-            action.close.append(index)
+            action.close.append(slots.markClosing(index, reason: .resize, deadline: now &+ closeTimeout))
         }
-        while case .create(let index) = creationDecision(now: now) { action.create.append(index) }
+        while case .create(let token) = creationDecision(now: now) { action.create.append(token) }
         return action
     }
 

@@ -17,11 +17,11 @@ extension PoolStateMachine {
     }
 
     /// Moves one idle slot to closing and returns it.
-    mutating func takeIdleForClosing() -> Int32? {
+    mutating func takeIdleForClosing(now: Int64) -> LeaseToken? {
         guard !slots.idle.isEmpty else { return nil }
         let index = slots.idle.element(at: slots.idle.count - 1)
-        slots.markClosing(index, reason: .shutdown)  // also removes it from the idle ring
-        return index
+        // markClosing also removes it from the idle ring.
+        return slots.markClosing(index, reason: .shutdown, deadline: now &+ closeTimeout)
     }
 
     /// Whether the grace period is over.
@@ -31,12 +31,11 @@ extension PoolStateMachine {
 
     /// At the end of the grace period: moves every leased slot to closing and returns them. Their
     /// leases become stale: returning them later does nothing.
-    mutating func takeLeasedForForcedClose() -> [Int32] {
+    mutating func takeLeasedForForcedClose(now: Int64) -> [LeaseToken] {
         shutdownDeadline = .max
-        var forced: [Int32] = []
+        var forced: [LeaseToken] = []
         for slot in 0..<slots.capacity where slots.states[slot] == .leased {
-            slots.markClosing(Int32(slot), reason: .shutdown)
-            forced.append(Int32(slot))
+            forced.append(slots.markClosing(Int32(slot), reason: .shutdown, deadline: now &+ closeTimeout))
         }
         return forced
     }

@@ -43,6 +43,11 @@ struct PoolStateMachine {
     let idleTimeout: Int64?
     let healthCheckInterval: Int64?
     let maintenanceInterval: Int64
+    /// How long a connection attempt, a health check or a close may take before the pool gives up on
+    /// it and frees its slot.
+    let connectTimeout: Int64
+    let healthCheckTimeout: Int64
+    let closeTimeout: Int64
     /// When the next maintenance round is due.
     var nextMaintenanceAt: Int64 = .max
     /// Draws lifetime jitter.
@@ -78,6 +83,9 @@ struct PoolStateMachine {
         idleTimeout = configuration.idleTimeout?.nanosecondsClamped
         healthCheckInterval = configuration.healthCheckInterval?.nanosecondsClamped
         maintenanceInterval = configuration.maintenanceInterval.nanosecondsClamped
+        connectTimeout = configuration.connectTimeout.nanosecondsClamped
+        healthCheckTimeout = configuration.healthCheckTimeout.nanosecondsClamped
+        closeTimeout = configuration.closeTimeout.nanosecondsClamped
         random = SplitMix64(seed: randomSeed ^ 0xD1B5_4A32_D192_ED03)
         leakThreshold = configuration.leakDetectionThreshold?.nanosecondsClamped
         tracksLeases = configuration.leakDetectionThreshold != nil || configuration.recordsLeaseHoldTime
@@ -159,9 +167,9 @@ struct PoolStateMachine {
         }
         waiters.insert(waiter)
         var timer = requestTimer(at: waiter.deadline)
-        var createSlot: Int32?
+        var createSlot: LeaseToken?
         switch creationDecision(now: now) {
-        case .create(let index): createSlot = index
+        case .create(let token): createSlot = token
         case .retryAt(let deadline): timer = min(timer ?? .max, requestTimer(at: deadline) ?? .max)
         case .none: break
         }
@@ -204,8 +212,7 @@ struct PoolStateMachine {
             reason = nil
         }
         if let reason {
-            slots.markClosing(index, reason: reason)
-            return .close(index, reason)
+            return .close(slots.markClosing(index, reason: reason, deadline: now &+ closeTimeout), reason)
         }
         slots.lastUsed[Int(index)] = now
         if let waiter = waiters.popFirst() {
@@ -220,12 +227,11 @@ struct PoolStateMachine {
 
     /// Hands a connection that became available in `index` (created, validated) to the oldest waiter,
     /// or puts it in the idle set.
-    mutating func makeAvailable(_ index: Int32) -> AvailableAction {
+    mutating func makeAvailable(_ index: Int32, now: Int64) -> AvailableAction {
         if slots.occupiedCount > maxSize {
-            slots.states[Int(index)] = .leased  // counted below, so markClosing can uncount it
+            slots.states[Int(index)] = .leased  // counted here, so markClosing can uncount it
             slots.leasedCount += 1
-            slots.markClosing(index, reason: .resize)
-            return .close(index, .resize)
+            return .close(slots.markClosing(index, reason: .resize, deadline: now &+ closeTimeout), .resize)
         }
         if let waiter = waiters.popFirst() {
             counters.waitedAcquires += 1
@@ -239,8 +245,11 @@ struct PoolStateMachine {
 
     /// A connection in `index` finished closing: the slot is free again. Returns what to create next
     /// and how long the connection lived (nanoseconds; nil if it never opened).
-    mutating func closeFinished(_ index: Int32, now: Int64) -> (next: CreationDecision, lifetime: Int64?) {
+    mutating func closeFinished(_ token: LeaseToken, now: Int64) -> (next: CreationDecision, lifetime: Int64?) {
+        let index = token.index
         let slot = Int(index)
+        // A close that outlived its deadline was already given up on (counted and freed).
+        guard slots.states[slot] == .closing, slots.isCurrent(token) else { return (.none, nil) }
         counters.countClose(slots.closeReasons[slot])
         let lifetime = slots.createdAt[slot] != .min ? now &- slots.createdAt[slot] : nil
         slots.createdAt[slot] = .min
@@ -272,6 +281,12 @@ struct PoolStateMachine {
     /// The next deadline the timer must wake for, recorded as requested.
     mutating func nextTimerDeadline() -> Int64? {
         var next = min(waiters.earliestDeadline, nextMaintenanceAt, shutdownDeadline, nextMetricsAt)
+        if lifecycle == .shuttingDown {
+            // No maintenance rounds any more: wake for stuck operations so shutdown can finish.
+            for slot in 0..<slots.capacity where slots.states[slot] != .empty {
+                next = min(next, slots.operationDeadlines[slot])
+            }
+        }
         if retryNotBefore != .min, creationWanted { next = min(next, retryNotBefore) }
         guard next != .max else { return nil }
         return requestTimer(at: next)

@@ -32,6 +32,8 @@ struct SlotTable {
     @usableFromInline private(set) var lastChecked: UnsafeMutablePointer<Int64>
     /// Why each closing slot is being closed.
     @usableFromInline private(set) var closeReasons: UnsafeMutablePointer<CloseReason>
+    /// When the slot's pending operation (connecting, validating, closing) is given up on.
+    @usableFromInline private(set) var operationDeadlines: UnsafeMutablePointer<Int64>
     /// Idle slots, most recently released at the back.
     @usableFromInline var idle: IndexRing
     /// Empty slots: a stack of indices, `emptyCount` of them valid.
@@ -57,6 +59,7 @@ struct SlotTable {
         expiresAt = Self.buffer(capacity, .max)
         lastChecked = Self.buffer(capacity, 0)
         closeReasons = Self.buffer(capacity, .broken)
+        operationDeadlines = Self.buffer(capacity, .max)
         idle = IndexRing(minimumCapacity: capacity)
         emptyStack = .allocate(capacity: capacity)
         // Lowest index on top, so a fresh pool fills slots 0, 1, 2, …
@@ -90,6 +93,7 @@ struct SlotTable {
         expiresAt.deallocate()
         lastChecked.deallocate()
         closeReasons.deallocate()
+        operationDeadlines.deallocate()
         idle.deallocate()
         emptyStack.deallocate()
     }
@@ -109,6 +113,7 @@ struct SlotTable {
         expiresAt = Self.grown(expiresAt, from: old, to: newCapacity, fill: .max)
         lastChecked = Self.grown(lastChecked, from: old, to: newCapacity, fill: 0)
         closeReasons = Self.grown(closeReasons, from: old, to: newCapacity, fill: .broken)
+        operationDeadlines = Self.grown(operationDeadlines, from: old, to: newCapacity, fill: .max)
         idle.grow(toAtLeast: newCapacity)
         let stack = UnsafeMutablePointer<Int32>.allocate(capacity: newCapacity)
         // New slots go below the existing empty ones, highest index deepest.
@@ -132,15 +137,41 @@ struct SlotTable {
     /// Connections that are open and not on their way out: idle + leased + validating.
     @inlinable var liveCount: Int { idleCount + leasedCount + validatingCount }
 
-    /// Takes an empty slot and marks it `connecting`. Returns nil when every slot is occupied.
-    mutating func reserveEmpty() -> Int32? {
+    /// The token naming the current use of a slot: index and generation. Every state change that
+    /// ends a use (closing, emptying, lending) bumps the generation, so an operation that finishes late
+    /// can tell that its slot was given up on.
+    @inlinable
+    func token(_ index: Int32) -> LeaseToken {
+        LeaseToken(index: index, generation: generations[Int(index)])
+    }
+
+    /// Whether `token` still names the slot's current use.
+    @inlinable
+    func isCurrent(_ token: LeaseToken) -> Bool {
+        generations[Int(token.index)] == token.generation
+    }
+
+    /// Takes an empty slot and marks it `connecting` until `deadline`. Returns its token, or nil when
+    /// every slot is occupied.
+    mutating func reserveEmpty(deadline: Int64) -> LeaseToken? {
         guard emptyCount > 0 else { return nil }
         emptyCount -= 1
         let index = emptyStack[emptyCount]
         assert(states[Int(index)] == .empty)
         states[Int(index)] = .connecting
+        operationDeadlines[Int(index)] = deadline
         connectingCount += 1
-        return index
+        return token(index)
+    }
+
+    /// Moves an idle slot aside for a health check that must finish by `deadline`.
+    mutating func beginValidating(_ index: Int32, deadline: Int64) -> LeaseToken {
+        idle.remove(index)
+        states[Int(index)] = .validating
+        generations[Int(index)] &+= 1
+        operationDeadlines[Int(index)] = deadline
+        validatingCount += 1
+        return token(index)
     }
 
     /// Returns a slot to the empty stack (after a failed creation or a finished close).
@@ -153,12 +184,15 @@ struct SlotTable {
         states[Int(index)] = .empty
         generations[Int(index)] &+= 1
         expiresAt[Int(index)] = .max
+        operationDeadlines[Int(index)] = .max
         emptyStack[emptyCount] = index
         emptyCount += 1
     }
 
-    /// Moves a slot to `closing` from idle, leased, connecting or validating, recording why.
-    mutating func markClosing(_ index: Int32, reason: CloseReason) {
+    /// Moves a slot to `closing` from idle, leased, connecting or validating, recording why; the close
+    /// is given up on after `deadline`. Returns the closing's token.
+    @discardableResult
+    mutating func markClosing(_ index: Int32, reason: CloseReason, deadline: Int64) -> LeaseToken {
         switch states[Int(index)] {
         case .idle: idle.remove(index)
         case .leased: leasedCount -= 1
@@ -169,7 +203,9 @@ struct SlotTable {
         states[Int(index)] = .closing
         generations[Int(index)] &+= 1
         closeReasons[Int(index)] = reason
+        operationDeadlines[Int(index)] = deadline
         closingCount += 1
+        return token(index)
     }
 
     /// Records where and when a lease was taken (lease tracking only).
