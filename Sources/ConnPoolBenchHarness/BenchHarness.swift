@@ -78,6 +78,25 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
             rssBeforeBytes: rssBefore, rssAfterBytes: rssAfter)
     }
 
+    /// Runs several specs in order with the same operation (for example those of
+    /// ``BenchRunSpec/matrix(_:concurrencyLevels:modes:baselines:poolSize:)``).
+    ///
+    /// - Parameter onResult: called after each run, for example to print a line as it finishes.
+    /// - Returns: the results, in the order of `specs`.
+    /// - Throws: the first ``BenchError`` a run throws (the results before it are lost).
+    public func run(
+        _ specs: [BenchRunSpec], operation: BenchOperation<PooledConnection>,
+        onResult: (BenchResult) -> Void = { _ in }
+    ) async throws -> [BenchResult] {
+        var results: [BenchResult] = []
+        for spec in specs {
+            let result = try await run(spec, operation: operation)
+            onResult(result)
+            results.append(result)
+        }
+        return results
+    }
+
     // MARK: - Drivers
 
     private func makeDriver(_ spec: BenchRunSpec) async throws -> Driver<Factory> {

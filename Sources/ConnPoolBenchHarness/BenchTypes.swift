@@ -114,6 +114,34 @@ public struct BenchRunSpec: Sendable, Hashable {
         }
     }
 
+    /// Every combination of concurrency level, mode and baseline for one workload, in run order: for each
+    /// level, for each mode, the baselines in the order given (so that each pooled run sits next to the
+    /// baselines it is compared with).
+    ///
+    /// - Parameters:
+    ///   - poolSize: the pool size of every run; `nil` uses each run's concurrency level.
+    ///   - template: the settings copied into every spec (stop condition, warm-up, pipeline depth, …);
+    ///     its concurrency, pool size, mode and baseline are replaced.
+    public static func matrix(
+        _ template: BenchRunSpec, concurrencyLevels: [Int], modes: [BenchMode],
+        baselines: [BenchBaseline] = [.shared, .pooled, .perRequest], poolSize: Int? = nil
+    ) -> [BenchRunSpec] {
+        var specs: [BenchRunSpec] = []
+        for level in concurrencyLevels {
+            for mode in modes {
+                for baseline in baselines {
+                    var spec = template
+                    spec.concurrency = level
+                    spec.poolSize = poolSize ?? level
+                    spec.mode = mode
+                    spec.baseline = baseline
+                    specs.append(spec)
+                }
+            }
+        }
+        return specs
+    }
+
     /// Checks the spec.
     ///
     /// - Throws: ``BenchError/invalidSpec(_:)`` naming what is wrong.

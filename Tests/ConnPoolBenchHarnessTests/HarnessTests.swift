@@ -214,6 +214,23 @@ struct HarnessRunTests {
         #expect(factory.made.load(ordering: .relaxed) == 1)
     }
 
+    @Test("a matrix of specs runs in order, pooled next to its baselines")
+    func matrix() async throws {
+        let template = BenchRunSpec(backend: "mock", workload: "count", mode: .async, concurrency: 1, stop: .requests(50))
+        let specs = BenchRunSpec.matrix(template, concurrencyLevels: [1, 4], modes: [.async, .sync])
+        #expect(specs.count == 12)
+        #expect(specs.prefix(3).map(\.baseline) == [.shared, .pooled, .perRequest])
+        #expect(specs.map(\.concurrency) == [1, 1, 1, 1, 1, 1, 4, 4, 4, 4, 4, 4])
+        #expect(specs.map(\.poolSize) == specs.map(\.concurrency))
+        var seen = 0
+        let results = try await harness(MemoryFactory()).run(specs, operation: countingOperation(IndexLog())) { _ in
+            seen += 1
+        }
+        #expect(seen == 12)
+        #expect(results.map(\.requests) == Array(repeating: 50, count: 12))
+        #expect(results.map(\.mode) == specs.map(\.mode.rawValue))
+    }
+
     @Test("an invalid spec is rejected")
     func invalidSpec() async throws {
         let bench = harness(MemoryFactory())
