@@ -23,7 +23,10 @@ public protocol Connection: AnyObject, Sendable {
     /// Closes the connection and releases its resources. Called exactly once by the pool.
     ///
     /// Must not throw and must not block a cooperative thread. After `close()` the pool never touches
-    /// the connection again.
+    /// the connection again. The one case where it overlaps another call: when a health check
+    /// (``isValid(timeout:)``) outlives ``PoolConfiguration/healthCheckTimeout`` by a maintenance round,
+    /// the pool gives up on it and calls `close()` while the check may still be running, which should
+    /// make the check return (close the socket under it).
     func close() async
 
     /// Blocking form of ``isValid(timeout:)``, used by the pool's synchronous interface on the

@@ -419,11 +419,14 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         var toValidate: [(PooledConnection, LeaseToken)] = []
         var leaks: [PoolStateMachine.LeakReport] = []
         var abandoned: [PoolStateMachine.AbandonedOperation] = []
+        var toCloseUntracked: [PooledConnection?] = []
         var failedFast: [(UnsafeContinuation<UInt64, any Error>, ConnectionPoolError)] = []
         if core.state.pointee.maintenanceDue(now: now) || core.state.pointee.lifecycle == .shuttingDown {
             abandoned = core.state.pointee.abandonStuckOperations(now: now)
             for operation in abandoned where operation.kind == .validating {
-                // The check's task still holds the connection and closes it when (if) it returns.
+                // Close it now, outside the pool's accounting: closing is also what unblocks a check
+                // stuck in I/O. The check's task, if it ever returns, finds its token stale.
+                toCloseUntracked.append(connections[Int(operation.index)])
                 connections[Int(operation.index)] = nil
             }
             if !abandoned.isEmpty {
@@ -468,6 +471,7 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         if let (handler, metrics) = report { handler(metrics) }
 
         for (connection, closing) in toClose { closeInBackground(connection, closing) }
+        for connection in toCloseUntracked { closeInBackground(connection, nil) }
         for token in toCreate { startCreation(token) }
         if !toValidate.isEmpty {
             Task { await self.validate(toValidate) }
@@ -502,8 +506,9 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
             }
             closeInBackground(connection, closing)
         case .discard:
+            // The check outlived its deadline: the pool gave up on it and already closed the connection.
             core.mutex.unlock()
-            closeInBackground(checked, nil)
+            _ = checked
         }
     }
 
