@@ -167,7 +167,7 @@ struct CancellationMatrixTests {
                     }
                 }
             }
-            for thread in threads { thread.join() }
+            for thread in threads { await thread.join() }
         case .async, .asyncCancelled:
             await withTaskGroup(of: Void.self) { group in
                 for worker in 0..<4 {

@@ -57,7 +57,7 @@ struct ConcurrencyStressTests {
             }
             try await group.waitForAll()
         }
-        for thread in threads { thread.join() }
+        for thread in threads { await thread.join() }
         #expect(violations.withLock { $0 } == [])
         #expect(maxSeen.current <= 6)
         #expect(factory.connections.count <= 6)

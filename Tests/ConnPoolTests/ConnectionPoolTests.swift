@@ -33,26 +33,25 @@ struct ConnectionPoolTests {
         #expect(factory.connections.allSatisfy { $0.isClosed })
     }
 
-    @Test("blocking acquire and withConnectionBlocking from a plain thread")
-    func blockingInterface() throws {
+    @Test("blocking acquire, withConnectionBlocking and shutdownBlocking from a plain thread")
+    func blockingInterface() async throws {
         let factory = MockFactory()
         let pool = try Self.makePool(factory: factory)
         let result = Locked<[Int]>([])
-        let thread = TestThread {
+        await TestThread {
             do {
                 let lease = try pool.acquireBlocking()
                 let id = lease.connection.id
                 lease.release()
                 let again = try pool.withConnectionBlocking { $0.id }
-                result.withLock { $0 = [id, again] }
+                result.withLock { $0 = [id, again, pool.metrics().idle] }
+                let report = pool.shutdownBlocking()
+                result.withLock { $0.append(report.closedIdle) }
             } catch {
                 Issue.record("unexpected \(error)")
             }
-        }
-        thread.join()
-        #expect(result.withLock { $0 } == [0, 0])
-        #expect(pool.metrics().idle == 1)
-        pool.shutdownBlocking()
+        }.join()
+        #expect(result.current == [0, 0, 1, 1])
         #expect(factory.connections[0].isClosed)
     }
 
@@ -139,7 +138,7 @@ struct ConnectionPoolTests {
         await #expect(throws: ConnectionPoolError.self) { try await asyncWaiter.value }
         #expect(pool.metrics().waiting == 1)
         clock.advance(by: .milliseconds(500))
-        thread.join()
+        await thread.join()
         #expect(blockingOutcome.withLock { $0 }.contains("timed out after 1 s; every connection was in use"))
         holder.drop()
         #expect(pool.metrics().idle == 1)
@@ -283,7 +282,7 @@ struct ConnectionPoolTests {
         let shutdown = Task { await pool.shutdown() }
         let error = await #expect(throws: ConnectionPoolError.self) { try await waiter.value }
         #expect(error?.description.contains("shut down") == true)
-        thread.join()
+        await thread.join()
         #expect(blockingOutcome.current.contains("shut down"))
         held.drop()
         await shutdown.value

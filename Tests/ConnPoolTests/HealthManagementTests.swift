@@ -117,7 +117,7 @@ struct HealthManagementTests {
         clock.advance(by: .seconds(1))
         let replacement = factory.connections[1]
         let outcome = Locked<Int>(-1)
-        TestThread { outcome.withLock { $0 = (try? pool.withConnectionBlocking { $0.id }) ?? -2 } }.join()
+        await TestThread { outcome.withLock { $0 = (try? pool.withConnectionBlocking { $0.id }) ?? -2 } }.join()
         #expect(outcome.current == 1)
         #expect(replacement.validations.load(ordering: .relaxed) == 1)
         await pool.shutdown()

@@ -123,7 +123,19 @@ final class TestThread: @unchecked Sendable {
         thread.start()
     }
 
-    func join() { done.wait() }
+    /// Waits for the thread from a plain thread.
+    func joinBlocking() { done.wait() }
+
+    /// Waits for the thread from a task without blocking a cooperative thread (the wait happens on a
+    /// dispatch thread): blocking the cooperative pool would starve the pool's own tasks.
+    func join() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async {
+                self.done.wait()
+                continuation.resume()
+            }
+        }
+    }
 }
 
 /// Holds a lease in a reference so tests can keep several and drop them in a chosen order.
