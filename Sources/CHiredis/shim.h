@@ -8,6 +8,23 @@
 
 #ifndef MSG_NOSIGNAL
 #define MSG_NOSIGNAL 0
+
+/*
+ * ThreadSanitizer happens-before annotation (a no-op unless the process runs with TSan: the weak
+ * __tsan_acquire is then provided by the TSan runtime, otherwise it is null).
+ *
+ * Why: when a continuation is resumed before its task has suspended (the I/O reactor resumes the
+ * instant epoll reports the socket), the Swift 6.3 runtime's swift_continuation_await takes the
+ * "already resumed" path without the _swift_tsan_acquire that pairs with the resumer's
+ * _swift_tsan_release(task). TSan then reports a false race between the resumer's read of the
+ * continuation context and the task's later reuse of that task-allocator memory. Acquiring on the
+ * task's address after the wait records the ordering the runtime established with its atomics.
+ */
+extern void __tsan_acquire(void *addr) __attribute__((weak));
+
+static inline void connpool_tsan_acquire(const void *addr) {
+    if (__tsan_acquire) __tsan_acquire((void *)addr);
+}
 #endif
 
 /*
@@ -54,5 +71,22 @@ static inline size_t connpool_redisReaderLength(const redisContext *c) {
 /* Marks a context made by redisConnectFd() as non-blocking (hiredis then treats EAGAIN as "try later"). */
 static inline void connpool_redisSetNonBlockingFlag(redisContext *c) {
     c->flags &= ~REDIS_BLOCK;
+}
+
+/*
+ * ThreadSanitizer happens-before annotation (a no-op unless the process runs with TSan: the weak
+ * __tsan_acquire is then provided by the TSan runtime, otherwise it is null).
+ *
+ * Why: when a continuation is resumed before its task has suspended (the I/O reactor resumes the
+ * instant epoll reports the socket), the Swift 6.3 runtime's swift_continuation_await takes the
+ * "already resumed" path without the _swift_tsan_acquire that pairs with the resumer's
+ * _swift_tsan_release(task). TSan then reports a false race between the resumer's read of the
+ * continuation context and the task's later reuse of that task-allocator memory. Acquiring on the
+ * task's address after the wait records the ordering the runtime established with its atomics.
+ */
+extern void __tsan_acquire(void *addr) __attribute__((weak));
+
+static inline void connpool_tsan_acquire(const void *addr) {
+    if (__tsan_acquire) __tsan_acquire((void *)addr);
 }
 #endif

@@ -126,6 +126,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
             if let numeric = SocketAddress.numeric(host: host, port: port) {
                 addresses = [numeric]
             } else {
+                defer { Self.tsanAcquireCurrentTask() }
                 addresses = try await BlockingOffload.run { try SocketAddress.resolve(host: host, port: port) }
             }
         case .unixSocket(let path):
@@ -144,6 +145,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
                     case .inProgress(let fd):
                         do {
                             if !Sockets.isReady(fd, events: Int16(POLLOUT)) {
+                                defer { Self.tsanAcquireCurrentTask() }
                                 try await IOReactor.shared.waitWritable(fd, deadline: deadline)
                             }
                         } catch let error as IOReactorError {
@@ -577,6 +579,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func wait(writable: Bool, deadline: ContinuousClock.Instant?, budget: Duration?) async throws {
         if Sockets.isReady(fd, events: writable ? Int16(POLLOUT) : Int16(POLLIN)) { return }
         do {
+            defer { Self.tsanAcquireCurrentTask() }
             if writable {
                 try await IOReactor.shared.waitWritable(fd, deadline: deadline)
             } else {
@@ -599,6 +602,16 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     }
 
     // MARK: - Shared steps (called only while holding `inUse`)
+
+    /// Tells ThreadSanitizer that whoever resumed the current task happened before what follows (see
+    /// `connpool_tsan_acquire` in the CHiredis shim: the Swift runtime omits this annotation when a
+    /// continuation is resumed before its task suspends). A no-op without TSan.
+    private static func tsanAcquireCurrentTask() {
+        withUnsafeCurrentTask { task in
+            guard let task else { return }
+            connpool_tsan_acquire(unsafeBitCast(task, to: UnsafeRawPointer.self))
+        }
+    }
 
     private func enter() throws(RedisError) {
         guard inUse.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged

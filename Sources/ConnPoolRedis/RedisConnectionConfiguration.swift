@@ -27,6 +27,7 @@ public enum RedisConfigurationError: Error, Sendable, Equatable, CustomStringCon
     /// A password was given without a user name where one is required, or the reverse.
     case invalidCredentials(reason: String)
 
+    /// A readable explanation naming the problem; never quotes the password or the URL.
     public var description: String {
         switch self {
         case .malformedURL(let reason):

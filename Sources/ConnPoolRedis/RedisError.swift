@@ -71,6 +71,7 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// A readable explanation; never contains a command argument or a password.
     public var description: String {
         switch self {
         case .server(let message):

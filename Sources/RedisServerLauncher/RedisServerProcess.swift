@@ -30,6 +30,8 @@ public enum RedisServerLauncherError: Error, Sendable, Equatable, CustomStringCo
     /// ``RedisServerProcess/restart(timeout:)`` could not bind the same port again (someone else took it).
     case portTakenOnRestart(port: Int, logTail: String)
 
+    /// A readable explanation (with the install hint when redis-server is missing); never quotes the
+    /// extra arguments.
     public var description: String {
         switch self {
         case .redisServerNotInstalled(let searched):
@@ -98,6 +100,7 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         }
     }
 
+    /// `RedisServerProcess(pid: …, port: …)`.
     public var description: String { "RedisServerProcess(pid: \(pid), port: \(port))" }
 
     private init(

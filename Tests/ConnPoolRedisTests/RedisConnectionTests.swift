@@ -412,7 +412,7 @@ struct RedisConnectionSetupTests {
         let start = ContinuousClock.now
         let error = await expectRedisError { _ = try await RedisConnection.connect(configuration: configuration) }
         #expect(error == .connectionRefused(endpoint: "127.0.0.1:\(port)"))
-        #expect(ContinuousClock.now - start < .seconds(1))
+        #expect(ContinuousClock.now - start < .seconds(2))
         #expect("\(error!)".contains("connection refused"))
 
         let blockingError = try await onThread { () -> RedisError? in
@@ -434,7 +434,7 @@ struct RedisConnectionSetupTests {
         let elapsed = ContinuousClock.now - start
         #expect(error == .connectTimeout(endpoint: "127.0.0.1:\(listener.port)", timeout: .milliseconds(200)))
         #expect(error?.isTimeout == true)
-        #expect(elapsed >= .milliseconds(190) && elapsed < .seconds(2))
+        #expect(elapsed >= .milliseconds(190) && elapsed < .seconds(5))
 
         let (blockingError, blockingElapsed) = try await onThread { () -> (RedisError?, Duration) in
             let start = ContinuousClock.now
@@ -444,7 +444,7 @@ struct RedisConnectionSetupTests {
             } catch let error as RedisError { return (error, ContinuousClock.now - start) }
         }
         #expect(blockingError?.isTimeout == true)
-        #expect(blockingElapsed >= .milliseconds(190) && blockingElapsed < .seconds(2))
+        #expect(blockingElapsed >= .milliseconds(190) && blockingElapsed < .seconds(5))
         withExtendedLifetime(listener) {}
     }
 
@@ -466,7 +466,7 @@ struct RedisConnectionSetupTests {
         let elapsed = ContinuousClock.now - start
         #expect(error == .timeout(.milliseconds(200)))
         #expect(error?.isConnectionError == true)
-        #expect(elapsed >= .milliseconds(190) && elapsed < .milliseconds(1500))
+        #expect(elapsed >= .milliseconds(190) && elapsed < .seconds(5))
         #expect(connection.isBroken)
         let after = await expectRedisError { _ = try await connection.command("PING") }
         #expect(after == .connectionBroken(cause: .timeout(.milliseconds(200))))
@@ -487,7 +487,7 @@ struct RedisConnectionSetupTests {
         }
         #expect(blocking.0?.isTimeout == true)
         #expect(blocking.1)
-        #expect(blocking.2 < .milliseconds(2500))
+        #expect(blocking.2 < .seconds(5))
     }
 
     @Test func connectToAFrozenServerTimesOut() async throws {
@@ -501,7 +501,7 @@ struct RedisConnectionSetupTests {
         let start = ContinuousClock.now
         let error = await expectRedisError { _ = try await RedisConnection.connect(configuration: configuration) }
         #expect(error == .connectTimeout(endpoint: "127.0.0.1:\(server.port)", timeout: .milliseconds(300)))
-        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(ContinuousClock.now - start < .seconds(5))
         try server.kill(signal: SIGCONT)
         let connection = try await RedisConnection.connect(configuration: configuration)
         #expect(try await connection.command("PING") == .status("PONG"))
