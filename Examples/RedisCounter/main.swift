@@ -77,7 +77,10 @@ func run(url: String) async throws {
             recorded += delta
             print("page \(page): \(after[index]) hits (+\(delta) this run)")
         }
-        print("\(recorded) hits from \(visitors) concurrent visitors in \(elapsed), pool \(pool.metrics())")
+        let metrics = pool.metrics()
+        print(
+            "\(recorded) hits from \(visitors) concurrent visitors in \(elapsed), "
+                + "through \(metrics.total) pooled connections (\(metrics.idle) idle now)")
         guard recorded == visitors * hitsPerVisitor else {
             throw ExampleError("expected \(visitors * hitsPerVisitor) hits this run, counted \(recorded)")
         }
