@@ -2,19 +2,32 @@
 # The whole test suite, as CI runs it: installs what it needs, then
 #   1. swift test (every suite; Redis tests start their own redis-server on free loopback ports),
 #   2. the examples, built and run,
-#   3. swift test --sanitize=thread (the whole suite under ThreadSanitizer).
+#   3. swift test --sanitize=thread (the whole suite under ThreadSanitizer),
+#   4. the backend tests under --sanitize=address.
+# Suites run one at a time (--no-parallel): many of them assert deadlines against real servers, and
+# running 160+ tests at once on a 2-core machine turns scheduling delay into false timeouts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 Scripts/install-deps.sh
 
+quiet() { grep -vE '^(\[[0-9]+/[0-9]+\]|Compiling|Building|Write|Emitting|warning: prohibited)' || true; }
+
 echo "== swift test"
-swift test 2>&1 | tee /tmp/connpool-test.log | grep -vE '^(\[[0-9]+/[0-9]+\]|Compiling|Building|Write|Emitting)' || { tail -50 /tmp/connpool-test.log; exit 1; }
+swift test --no-parallel > /tmp/connpool-test.log 2>&1 || { quiet < /tmp/connpool-test.log | tail -150; echo "swift test failed"; exit 1; }
+grep -E '^(✔|✘) (Suite|Test run)|Executed [0-9]+ tests' /tmp/connpool-test.log | tail -40
 
 echo "== examples"
 swift run RedisCounterExample
 swift run TCPLineClientExample
 
 echo "== swift test --sanitize=thread"
-TSAN_OPTIONS="halt_on_error=1" swift test --sanitize=thread --scratch-path .build-tsan 2>&1 | tee /tmp/connpool-tsan.log \
-    | grep -vE '^(\[[0-9]+/[0-9]+\]|Compiling|Building|Write|Emitting)' || { tail -80 /tmp/connpool-tsan.log; exit 1; }
+TSAN_OPTIONS="halt_on_error=1" swift test --no-parallel --sanitize=thread --scratch-path .build-tsan > /tmp/connpool-tsan.log 2>&1 \
+    || { quiet < /tmp/connpool-tsan.log | tail -200; echo "swift test --sanitize=thread failed"; exit 1; }
+grep -E '^(✔|✘) (Suite|Test run)|Executed [0-9]+ tests' /tmp/connpool-tsan.log | tail -40
+
+echo "== swift test --sanitize=address (backends)"
+swift test --no-parallel --sanitize=address --scratch-path .build-asan \
+    --filter 'ConnPoolRedisTests|ConnPoolTCPTests|ConnPoolIOTests' > /tmp/connpool-asan.log 2>&1 \
+    || { quiet < /tmp/connpool-asan.log | tail -200; echo "swift test --sanitize=address failed"; exit 1; }
+grep -E '^(✔|✘) (Suite|Test run)|Executed [0-9]+ tests' /tmp/connpool-asan.log | tail -20
