@@ -16,6 +16,16 @@ public struct FaultRecord: Sendable, Hashable, Codable {
     public var detail: String
     /// Why the fault could not be injected, if it could not (the run then fails).
     public var error: String?
+
+    /// A record with every field given.
+    public init(kind: FaultKind, time: Double, durationMs: Double, recoveryMs: Double?, detail: String, error: String?) {
+        self.kind = kind
+        self.time = time
+        self.durationMs = durationMs
+        self.recoveryMs = recoveryMs
+        self.detail = detail
+        self.error = error
+    }
 }
 
 /// What a chaos run measured, and which invariants it broke.
