@@ -136,10 +136,11 @@ public enum BenchReport {
         var text = ""
         for result in results {
             guard let before = result.rssBeforeBytes, let after = result.rssAfterBytes else { continue }
-            let change = Double(after - before) / 1_048_576
+            var change = TextFormat.fixed(Double(after - before) / 1_048_576, 2)
+            if !change.hasPrefix("-") { change = "+" + change }
             text += "RSS \(result.backend) \(result.workload) \(result.seriesName) c=\(result.concurrency): "
                 + "\(ResidentMemory.describe(before)) -> \(ResidentMemory.describe(after)) "
-                + "(\(change >= 0 ? "+" : "")\(TextFormat.fixed(change, 2)) MiB over \(result.requests) requests)\n"
+                + "(\(change) MiB over \(result.requests) requests)\n"
         }
         return text
     }
