@@ -42,6 +42,8 @@ extension ConnectionPool {
     ///
     /// - Parameters:
     ///   - timeout: how long to wait for a connection; `nil` uses ``PoolConfiguration/acquireTimeout``.
+    ///   - file: recorded for leak detection (``PoolConfiguration/leakDetectionThreshold``).
+    ///   - line: recorded for leak detection.
     ///   - body: the work; it must not keep the connection after it returns.
     /// - Throws: what ``acquire(timeout:file:line:)`` throws, or what `body` throws.
     @inlinable

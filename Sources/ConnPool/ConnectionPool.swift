@@ -12,7 +12,7 @@ public import Tracing
 /// ## Design
 /// - **Slots.** Connections live in a slot array allocated once, at init, for `maxSize` connections.
 ///   Idle slots sit in an O(1) ring (LIFO or FIFO reuse); nothing is ever scanned on the hot path.
-/// - **One lock.** A pthread mutex guards a non-generic ``PoolStateMachine``; connection I/O
+/// - **One lock.** A pthread mutex guards a non-generic state machine (`PoolStateMachine`); connection I/O
 ///   (create, check, close) and task resumption happen outside it.
 /// - **Zero allocation** to acquire and release an idle connection, in both interfaces: the lease is a
 ///   `~Copyable` struct, waiters carry a packed token, and a blocked thread waits on stack memory.
@@ -20,12 +20,14 @@ public import Tracing
 ///   to the oldest waiter, never back to the idle set while someone waits.
 /// - **Limits.** The number of connections (idle + leased + connecting + validating + closing) never
 ///   exceeds `maxSize`: a slot is reserved before a connection is created and freed only after it is
-///   closed. A connection created for a waiter that gave up becomes idle, never lost.
+///   closed (or, for an attempt, check or close that hangs, after ``PoolConfiguration/connectTimeout``,
+///   ``PoolConfiguration/healthCheckTimeout`` or ``PoolConfiguration/closeTimeout``). A connection
+///   created for a waiter that gave up becomes idle, never lost.
 /// - **One timer** per pool (a thread, or a ``ManualClock`` in tests) fails waiters at their deadline,
 ///   retries failed connection attempts after their backoff, and runs maintenance (lifetime, idle
 ///   timeout, health checks, `minSize`), so sync-only users get all of it without writing async code.
 ///
-/// `@unchecked Sendable` is safe because every mutable piece of state is either behind ``PoolCore``'s
+/// `@unchecked Sendable` is safe because every mutable piece of state is either behind `PoolCore`'s
 /// mutex (the state machine; `connections`, whose elements are written and read with the mutex held;
 /// and the private `var`s below, each documented as guarded by it) or immutable after `init`.
 public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendable {
@@ -73,7 +75,8 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     private var metricsHandler: (@Sendable (PoolMetrics) -> Void)?
 
     /// Creates a pool and starts its maintenance. With ``PoolConfiguration/warmUpOnInit`` it starts
-    /// opening `minSize` connections in the background; otherwise it opens none until needed.
+    /// opening `minSize` connections in the background; otherwise the first maintenance round (or
+    /// ``warm()``) opens them.
     ///
     /// - Parameters:
     ///   - factory: opens the connections.

@@ -8,7 +8,7 @@
 ///     .minSize(2)
 ///     .acquireTimeout(.seconds(2))
 /// ```
-/// ``ConnectionPool/init(factory:configuration:clock:)`` calls ``validate()`` and throws
+/// ``ConnectionPool/init(factory:configuration:clock:logger:tracer:)`` calls ``validate()`` and throws
 /// ``PoolConfigurationError`` for a value that breaks a rule.
 public struct PoolConfiguration: Sendable, Hashable, Codable {
     /// The order in which idle connections are reused.
@@ -27,7 +27,7 @@ public struct PoolConfiguration: Sendable, Hashable, Codable {
     /// 10. Must be at least 1. The pool's slot array is allocated for this many connections.
     public var maxSize: Int = 10
 
-    /// How long ``ConnectionPool/acquire(timeout:)`` waits for a connection before it throws
+    /// How long ``ConnectionPool/acquire(timeout:file:line:)`` waits for a connection before it throws
     /// ``ConnectionPoolError/acquireTimeout(after:lastConnectError:)``. Default 10 s. Must be positive.
     public var acquireTimeout: Duration = .seconds(10)
 
