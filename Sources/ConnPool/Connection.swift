@@ -50,14 +50,20 @@ public protocol Connection: AnyObject, Sendable {
 }
 
 extension Connection {
+    /// Runs ``isValid(timeout:)`` on a detached task and blocks the calling thread until it returns.
+    /// Allocates; never call it from a cooperative thread.
     public func isValidBlocking(timeout: Duration) -> Bool {
         BlockingBridge.wait { await self.isValid(timeout: timeout) }
     }
 
+    /// Runs ``close()`` on a detached task and blocks the calling thread until it returns.
+    /// Allocates; never call it from a cooperative thread.
     public func closeBlocking() {
         BlockingBridge.wait { await self.close() }
     }
 
+    /// `false`: a connection that cannot tell without I/O is never reported broken, and the pool
+    /// relies on its health checks.
     @inlinable
     public var isBroken: Bool { false }
 }

@@ -2,9 +2,10 @@
 public enum ConnectionPoolError: Error, CustomStringConvertible {
     /// No connection became available within the acquire timeout.
     ///
-    /// `lastConnectError` is the most recent error from ``ConnectionFactory/makeConnection()``, if any
-    /// creation failed since the last success: usually the real reason the caller waited (the server is
-    /// down, the password is wrong).
+    /// `lastConnectError` is the most recent error from ``ConnectionFactory/makeConnection()`` (or
+    /// ``connectTimedOut(after:)`` for an attempt that outlived ``PoolConfiguration/connectTimeout``), if
+    /// any creation failed since the last success: usually the real reason the caller waited (the server
+    /// is down, the password is wrong).
     case acquireTimeout(after: Duration, lastConnectError: (any Error)?)
 
     /// The pool is shutting down or has shut down; it lends no more connections.
@@ -21,9 +22,12 @@ public enum ConnectionPoolError: Error, CustomStringConvertible {
     case tooManyWaiters(limit: Int)
 
     /// A connection attempt took longer than ``PoolConfiguration/connectTimeout`` and was given up
-    /// on. Reported as the `lastConnectError` of a timeout, never thrown by an acquire directly.
+    /// on. Reported as the `lastConnectError` of ``acquireTimeout(after:lastConnectError:)`` and
+    /// ``connectFailing(lastConnectError:consecutiveFailures:)``, never thrown by an acquire directly.
     case connectTimedOut(after: Duration)
 
+    /// One line that says what happened and what to check, with the last connection error when there
+    /// is one (the backends keep passwords out of their errors' descriptions).
     public var description: String {
         switch self {
         case .acquireTimeout(let after, let lastConnectError):

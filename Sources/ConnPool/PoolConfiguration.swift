@@ -296,6 +296,7 @@ public struct PoolConfigurationError: Error, Hashable, CustomStringConvertible {
     /// The rule it broke, e.g. `"must be at least 1"`.
     public let rule: String
 
+    /// `invalid PoolConfiguration.<field> = <value>: <rule>; …`, naming what to change.
     public var description: String {
         "invalid PoolConfiguration.\(field) = \(value): \(rule); change PoolConfiguration.\(field) or keep its default"
     }

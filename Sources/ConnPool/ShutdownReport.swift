@@ -13,8 +13,10 @@ public struct ShutdownReport: Sendable, Hashable, Codable, CustomStringConvertib
     /// Waiting callers failed with ``ConnectionPoolError/shutDown``.
     public var failedWaiters = 0
 
+    /// A report of a shutdown that had nothing to do.
     public init() {}
 
+    /// `shutdown: 2 idle closed, 1 closed on return, 0 force-closed, 0 still in flight, 0 waiters failed`.
     public var description: String {
         "shutdown: \(closedIdle) idle closed, \(closedOnReturn) closed on return, \(forceClosed) force-closed, "
             + "\(stillInFlight) still in flight, \(failedWaiters) waiters failed"

@@ -113,8 +113,9 @@ public struct HistogramSnapshot: Sendable, Hashable, Codable {
     public var count: UInt64
     /// Their sum, in nanoseconds.
     public var sumNanoseconds: UInt64
-    /// The smallest and largest value, in nanoseconds (0 when empty).
+    /// The smallest value, in nanoseconds (0 when empty).
     public var minNanoseconds: UInt64
+    /// The largest value, in nanoseconds (0 when empty).
     public var maxNanoseconds: UInt64
 
     /// An empty snapshot.
