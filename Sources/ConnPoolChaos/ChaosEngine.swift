@@ -49,13 +49,16 @@ public final class ChaosEngine: Sendable {
     ///
     /// - Parameters:
     ///   - options: the load, the pool, the faults and the invariant limits.
-    ///   - logger: given to the pool and the connection factory.
+    ///   - logger: given to the pool and the connection factory. Without ``ChaosOptions/verbose`` its
+    ///     level is raised to `error` (the pool logs a warning for each failed connection attempt).
     ///   - progress: called with a line per fault and per phase (when ``ChaosOptions/verbose``).
     public init(
         options: ChaosOptions, logger: Logger = Logger(label: "connpool.chaos"),
         progress: (@Sendable (String) -> Void)? = nil
     ) {
         self.options = options
+        var logger = logger
+        if !options.verbose && logger.logLevel < .error { logger.logLevel = .error }
         self.logger = logger
         self.progress = progress
     }
@@ -167,6 +170,7 @@ public final class ChaosEngine: Sendable {
         report.acquireTimeoutMs = options.acquireTimeout.milliseconds
         report.acquireSlackMs = options.acquireSlack.milliseconds
         report.acquiresPastLimit = recorder.pastLimit.load(ordering: .relaxed)
+        report.slowAcquires = recorder.slowAcquires.withLock { $0 }
         let recoveries = recorder.recoveries.withLock { $0 }
         for index in records.indices {
             records[index].recoveryMs = recoveries[index].map { Double($0) / 1e6 }
@@ -211,7 +215,7 @@ public final class ChaosEngine: Sendable {
             do {
                 let lease = try await pool.acquire()
                 acquired = true
-                recorder.acquireFinished(after: ContinuousClock.now - began)
+                recorder.acquireFinished(began: began, at: ContinuousClock.now, outcome: "ok")
                 if roll < 60 {
                     _ = try await lease.connection.command("GET", key)
                 } else if roll < 90 {
@@ -220,8 +224,9 @@ public final class ChaosEngine: Sendable {
                     _ = try await lease.connection.command("INCR", counter)
                 }
             } catch {
-                if !acquired { recorder.acquireFinished(after: ContinuousClock.now - began) }
-                recorder.failed(Self.category(of: error))
+                let category = Self.category(of: error)
+                if !acquired { recorder.acquireFinished(began: began, at: ContinuousClock.now, outcome: category) }
+                recorder.failed(category)
                 try? await Task.sleep(for: options.errorBackoff)
                 continue
             }
@@ -340,6 +345,8 @@ final class LoadRecorder: Sendable {
     let maxWaitNanos = Atomic<Int64>(0)
     let pastLimit = Atomic<Int>(0)
     let failures = ChaosLocked<[String: Int]>([:])
+    /// Acquires that took longer than the limit (the first 100).
+    let slowAcquires = ChaosLocked<[SlowAcquire]>([])
     /// Faults that ended and wait for their first success: (index, end in ns since start).
     private let pending = ChaosLocked<[(index: Int, end: Int64)]>([])
     private let pendingCount = Atomic<Int>(0)
@@ -353,8 +360,9 @@ final class LoadRecorder: Sendable {
 
     var hasPendingRecoveries: Bool { pendingCount.load(ordering: .acquiring) > 0 }
 
-    func acquireFinished(after wait: Duration) {
-        let nanos = wait.nanoseconds
+    /// Records one acquire's duration; one past the limit is also kept as an event (the first 100).
+    func acquireFinished(began: ContinuousClock.Instant, at ended: ContinuousClock.Instant, outcome: String) {
+        let nanos = (ended - began).nanoseconds
         var current = maxWaitNanos.load(ordering: .relaxed)
         while nanos > current {
             let (exchanged, original) = maxWaitNanos.compareExchange(
@@ -362,7 +370,12 @@ final class LoadRecorder: Sendable {
             if exchanged { break }
             current = original
         }
-        if nanos > limitNanos { pastLimit.add(1, ordering: .relaxed) }
+        if nanos > limitNanos {
+            pastLimit.add(1, ordering: .relaxed)
+            let event = SlowAcquire(
+                startedAt: (began - start).seconds, waitMs: Double(nanos) / 1e6, outcome: outcome)
+            slowAcquires.withLock { if $0.count < 100 { $0.append(event) } }
+        }
     }
 
     func failed(_ category: String) {

@@ -28,6 +28,23 @@ public struct FaultRecord: Sendable, Hashable, Codable {
     }
 }
 
+/// An acquire that took longer than the acquire timeout plus the slack.
+public struct SlowAcquire: Sendable, Hashable, Codable {
+    /// When it started, in seconds since the run started.
+    public var startedAt: Double
+    /// How long it took, in milliseconds.
+    public var waitMs: Double
+    /// `ok` when it got a connection, else the error's category.
+    public var outcome: String
+
+    /// A record with every field given.
+    public init(startedAt: Double, waitMs: Double, outcome: String) {
+        self.startedAt = startedAt
+        self.waitMs = waitMs
+        self.outcome = outcome
+    }
+}
+
 /// What a chaos run measured, and which invariants it broke.
 public struct ChaosReport: Sendable, Codable {
     /// Requests attempted (acquire plus command).
@@ -44,6 +61,8 @@ public struct ChaosReport: Sendable, Codable {
     public var acquireSlackMs = 0.0
     /// Acquires that took longer than the timeout plus the slack.
     public var acquiresPastLimit = 0
+    /// The first 100 of them: when they started, how long they took, how they ended.
+    public var slowAcquires: [SlowAcquire] = []
     /// Every fault, in order.
     public var faults: [FaultRecord] = []
     /// Leases still held (`inUse`) once every load task had finished, before shutdown.
@@ -125,6 +144,13 @@ public struct ChaosReport: Sendable, Codable {
             $0.field("acquire_timeout_ms", acquireTimeoutMs)
             $0.field("acquire_slack_ms", acquireSlackMs)
             $0.field("acquires_past_limit", acquiresPastLimit)
+            $0.array("slow_acquires", slowAcquires) { writer, slow in
+                writer.object {
+                    $0.field("started_at", slow.startedAt)
+                    $0.field("wait_ms", slow.waitMs)
+                    $0.field("outcome", slow.outcome)
+                }
+            }
             $0.array("faults", faults) { writer, fault in
                 writer.object {
                     $0.field("kind", fault.kind.rawValue)
@@ -177,6 +203,9 @@ public struct ChaosReport: Sendable, Codable {
         lines.append(
             "acquire: max wait \(Self.fixed(maxAcquireWaitMs)) ms (timeout \(Self.fixed(acquireTimeoutMs)) ms + slack "
                 + "\(Self.fixed(acquireSlackMs)) ms), \(acquiresPastLimit) past the limit")
+        for slow in slowAcquires.prefix(10) {
+            lines.append("  slow acquire at t=\(Self.fixed(slow.startedAt, 2)) s: \(Self.fixed(slow.waitMs)) ms, \(slow.outcome)")
+        }
         lines.append("faults:")
         for fault in faults {
             let recovery = fault.recoveryMs.map { "\(Self.fixed($0)) ms" } ?? "NONE"

@@ -77,7 +77,7 @@ struct ChaosCommand: AsyncParsableCommand {
     @Option(help: "Write the report as JSON to this file.")
     var json: String?
 
-    @Flag(help: "Print only the summary, not a line per fault.")
+    @Flag(help: "Print only the summary: no line per fault, and only the pool's error logs.")
     var quiet = false
 
     func validate() throws {
