@@ -73,7 +73,8 @@ struct PoolMetricsServerTests {
         let orders = try await scriptedPool()
         let cache = try ConnectionPool(factory: MockFactory(), configuration: PoolConfiguration().name("cache").warmUpOnInit(false))
         let app = PrometheusCollectorRegistry()
-        app.makeCounter(name: "app_requests_total", labels: [], help: "Requests.").increment(by: Int64(2))
+        app.makeCounter(
+            descriptor: MetricNameDescriptor(metricName: "app_requests", unitName: "total", helpText: "Requests."), labels: []).increment(by: Int64(2))
         let server = try PoolMetricsServer(pools: [orders, cache], appending: { app.emit(into: &$0) })
         #expect(server.host == "127.0.0.1")
         #expect(server.port > 0)

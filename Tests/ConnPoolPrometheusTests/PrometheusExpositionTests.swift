@@ -98,8 +98,12 @@ struct PrometheusExpositionTests {
             factory: MockFactory(), configuration: PoolConfiguration().name("we\"ird\\pool\nname {x=\"1\"} é"))
         let registry = try PoolMetricsRegistry(pools: [orders, odd])
         let app = PrometheusCollectorRegistry()
-        app.makeCounter(name: "app_requests_total", labels: [("route", "/x")], help: "Requests.").increment(by: Int64(3))
-        app.makeDurationHistogram(name: "app_request_seconds", buckets: [.milliseconds(1), .seconds(1)], help: "Request time.").record(.milliseconds(3))
+        app.makeCounter(
+            descriptor: MetricNameDescriptor(metricName: "app_requests", unitName: "total", helpText: "Requests."),
+            labels: [("route", "/x")]).increment(by: Int64(3))
+        app.makeDurationHistogram(
+            descriptor: MetricNameDescriptor(metricName: "app_request", unitName: "seconds", helpText: "Request time."),
+            buckets: [.milliseconds(1), .seconds(1)]).record(.milliseconds(3))
         for layout in [PrometheusExposition.BucketLayout.octaves, .all] {
             var body = Array(registry.prometheusText(buckets: layout).utf8)
             app.emit(into: &body)
