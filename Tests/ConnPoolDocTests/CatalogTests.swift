@@ -163,6 +163,22 @@ struct CatalogTests {
         }
     }
 
+    @Test("CI needs no DocC: the manifest has no docc plugin and the CI scripts generate no documentation")
+    func ciNeedsNoDocC() throws {
+        // The catalog is checked here, from sources, on every `swift test`; building it with DocC is a
+        // local step (the command is in a comment at the top of ConnPool.md), so CI stays as fast as
+        // `swift build` and needs nothing beyond the toolchain.
+        let root = DocPaths.packageRoot
+        let manifest = try String(contentsOf: root.appendingPathComponent("Package.swift"), encoding: .utf8)
+        #expect(!manifest.contains("swift-docc-plugin"), "Package.swift depends on the docc plugin")
+        for script in [".ci/run", "Scripts/test.sh"] {
+            let url = root.appendingPathComponent(script)
+            guard let text = try? String(contentsOf: url, encoding: .utf8) else { continue }
+            #expect(!text.contains("generate-documentation"), "\(script) generates documentation")
+            #expect(!text.contains("docc "), "\(script) runs docc")
+        }
+    }
+
     /// Every public top-level type of ConnPool, written through the type so that a rename breaks this
     /// list at compile time.
     static let publicTypes: [String] = [
