@@ -46,11 +46,14 @@ struct ChaosTests {
         options.acquireTimeout = .milliseconds(500)
         options.commandTimeout = .milliseconds(300)
         options.connectTimeout = .milliseconds(300)
-        options.stopPause = .milliseconds(800)
-        options.debugSleep = .milliseconds(600)
-        // Scheduling slack on a loaded 2-core machine (and under ThreadSanitizer): the timer thread
-        // and the cooperative threads that resume the timed-out waiters may run late.
-        options.acquireSlack = .milliseconds(400)
+        // Longer than the acquire timeout plus the slack: an acquire that outlived its timeout until
+        // the server woke up would be caught.
+        options.stopPause = .milliseconds(1300)
+        options.debugSleep = .milliseconds(1200)
+        // Scheduling slack on a loaded 2-core machine, under ThreadSanitizer, and with other suites
+        // running in parallel: a timed-out waiter's task is resumed on time by the pool's timer thread
+        // but may then wait for a cooperative thread.
+        options.acquireSlack = .milliseconds(500)
         options.recoveryGrace = .seconds(15)
         options.verbose = false
 

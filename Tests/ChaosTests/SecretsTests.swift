@@ -108,13 +108,17 @@ struct SecretsTests {
             addAllForms("\(source) configuration", pool.factory.configuration)
         }
 
+        /// The texts that hold one of `secrets`, as "source: text".
+        func leaks(of secrets: [String]) -> [String] {
+            items.filter { item in secrets.contains { item.text.contains($0) } }
+                .map { "\($0.source): \($0.text.prefix(400))" }
+        }
+
         /// Checks that no text holds any of `secrets`; returns how many texts were checked.
         @discardableResult
         func expectClean(of secrets: [String], sourceLocation: SourceLocation = #_sourceLocation) -> Int {
-            for (source, text) in items {
-                for secret in secrets where text.contains(secret) {
-                    Issue.record("a secret appears in \(source): \(text.prefix(400))", sourceLocation: sourceLocation)
-                }
+            for leak in leaks(of: secrets) {
+                Issue.record("a secret appears in \(leak)", sourceLocation: sourceLocation)
             }
             return items.count
         }
@@ -174,6 +178,19 @@ struct SecretsTests {
         }
         #expect(bound == 0)
         return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    @Test("the checker catches a planted secret in a log line and in an error's reflection")
+    func checkerCatchesPlantedSecrets() {
+        let secret = Self.randomSecret("Pl")
+        struct LeakyError: Error { let password: String }
+        var texts = Texts()
+        texts.add("log line", "connected with \(secret)")
+        texts.addError("leaky", LeakyError(password: secret))
+        // The log line, and the error's description, reflection and dump.
+        let leaks = texts.leaks(of: [secret])
+        #expect(leaks.count == 4, "\(leaks)")
+        #expect(texts.leaks(of: [Self.randomSecret("Other")]).isEmpty)
     }
 
     @Test("requirepass: right, wrong and missing passwords, a refused port, restarts and killed clients leak nothing")
