@@ -44,8 +44,10 @@ done
 bin=$(swift build --scratch-path "$scratch" --show-bin-path)
 modules=$bin/Modules
 [[ -d "$modules" ]] || modules=$bin
-# Every object of the library modules built above (no executable or test target is built here).
-mapfile -t objects < <(find "$bin/" -path '*.build/*.o' -not -name '*.swiftmodule.o' | sort)
+# Every object of the library modules built above (no executable or test target is built here; the
+# exclusions only guard against a scratch path that was also used for something else).
+mapfile -t objects < <(find "$bin/" -path '*.build/*.o' -not -name '*.swiftmodule.o' -not -path '*Tests.build/*' \
+    -not -path '*-tool.build/*' -not -path '*/redis_bench.build/*' -not -path '*Example.build/*' | sort)
 if [[ ${#objects[@]} -eq 0 ]]; then echo "fuzz: no objects found under $bin"; exit 1; fi
 
 for target in $targets; do
