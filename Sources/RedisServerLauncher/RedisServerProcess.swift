@@ -129,6 +129,7 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     ///     `["--user", "alice", "on", ">pw", "~*", "&*", "+@all"]`. They are never quoted in errors.
     ///   - unixSocket: also listen on a unix socket in the temporary directory (``unixSocketPath``).
     ///   - startTimeout: how long to wait for the server to answer.
+    ///   - executablePath: the `redis-server` to run; `nil` looks at `REDIS_SERVER_PATH`, then `PATH`.
     /// - Throws: ``RedisServerLauncherError/redisServerNotInstalled(searched:)`` when `redis-server` is
     ///   missing; ``RedisServerLauncherError/exitedDuringStartup(status:logTail:)``,
     ///   ``RedisServerLauncherError/startTimedOut(after:logTail:)``,
@@ -137,9 +138,18 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     public static func start(
         extraArguments: [String] = [],
         unixSocket: Bool = false,
-        startTimeout: Duration = .seconds(10)
+        startTimeout: Duration = .seconds(10),
+        executablePath: String? = nil
     ) throws -> RedisServerProcess {
-        let executable = try findExecutable()
+        let executable: String
+        if let executablePath {
+            guard access(executablePath, X_OK) == 0 else {
+                throw RedisServerLauncherError.redisServerNotInstalled(searched: [executablePath])
+            }
+            executable = executablePath
+        } else {
+            executable = try findExecutable()
+        }
         let attempts = 8
         for _ in 0..<attempts {
             let port = try pickFreePort()

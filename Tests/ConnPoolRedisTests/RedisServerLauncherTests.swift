@@ -31,6 +31,18 @@ struct RedisServerLauncherTests {
         #expect(server.pid != firstPid)
     }
 
+    @Test func missingRedisServerIsATypedErrorWithTheInstallHint() {
+        do {
+            _ = try RedisServerProcess.start(executablePath: "/nonexistent/bin/redis-server")
+            Issue.record("expected an error")
+        } catch let error as RedisServerLauncherError {
+            #expect(error == .redisServerNotInstalled(searched: ["/nonexistent/bin/redis-server"]))
+            #expect("\(error)".contains("apt-get install redis-server"))
+        } catch {
+            Issue.record("unexpected \(error)")
+        }
+    }
+
     @Test func restartAfterStop() throws {
         let server = try RedisServerProcess.start(unixSocket: true)
         server.stop()
