@@ -8,9 +8,12 @@
 ///
 /// ```swift
 /// let lease = try await pool.acquire()
-/// try await lease.connection.send(...)
-/// // returned here, when `lease` goes out of scope
+/// let reply = try await lease.connection.command("GET", "key")  // a ConnPoolRedis connection
+/// // the connection goes back when `lease` goes out of scope
 /// ```
+///
+/// Note: with Swift 6.3, a lease declared in a top-level `do { }` block of a `main.swift` file is not
+/// destroyed at the end of the block; declare leases inside functions (or call ``release()``).
 public struct ConnectionLease<Factory: ConnectionFactory>: ~Copyable, Sendable {
     /// The leased connection. Use it only while you hold the lease.
     public let connection: Factory.PooledConnectionType
