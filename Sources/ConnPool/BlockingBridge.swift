@@ -31,7 +31,8 @@ public enum BlockingOffload {
     ///
     /// - Throws: whatever `body` throws.
     public static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
+        defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
+        return try await withCheckedThrowingContinuation { continuation in
             DispatchQueue.global().async {
                 continuation.resume(with: Result { try body() })
             }

@@ -140,6 +140,7 @@ extension ConnectionPool {
     nonisolated(nonsending) func acquireWaiting(id: UInt64, deadline: Int64?, timeout: Duration) async throws -> LeaseToken {
         let start = clock.now()
         let deadline = deadline ?? start &+ timeout.nanosecondsClamped
+        defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
         let raw = try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<UInt64, any Error>) in
                 let now = clock.now()

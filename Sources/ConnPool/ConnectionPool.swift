@@ -565,6 +565,7 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
                     return
                 }
                 // Attempts started elsewhere are under way: wait for one to finish, then look again.
+                defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
                 await withCheckedContinuation { continuation in
                     creationWatchers.append(continuation)
                     core.mutex.unlock()
@@ -629,6 +630,7 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         }
         // (closeFinished records each connection's lifetime.)
         let report = await withCheckedContinuation { (continuation: CheckedContinuation<ShutdownReport, Never>) in
+            // (resumed by whoever closes the last connection; see ThreadSanitizerAnnotations)
             core.mutex.lock()
             if core.state.pointee.isDrained || shutdownFinished {
                 shutdownFinished = true
@@ -640,6 +642,7 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
                 core.mutex.unlock()
             }
         }
+        ThreadSanitizerAnnotations.acquireCurrentTask()
         if report.stillInFlight == 0 { timer.stop() }
         if report.forceClosed > 0 || report.stillInFlight > 0 {
             logger.warning("connection pool: shutdown grace period ended", metadata: ["report": "\(report)"])

@@ -7,6 +7,7 @@ import Testing
 /// Simulates a slow peer: resumes after `duration` on a dispatch timer. Not a wait for an event: the
 /// mocks below use it to make an operation take time.
 private func simulatedLatency(_ duration: Duration) async {
+    defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
     await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
         DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(duration.nanosecondsClamped))) {
             continuation.resume()

@@ -65,6 +65,7 @@ final class MockFactory: ConnectionFactory, @unchecked Sendable {
         case .succeed: break
         case .fail(let message): throw MockConnectError(message: message)
         case .suspend:
+            defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
             await withCheckedContinuation { continuation in
                 lock.withLock { suspended.append(continuation) }
             }
@@ -129,6 +130,7 @@ final class TestThread: @unchecked Sendable {
     /// Waits for the thread from a task without blocking a cooperative thread (the wait happens on a
     /// dispatch thread): blocking the cooperative pool would starve the pool's own tasks.
     func join() async {
+        defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             DispatchQueue.global().async {
                 self.done.wait()
