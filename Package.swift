@@ -84,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "redis-bench",
             dependencies: [
-                "ConnPool", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolBenchHarness", "RedisServerLauncher", "ConnPoolChaos",
+                "ConnPool", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolBenchHarness", "RedisServerLauncher", "ConnPoolChaos", "ConnPoolPrometheus",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

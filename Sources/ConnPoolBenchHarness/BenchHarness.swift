@@ -30,6 +30,9 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
     public var showProgress: Bool
     /// Names the category a failed request is counted under. Default ``BenchErrorCategory/default(_:)``.
     public var errorCategory: @Sendable (any Error) -> String
+    /// Called with the pool of each pooled run, once created and before its first request (for a
+    /// metrics endpoint, for instance). Default `nil`.
+    public var onPoolCreated: (@Sendable (ConnectionPool<Factory>) -> Void)?
 
     /// A harness for `factory`; see the properties for the other parameters.
     public init(
@@ -106,7 +109,9 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
             configuration.maxSize = spec.poolSize
             configuration.minSize = min(configuration.minSize, spec.poolSize)
             do {
-                return .pooled(try ConnectionPool(factory: factory, configuration: configuration))
+                let pool = try ConnectionPool(factory: factory, configuration: configuration)
+                onPoolCreated?(pool)
+                return .pooled(pool)
             } catch {
                 throw BenchError.poolConfiguration(error.description)
             }

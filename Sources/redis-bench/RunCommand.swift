@@ -97,7 +97,7 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "hiredis backend: per-command timeout in milliseconds (default: none, like redis-benchmark). A deadline makes every async wait re-arm the I/O reactor's timer.")
     var commandTimeoutMs: Int?
 
-    @Option(help: "Serve pool metrics on this port (not available yet).")
+    @Option(help: "While running, serve /metrics (Prometheus) and /status (JSON) for the pool under test on 127.0.0.1:PORT (0: any free port).")
     var metricsPort: Int?
 
     // MARK: Validation
@@ -113,6 +113,7 @@ struct RunCommand: AsyncParsableCommand {
         if perRequestCap < 1 { throw ValidationError("--per-request-cap must be at least 1") }
         if `repeat` < 1 { throw ValidationError("--repeat must be at least 1") }
         if let commandTimeoutMs, commandTimeoutMs < 1 { throw ValidationError("--command-timeout-ms must be at least 1") }
+        if let metricsPort, !(0...65_535).contains(metricsPort) { throw ValidationError("--metrics-port must be 0...65535 (0: any free port)") }
         _ = try parsedWorkloads()
         _ = try parsedConcurrency()
     }
@@ -152,9 +153,9 @@ struct RunCommand: AsyncParsableCommand {
             duration.map { .duration(.milliseconds(Int64($0 * 1000))) } ?? .requests(requests ?? Self.defaultRequests)
         let warmupRequests = warmup ?? Self.defaultWarmup
 
-        if let metricsPort {
-            print("metrics endpoint not available yet (--metrics-port \(metricsPort) ignored): the pool has no metrics export yet")
-        }
+        let metrics = try metricsPort.map { try MetricsEndpoint(port: $0) }
+        defer { metrics?.stop() }
+        if let metrics { print("metrics: http://127.0.0.1:\(metrics.port)/metrics and /status") }
         #if DEBUG
         print("warning: this is a debug build; measure with `swift run -c release redis-bench`")
         #endif
@@ -176,9 +177,10 @@ struct RunCommand: AsyncParsableCommand {
         switch backend {
         case .redis:
             let factory = try RedisConnectionFactory(configuration: target.redisConfiguration)
-            let harness = BenchHarness(
+            var harness = BenchHarness(
                 factory: factory, connectBlocking: { try factory.makeConnectionBlocking() },
                 errorCategory: ErrorCategories.categorize)
+            if let metrics { harness.onPoolCreated = { metrics.observe($0) } }
             let operations = RedisOperations(valueSize: valueSize, pipeline: pipeline)
             results = try await runSuite(
                 harness: harness, operation: operations.operation, workloads: workloads, levels: levels, stop: stop,
@@ -188,9 +190,10 @@ struct RunCommand: AsyncParsableCommand {
                 throw ValidationError("--backend tcp needs a TCP server address (not a unix socket)")
             }
             let factory = try TCPConnectionFactory(configuration: TCPConnectionConfiguration(host: host, port: port))
-            let harness = BenchHarness(
+            var harness = BenchHarness(
                 factory: factory, connectBlocking: { try factory.makeConnectionBlocking() },
                 errorCategory: ErrorCategories.categorize)
+            if let metrics { harness.onPoolCreated = { metrics.observe($0) } }
             let operations = TCPOperations(valueSize: valueSize, pipeline: pipeline)
             results = try await runSuite(
                 harness: harness, operation: operations.operation, workloads: workloads, levels: levels, stop: stop,
