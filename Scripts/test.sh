@@ -31,3 +31,6 @@ swift test --no-parallel --sanitize=address --scratch-path .build-asan \
     --filter 'ConnPoolRedisTests|ConnPoolTCPTests|ConnPoolIOTests' > /tmp/connpool-asan.log 2>&1 \
     || { quiet < /tmp/connpool-asan.log | tail -200; echo "swift test --sanitize=address failed"; exit 1; }
 grep -E '^(✔|✘) (Suite|Test run)|Executed [0-9]+ tests' /tmp/connpool-asan.log | tail -20
+
+echo "== fuzzing (short run: URL parser, configuration validation, TCP framing)"
+Scripts/fuzz.sh 10
