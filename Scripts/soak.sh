@@ -65,8 +65,11 @@ log="$out/chaos.log"
 report="$out/chaos.json"
 
 echo "== soak: building redis-bench ($configuration)"
-swift build -c "$configuration" --scratch-path "$scratch" --product redis-bench 2>&1 \
-    | grep -vE '^(\[[0-9]+/[0-9]+\]|Compiling|Building|Write|Emitting|warning: |    /)' || true
+if ! swift build -c "$configuration" --scratch-path "$scratch" --product redis-bench >"$out/build.log" 2>&1; then
+    grep -E 'error:' "$out/build.log" | head -n 40
+    echo "soak: the build failed (log: $out/build.log)"
+    exit 1
+fi
 binary=$(swift build -c "$configuration" --scratch-path "$scratch" --show-bin-path)/redis-bench
 # Run a private copy, so that a rebuild meanwhile cannot replace the executable under the process.
 cp "$binary" "$out/redis-bench"
