@@ -246,6 +246,7 @@ struct HealthIntegrationTests {
         #expect(ContinuousClock.now - start < .seconds(2))
         #expect(report.closedOnReturn == 1)
         #expect(report.forceClosed == 1)
+        #expect(await eventually { keptConnection.isClosed })  // closed by force, on a task of the pool's
         await #expect(throws: (any Error).self) { _ = try await keptConnection.command("PING") }
         _ = consume kept  // a stale lease: returning it does nothing
         #expect(pool.metrics().total == 0)

@@ -189,11 +189,14 @@ final class TestServer: @unchecked Sendable {
     /// Stops accepting, ends every connection (its handler sees end of stream) and waits for the
     /// threads to finish.
     func stop() {
-        let toShutDown: [Int32] = lock.withLock {
-            if stopped { return [] }
+        let toShutDown: [Int32]? = lock.withLock {
+            if stopped { return nil }
             stopped = true
             return clients
         }
+        // Stopped already (an explicit stop(), then deinit): closing listenFD again would close
+        // whatever descriptor reused its number since, such as the next test's listener.
+        guard let toShutDown else { return }
         shutdown(listenFD, Int32(SHUT_RDWR))
         for fd in toShutDown {
             shutdown(fd, Int32(SHUT_RDWR))
