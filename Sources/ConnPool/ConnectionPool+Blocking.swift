@@ -108,10 +108,39 @@ extension ConnectionPool {
         }
     }
 
+    /// Before a blocked thread queues, it yields a few times (bounded: 16 `sched_yield`, a few µs) and
+    /// takes a connection that a running thread released meanwhile. Only when nobody is queued and the
+    /// pool is full (no connection is being opened for this caller): a released connection then goes
+    /// idle, and the spinning thread takes it without sleeping, instead of queueing and being handed a
+    /// connection it can only use once the kernel wakes it, while running threads find nothing idle and
+    /// queue behind it (a lock convoy, measured at ~300,000 context switches per 2 M operations with
+    /// 8 threads on 4 connections). Queued waiters keep their turn: a release goes to them first.
+    @usableFromInline
+    func spinForIdle() -> LeaseToken? {
+        for _ in 0..<16 {
+            core.mutex.lock()
+            let state = core.state
+            guard state.pointee.waiters.isEmpty, state.pointee.slots.occupiedCount >= state.pointee.maxSize,
+                  state.pointee.lifecycle == .running
+            else {
+                core.mutex.unlock()
+                return nil
+            }
+            if let token = core.state.pointee.leaseIdle() {
+                core.mutex.unlock()
+                return token
+            }
+            core.mutex.unlock()
+            sched_yield()
+        }
+        return nil
+    }
+
     /// The waiting part of ``acquireBlocking(timeout:file:line:)``. The thread waits on a condition
     /// variable in its own stack frame; the pool's timer fails it at its deadline.
     @usableFromInline
     func acquireBlockingWaiting(id: UInt64, deadline: Int64?, timeout: Duration) throws(ConnectionPoolError) -> LeaseToken {
+        if let token = spinForIdle() { return token }
         let now = clock.now()
         let deadline = deadline ?? now &+ timeout.nanosecondsClamped
         let result: WaiterResult = withUnsafeTemporaryAllocation(of: BlockingWaitCell.self, capacity: 1) { buffer in

@@ -10,7 +10,7 @@
 /// ```
 /// ``ConnectionPool/init(factory:configuration:clock:logger:tracer:)`` calls ``validate()`` and throws
 /// ``PoolConfigurationError`` for a value that breaks a rule.
-public struct PoolConfiguration: Sendable, Hashable, Codable {
+public struct PoolConfiguration: Sendable, Hashable {
     /// The order in which idle connections are reused.
     public enum ReuseOrder: String, Sendable, Hashable, Codable {
         /// Last in, first out (default): the most recently released connection is lent first. Hot

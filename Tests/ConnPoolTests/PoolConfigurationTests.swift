@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import ConnPool
 
@@ -63,5 +64,22 @@ struct PoolConfigurationTests {
         #expect(throws: PoolConfigurationError.self) {
             _ = try ConnectionPool(factory: MockFactory(), configuration: PoolConfiguration().maxSize(0))
         }
+    }
+
+    @Test("Codable: durations as seconds, a round trip, and a partial document with defaults")
+    func codable() throws {
+        let configuration = PoolConfiguration().maxSize(7).acquireTimeout(.milliseconds(2_500)).idleTimeout(nil)
+            .maxWaiters(9).name("orders")
+        let json = String(decoding: try JSONEncoder().encode(configuration), as: UTF8.self)
+        #expect(json.contains("\"acquireTimeout\":2.5"))
+        #expect(json.contains("\"idleTimeout\":null"))
+        #expect(json.contains("\"maintenanceInterval\":5"))
+        let decoded = try JSONDecoder().decode(PoolConfiguration.self, from: Data(json.utf8))
+        #expect(decoded == configuration)
+        let partial = try JSONDecoder().decode(
+            PoolConfiguration.self, from: Data(#"{"maxSize": 3, "healthCheckInterval": null, "connectTimeout": 0.25}"#.utf8))
+        var expected = PoolConfiguration().maxSize(3).healthCheck(interval: nil)
+        expected.connectTimeout = .milliseconds(250)
+        #expect(partial == expected)
     }
 }
