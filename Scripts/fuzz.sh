@@ -63,6 +63,10 @@ done
 built=$(date +%s)
 echo "== fuzz: build took $((built - started)) s"
 
+# Crash reports from ASan (with the Swift stack symbolized) rather than from the Swift runtime's
+# backtracer, which trips ASan while it reads the crashed thread's stack.
+export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-handle_sigill=1:handle_abort=1}
 status=0
 for target in $targets; do
     corpus=$(mktemp -d "$out/corpus-$target.XXXXXX")
