@@ -116,10 +116,12 @@ let package = Package(
             dependencies: ["ConnPool", "ConnPoolRedis", "RedisServerLauncher"],
             swiftSettings: strictSettings
         ),
+        // Mock connections shared by the export modules' test targets (test targets cannot share files).
+        .target(name: "ConnPoolTestSupport", dependencies: ["ConnPool"], path: "Tests/ConnPoolTestSupport", swiftSettings: strictSettings),
         .testTarget(
             name: "ConnPoolMetricsTests",
             dependencies: [
-                "ConnPool", "ConnPoolMetrics",
+                "ConnPool", "ConnPoolMetrics", "ConnPoolTestSupport",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
@@ -127,7 +129,10 @@ let package = Package(
         ),
         .testTarget(
             name: "ConnPoolPrometheusTests",
-            dependencies: ["ConnPool", "ConnPoolPrometheus", .product(name: "Prometheus", package: "swift-prometheus")],
+            dependencies: [
+                "ConnPool", "ConnPoolPrometheus", "ConnPoolTestSupport",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(name: "ConnPoolIOTests", dependencies: ["ConnPoolIO"], swiftSettings: strictSettings),

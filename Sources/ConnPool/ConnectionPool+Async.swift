@@ -64,23 +64,33 @@ extension ConnectionPool {
         timeout: Duration, file: StaticString, line: UInt
     ) async throws -> ConnectionLease<Factory> {
         guard let tracer else { return try await acquireChecked(timeout: timeout, file: file, line: line) }
-        let span = tracer.startSpan("connpool.acquire", ofKind: .internal)
-        span.attributes["connpool.pool"] = configuration.name
-        let start = clock.now()
+        let (span, start) = startAcquireSpan(tracer)
         do {
             let lease = try await acquireChecked(timeout: timeout, file: file, line: line)
-            span.attributes["connpool.wait_ns"] = Int(clock.now() &- start)
-            span.attributes["connpool.outcome"] = "ok"
-            span.end()
+            endAcquireSpan(span, start: start, error: nil)
             return lease
         } catch {
-            span.attributes["connpool.wait_ns"] = Int(clock.now() &- start)
-            span.attributes["connpool.outcome"] = Self.outcome(of: error)
-            span.recordError(error)
-            span.setStatus(SpanStatus(code: .error))
-            span.end()
+            endAcquireSpan(span, start: start, error: error)
             throw error
         }
+    }
+
+    /// Starts a `connpool.acquire` span; returns it with the start time.
+    func startAcquireSpan(_ tracer: any Tracer) -> (any Span, Int64) {
+        let span = tracer.startSpan("connpool.acquire", ofKind: .internal)
+        span.attributes["connpool.pool"] = configuration.name
+        return (span, clock.now())
+    }
+
+    /// Ends an acquire span with the wait and the outcome (`ok`, or the error's short name).
+    func endAcquireSpan(_ span: any Span, start: Int64, error: (any Error)?) {
+        span.attributes["connpool.wait_ns"] = Int(clock.now() &- start)
+        span.attributes["connpool.outcome"] = error.map(Self.outcome(of:)) ?? "ok"
+        if let error {
+            span.recordError(error)
+            span.setStatus(SpanStatus(code: .error))
+        }
+        span.end()
     }
 
     /// A short name for how an acquire ended, for spans.

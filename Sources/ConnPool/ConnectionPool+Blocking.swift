@@ -58,21 +58,13 @@ extension ConnectionPool {
     @usableFromInline
     func acquireBlockingFull(timeout: Duration, file: StaticString, line: UInt) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
         guard let tracer else { return try acquireBlockingChecked(timeout: timeout, file: file, line: line) }
-        let span = tracer.startSpan("connpool.acquire", ofKind: .internal)
-        span.attributes["connpool.pool"] = configuration.name
-        let start = clock.now()
+        let (span, start) = startAcquireSpan(tracer)
         do {
             let lease = try acquireBlockingChecked(timeout: timeout, file: file, line: line)
-            span.attributes["connpool.wait_ns"] = Int(clock.now() &- start)
-            span.attributes["connpool.outcome"] = "ok"
-            span.end()
+            endAcquireSpan(span, start: start, error: nil)
             return lease
         } catch {
-            span.attributes["connpool.wait_ns"] = Int(clock.now() &- start)
-            span.attributes["connpool.outcome"] = Self.outcome(of: error)
-            span.recordError(error)
-            span.setStatus(SpanStatus(code: .error))
-            span.end()
+            endAcquireSpan(span, start: start, error: error)
             throw error
         }
     }

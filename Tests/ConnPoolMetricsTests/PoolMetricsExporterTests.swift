@@ -1,4 +1,5 @@
 import ConnPool
+import ConnPoolTestSupport
 import Foundation
 import Metrics
 import MetricsTestKit

@@ -1,30 +1,31 @@
-import ConnPool
+public import ConnPool
 import Foundation
-import Synchronization
+public import Synchronization
 
-// A trimmed copy of Tests/ConnPoolTests/MockConnection.swift (test targets cannot share files).
+// Mock connections and factories shared by the test targets of the export modules (ConnPoolMetrics,
+// ConnPoolPrometheus): a regular target under Tests/, since test targets cannot share files.
 
 /// A connection that does no I/O.
-final class MockConnection: Connection {
-    let id: Int
-    let closeCount = Atomic<Int>(0)
+public final class MockConnection: Connection {
+    public let id: Int
+    public let closeCount = Atomic<Int>(0)
 
-    init(id: Int) { self.id = id }
+    public init(id: Int) { self.id = id }
 
-    func isValid(timeout: Duration) async -> Bool { true }
-    func close() async { closeCount.add(1, ordering: .relaxed) }
-    var isClosed: Bool { closeCount.load(ordering: .relaxed) > 0 }
+    public func isValid(timeout: Duration) async -> Bool { true }
+    public func close() async { closeCount.add(1, ordering: .relaxed) }
+    public var isClosed: Bool { closeCount.load(ordering: .relaxed) > 0 }
 }
 
-struct MockConnectError: Error, CustomStringConvertible {
-    var message: String
-    var description: String { message }
+public struct MockConnectError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
 }
 
 /// A factory whose behaviour a test scripts step by step: succeed, fail, or suspend until released.
-final class MockFactory: ConnectionFactory, @unchecked Sendable {
+public final class MockFactory: ConnectionFactory, @unchecked Sendable {
     // @unchecked Sendable: every mutable property is only touched with `lock` held.
-    enum Step {
+    public enum Step {
         case succeed
         case fail(String)
         /// Suspends until ``resumeSuspended()``, then succeeds.
@@ -37,9 +38,9 @@ final class MockFactory: ConnectionFactory, @unchecked Sendable {
     private var made: [MockConnection] = []
     private var attemptCount = 0
 
-    init(_ script: [Step] = []) { self.script = script }
+    public init(_ script: [Step] = []) { self.script = script }
 
-    func makeConnection() async throws -> MockConnection {
+    public func makeConnection() async throws -> MockConnection {
         let step: Step = lock.withLock {
             attemptCount += 1
             return script.isEmpty ? .succeed : script.removeFirst()
@@ -59,11 +60,11 @@ final class MockFactory: ConnectionFactory, @unchecked Sendable {
         }
     }
 
-    func append(_ steps: Step...) { lock.withLock { script.append(contentsOf: steps) } }
-    var attempts: Int { lock.withLock { attemptCount } }
-    var suspendedCount: Int { lock.withLock { suspended.count } }
+    public func append(_ steps: Step...) { lock.withLock { script.append(contentsOf: steps) } }
+    public var attempts: Int { lock.withLock { attemptCount } }
+    public var suspendedCount: Int { lock.withLock { suspended.count } }
 
-    func resumeSuspended() {
+    public func resumeSuspended() {
         let all = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
             defer { suspended = [] }
             return suspended
@@ -73,7 +74,7 @@ final class MockFactory: ConnectionFactory, @unchecked Sendable {
 }
 
 /// Waits (yielding, never sleeping) until `condition` holds or `timeout` of wall time passes.
-func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
+public func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
     let deadline = ContinuousClock.now + timeout
     while !condition() {
         if ContinuousClock.now > deadline { return false }
@@ -83,15 +84,15 @@ func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) async
 }
 
 /// Holds a lease in a reference so tests can keep several and drop them in a chosen order.
-final class LeaseHolder<Factory: ConnectionFactory>: @unchecked Sendable {
+public final class LeaseHolder<Factory: ConnectionFactory>: @unchecked Sendable {
     // @unchecked Sendable: tests touch `lease` from one task at a time, in order.
-    var lease: ConnectionLease<Factory>?
+    public var lease: ConnectionLease<Factory>?
 
-    init(_ lease: consuming ConnectionLease<Factory>) { self.lease = consume lease }
+    public init(_ lease: consuming ConnectionLease<Factory>) { self.lease = consume lease }
 
-    func drop() { lease = nil }
+    public func drop() { lease = nil }
 
-    func dropAsBroken() {
+    public func dropAsBroken() {
         switch lease.take() {
         case .some(let lease): lease.releaseAsBroken()
         case .none: break
