@@ -98,7 +98,7 @@ public final class PoolMetricsExporter: Sendable {
     /// The snapshot of the previous export (counter and histogram deltas are taken against it), and
     /// how to reach the attached pool. Exports are serialized by this lock, so that two concurrent
     /// exports never count the same delta twice.
-    private let state = Locked(State())
+    private let state = LockedValue(State())
 
     private struct State {
         var previous: PoolMetrics?

@@ -37,13 +37,13 @@ public enum PoolMetricsRegistryError: Error, Hashable, CustomStringConvertible {
 /// The registry holds its pools strongly until they are unregistered: unregister a pool when you
 /// are done with it (after its shutdown, if its last counters should still be scraped).
 public final class PoolMetricsRegistry: Sendable {
-    private let pools: Locked<[any ObservablePool]>
+    private let pools: LockedValue<[any ObservablePool]>
 
     /// Creates a registry holding `pools`.
     ///
     /// - Throws: ``PoolMetricsRegistryError/duplicateName(_:)`` if two of them share a name.
     public init(pools: [any ObservablePool] = []) throws(PoolMetricsRegistryError) {
-        self.pools = Locked([])
+        self.pools = LockedValue([])
         for pool in pools { try register(pool) }
     }
 

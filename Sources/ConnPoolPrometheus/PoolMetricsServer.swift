@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import ConnPool
 
 /// A tiny HTTP/1.1 server for a ``PoolMetricsRegistry``:
 /// - `GET /metrics`: the Prometheus text exposition (`text/plain; version=0.0.4`), followed by what
@@ -35,7 +36,7 @@ public final class PoolMetricsServer: Sendable {
     public let registry: PoolMetricsRegistry
 
     private let listener: Listener
-    private let thread: Locked<pthread_t?>
+    private let thread: LockedValue<pthread_t?>
 
     /// Starts serving `registry` on `host:port`, on a thread of its own.
     ///
@@ -73,7 +74,7 @@ public final class PoolMetricsServer: Sendable {
         self.port = boundPort
         self.registry = registry
         self.listener = listener
-        self.thread = Locked(nil)
+        self.thread = LockedValue(nil)
 
         let context = Unmanaged.passRetained(listener).toOpaque()
         var thread = pthread_t()

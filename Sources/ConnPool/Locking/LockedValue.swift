@@ -1,14 +1,14 @@
-/// A value guarded by a ``PThreadMutex``. For cold paths (clock registrations, timers, test helpers);
-/// the pool's hot path uses ``PoolCore`` directly.
+/// A value guarded by a ``PThreadMutex``. For cold paths (clock registrations, timers, the export
+/// modules of this package, which see it through `package` access); the pool's hot path uses
+/// ``PoolCore`` directly.
 ///
 /// `@unchecked Sendable` is safe because `value` is only reachable through ``withLock(_:)``, which holds
 /// the mutex for the whole access, and the mutex itself is never moved or freed before `deinit`.
-@usableFromInline
-final class LockedValue<Value>: @unchecked Sendable {
+package final class LockedValue<Value>: @unchecked Sendable {
     private let mutex = PThreadMutex()
     private var value: Value
 
-    init(_ value: Value) {
+    package init(_ value: Value) {
         self.value = value
     }
 
@@ -16,7 +16,7 @@ final class LockedValue<Value>: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+    package func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
         mutex.lock()
         defer { mutex.unlock() }
         return try body(&value)
