@@ -112,7 +112,7 @@ extension ConnectionPool {
     nonisolated(nonsending) func acquireChecked(
         timeout: Duration, file: StaticString, line: UInt
     ) async throws -> ConnectionLease<Factory> {
-        let deadline = clock.now() &+ timeout.nanosecondsClamped
+        let deadline = later(clock.now(), by: timeout.nanosecondsClamped)
         let bypassWindow = configuration.validationBypassWindow.nanosecondsClamped
         while true {
             try Task.checkCancellation()
@@ -149,7 +149,7 @@ extension ConnectionPool {
     @usableFromInline
     nonisolated(nonsending) func acquireWaiting(id: UInt64, deadline: Int64?, timeout: Duration) async throws -> LeaseToken {
         let start = clock.now()
-        let deadline = deadline ?? start &+ timeout.nanosecondsClamped
+        let deadline = deadline ?? later(start, by: timeout.nanosecondsClamped)
         defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
         let raw = try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<UInt64, any Error>) in

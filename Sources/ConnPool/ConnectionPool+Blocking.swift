@@ -71,7 +71,7 @@ extension ConnectionPool {
 
     @usableFromInline
     func acquireBlockingChecked(timeout: Duration, file: StaticString, line: UInt) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
-        let deadline = clock.now() &+ timeout.nanosecondsClamped
+        let deadline = later(clock.now(), by: timeout.nanosecondsClamped)
         let bypassWindow = configuration.validationBypassWindow.nanosecondsClamped
         while true {
             let now = clock.coarseNow()
@@ -134,7 +134,7 @@ extension ConnectionPool {
     func acquireBlockingWaiting(id: UInt64, deadline: Int64?, timeout: Duration) throws(ConnectionPoolError) -> LeaseToken {
         if let token = spinForIdle() { return token }
         let now = clock.now()
-        let deadline = deadline ?? now &+ timeout.nanosecondsClamped
+        let deadline = deadline ?? later(now, by: timeout.nanosecondsClamped)
         let result: WaiterResult = withUnsafeTemporaryAllocation(of: BlockingWaitCell.self, capacity: 1) { buffer in
             let cell = buffer.baseAddress!
             cell.initialize(to: BlockingWaitCell())

@@ -225,4 +225,24 @@ struct HealthManagementTests {
         #expect(factory.connections.allSatisfy { $0.isClosed })
         await #expect(throws: ConnectionPoolError.self) { try await pool.acquire() }
     }
+
+    @Test("timeouts and lifetimes of centuries mean never: no trap, no wrapped deadline in the past")
+    func hugeDurationsSaturate() async throws {
+        let clock = ManualClock(start: .seconds(1_000))
+        var machine = PoolStateMachine(configuration: PoolConfiguration().maxLifetime(.seconds(Int64.max), jitter: 0))
+        defer { machine.deallocate() }
+        #expect(machine.expiry(createdAt: 1_000_000_000_000) == .max)
+        let pool = try Self.makePool(
+            Self.quiet.maxSize(1).maxLifetime(.seconds(Int64.max / 4), jitter: 0.01).acquireTimeout(.seconds(Int64.max)),
+            clock: clock)
+        let held = LeaseHolder(try await pool.acquire())
+        let waiter = Task { try await pool.acquire().connection.id }
+        #expect(await eventually { pool.metrics().waiting == 1 })
+        clock.advance(by: .seconds(3_600))
+        #expect(pool.metrics().waiting == 1)  // not timed out by a wrapped deadline
+        held.drop()
+        #expect(try await waiter.value == 0)  // handed over, not closed for an expired lifetime
+        #expect(pool.metrics().closed == 0)
+        await pool.shutdown()
+    }
 }

@@ -84,3 +84,11 @@ extension Duration {
         return sum
     }
 }
+
+/// `instant + delta` in monotonic nanoseconds, saturating at `Int64.max` (a timeout or lifetime of
+/// centuries means "never", not a wrapped, negative deadline in the past).
+@usableFromInline
+func later(_ instant: Int64, by delta: Int64) -> Int64 {
+    let (sum, overflow) = instant.addingReportingOverflow(delta)
+    return overflow ? (delta > 0 ? .max : .min) : sum
+}

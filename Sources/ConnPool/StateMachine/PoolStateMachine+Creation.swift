@@ -15,7 +15,7 @@ extension PoolStateMachine {
     mutating func creationDecision(now: Int64) -> CreationDecision {
         guard creationWanted, slots.connectingCount < maxConcurrentConnects else { return .none }
         if now < retryNotBefore { return .retryAt(retryNotBefore) }
-        guard let token = slots.reserveEmpty(deadline: now &+ connectTimeout) else { return .none }
+        guard let token = slots.reserveEmpty(deadline: later(now, by: connectTimeout)) else { return .none }
         return .create(token)
     }
 
@@ -36,7 +36,7 @@ extension PoolStateMachine {
               slots.connectingCount < maxConcurrentConnects,
               slots.occupiedCount < maxSize
         else { return nil }
-        return slots.reserveEmpty(deadline: now &+ connectTimeout)
+        return slots.reserveEmpty(deadline: later(now, by: connectTimeout))
     }
 
     /// A connection was opened in `index`: resets the backoff, closes the breaker, stamps its
@@ -56,7 +56,7 @@ extension PoolStateMachine {
         slots.lastChecked[slot] = now
         slots.expiresAt[slot] = expiry(createdAt: now)
         if lifecycle != .running {
-            return .close(slots.markClosing(index, reason: .shutdown, deadline: now &+ closeTimeout), .shutdown)
+            return .close(slots.markClosing(index, reason: .shutdown, deadline: later(now, by: closeTimeout)), .shutdown)
         }
         slots.connectingCount -= 1
         return makeAvailable(index, now: now)
@@ -67,7 +67,9 @@ extension PoolStateMachine {
     mutating func expiry(createdAt: Int64) -> Int64 {
         guard let maxLifetime else { return .max }
         let shortened = Double(maxLifetime) * (1 - maxLifetimeJitter * random.nextUnit())
-        return createdAt &+ Int64(shortened)
+        // A lifetime of centuries must not overflow (found by the PoolConfiguration fuzzer).
+        let lifetime = shortened >= Double(Int64.max) ? Int64.max : Int64(shortened)
+        return later(createdAt, by: lifetime)
     }
 
     /// Frees the slot of a failed attempt, sets the retry backoff and opens the breaker after
@@ -79,7 +81,7 @@ extension PoolStateMachine {
         counters.creationFailures += 1
         lastConnectError = error
         slots.markEmpty(index)
-        retryNotBefore = now &+ backoff.nextDelay()
+        retryNotBefore = later(now, by: backoff.nextDelay())
         if let breakerThreshold, backoff.consecutiveFailures >= breakerThreshold {
             breakerOpen = true
         }

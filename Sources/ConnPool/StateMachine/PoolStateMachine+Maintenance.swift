@@ -2,7 +2,7 @@
 extension PoolStateMachine {
     /// Arms the first maintenance round; returns the timer deadline to arm, if any.
     mutating func startMaintenance(now: Int64) -> Int64? {
-        nextMaintenanceAt = now &+ maintenanceInterval
+        nextMaintenanceAt = later(now, by: maintenanceInterval)
         return requestTimer(at: nextMaintenanceAt)
     }
 
@@ -15,7 +15,7 @@ extension PoolStateMachine {
     /// for `healthCheckInterval`). Slots to close become `closing` and slots to check `validating`,
     /// so neither can be lent meanwhile. Schedules the next round.
     mutating func planMaintenance(now: Int64) -> [MaintenanceAction] {
-        nextMaintenanceAt = now &+ maintenanceInterval
+        nextMaintenanceAt = later(now, by: maintenanceInterval)
         guard lifecycle == .running, !slots.idle.isEmpty else { return [] }
         var actions: [MaintenanceAction] = []
         var live = slots.liveCount
@@ -24,14 +24,14 @@ extension PoolStateMachine {
         for index in idle {
             let slot = Int(index)
             if now >= slots.expiresAt[slot] {
-                actions.append(.close(slots.markClosing(index, reason: .lifetime, deadline: now &+ closeTimeout), .lifetime))
+                actions.append(.close(slots.markClosing(index, reason: .lifetime, deadline: later(now, by: closeTimeout)), .lifetime))
                 live -= 1
             } else if let idleTimeout, now &- slots.lastUsed[slot] >= idleTimeout, live > minSize {
-                actions.append(.close(slots.markClosing(index, reason: .idle, deadline: now &+ closeTimeout), .idle))
+                actions.append(.close(slots.markClosing(index, reason: .idle, deadline: later(now, by: closeTimeout)), .idle))
                 live -= 1
             } else if let healthCheckInterval,
                       now &- max(slots.lastUsed[slot], slots.lastChecked[slot]) >= healthCheckInterval {
-                actions.append(.validate(slots.beginValidating(index, deadline: now &+ healthCheckTimeout)))
+                actions.append(.validate(slots.beginValidating(index, deadline: later(now, by: healthCheckTimeout))))
             }
         }
         return actions
@@ -46,7 +46,7 @@ extension PoolStateMachine {
         if !valid || lifecycle != .running {
             let reason: CloseReason = valid ? .shutdown : .health
             if !valid { counters.healthCheckFailures += 1 }
-            return .close(slots.markClosing(index, reason: reason, deadline: now &+ closeTimeout), reason)
+            return .close(slots.markClosing(index, reason: reason, deadline: later(now, by: closeTimeout)), reason)
         }
         slots.validatingCount -= 1
         slots.lastChecked[Int(index)] = now
@@ -67,7 +67,7 @@ extension PoolStateMachine {
             case .connecting:
                 counters.creationFailures += 1
                 lastConnectError = ConnectionPoolError.connectTimedOut(after: .nanoseconds(connectTimeout))
-                retryNotBefore = now &+ backoff.nextDelay()
+                retryNotBefore = later(now, by: backoff.nextDelay())
                 if let breakerThreshold, backoff.consecutiveFailures >= breakerThreshold { breakerOpen = true }
                 slots.markEmpty(index)
                 abandoned.append(AbandonedOperation(index: index, kind: .connecting))

@@ -19,7 +19,7 @@ extension PoolStateMachine {
         while slots.occupiedCount > maxSize, !slots.idle.isEmpty {
             // The least recently used goes first.
             let index = slots.idle.element(at: 0)
-            action.close.append(slots.markClosing(index, reason: .resize, deadline: now &+ closeTimeout))
+            action.close.append(slots.markClosing(index, reason: .resize, deadline: later(now, by: closeTimeout)))
         }
         while case .create(let token) = creationDecision(now: now) { action.create.append(token) }
         return action
@@ -54,14 +54,14 @@ extension PoolStateMachine {
             nextMetricsAt = .max
             return nil
         }
-        nextMetricsAt = now &+ interval
+        nextMetricsAt = later(now, by: interval)
         return requestTimer(at: nextMetricsAt)
     }
 
     /// Whether the metrics handler is due; if so, schedules the next report.
     mutating func takeMetricsReportDue(now: Int64) -> Bool {
         guard let metricsInterval, now >= nextMetricsAt else { return false }
-        nextMetricsAt = now &+ metricsInterval
+        nextMetricsAt = later(now, by: metricsInterval)
         return true
     }
 }

@@ -7,7 +7,7 @@ extension PoolStateMachine {
         lifecycle = .shuttingDown
         nextMaintenanceAt = .max
         guard let gracePeriod else { return nil }
-        shutdownDeadline = min(shutdownDeadline, now &+ gracePeriod)
+        shutdownDeadline = min(shutdownDeadline, later(now, by: gracePeriod))
         return requestTimer(at: shutdownDeadline)
     }
 
@@ -21,7 +21,7 @@ extension PoolStateMachine {
         guard !slots.idle.isEmpty else { return nil }
         let index = slots.idle.element(at: slots.idle.count - 1)
         // markClosing also removes it from the idle ring.
-        return slots.markClosing(index, reason: .shutdown, deadline: now &+ closeTimeout)
+        return slots.markClosing(index, reason: .shutdown, deadline: later(now, by: closeTimeout))
     }
 
     /// Whether the grace period is over.
@@ -35,7 +35,7 @@ extension PoolStateMachine {
         shutdownDeadline = .max
         var forced: [LeaseToken] = []
         for slot in 0..<slots.capacity where slots.states[slot] == .leased {
-            forced.append(slots.markClosing(Int32(slot), reason: .shutdown, deadline: now &+ closeTimeout))
+            forced.append(slots.markClosing(Int32(slot), reason: .shutdown, deadline: later(now, by: closeTimeout)))
         }
         return forced
     }

@@ -212,7 +212,7 @@ struct PoolStateMachine {
             reason = nil
         }
         if let reason {
-            return .close(slots.markClosing(index, reason: reason, deadline: now &+ closeTimeout), reason)
+            return .close(slots.markClosing(index, reason: reason, deadline: later(now, by: closeTimeout)), reason)
         }
         slots.lastUsed[Int(index)] = now
         if let waiter = waiters.popFirst() {
@@ -231,7 +231,7 @@ struct PoolStateMachine {
         if slots.occupiedCount > maxSize {
             slots.states[Int(index)] = .leased  // counted here, so markClosing can uncount it
             slots.leasedCount += 1
-            return .close(slots.markClosing(index, reason: .resize, deadline: now &+ closeTimeout), .resize)
+            return .close(slots.markClosing(index, reason: .resize, deadline: later(now, by: closeTimeout)), .resize)
         }
         if let waiter = waiters.popFirst() {
             counters.waitedAcquires += 1
