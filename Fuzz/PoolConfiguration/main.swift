@@ -5,7 +5,8 @@
 // - a rejected configuration names a real field, and its description is not empty;
 // - a valid configuration constructs a pool (with sizes up to `maxConstructedSize`: the pool
 //   allocates its slot array for `maxSize` up front), whose metrics show the configured `maxSize` and
-//   which shuts down cleanly; `ConnectionPool.init` itself must accept it (it validates again).
+//   which shuts down cleanly; `ConnectionPool.init` itself must accept it (it validates again); the
+//   pool and its clock are deallocated soon after the shutdown (nothing keeps them).
 @testable import ConnPool
 
 #if canImport(Glibc)
@@ -99,7 +100,7 @@ let fieldNames: Set<String> = [
     "minSize", "maxSize", "acquireTimeout", "idleTimeout", "connectRetryInitialBackoff", "connectRetryMultiplier",
     "connectRetryMaxBackoff", "connectRetryJitter", "maintenanceInterval", "healthCheckInterval", "healthCheckTimeout",
     "maxLifetime", "maxLifetimeJitter", "validationBypassWindow", "maxConcurrentConnects", "circuitBreakerThreshold",
-    "shutdownGracePeriod", "name", "leakDetectionThreshold", "maxWaiters",
+    "shutdownGracePeriod", "name", "leakDetectionThreshold", "maxWaiters", "connectTimeout", "closeTimeout",
 ]
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -130,6 +131,8 @@ public func fuzzPoolConfiguration(_ data: UnsafePointer<UInt8>, _ size: Int) -> 
     configuration.name = reader.bool() ? "default" : reader.name()
     configuration.leakDetectionThreshold = reader.optionalDuration()
     configuration.recordsLeaseHoldTime = reader.bool()
+    configuration.connectTimeout = reader.duration()
+    configuration.closeTimeout = reader.duration()
 
     if verbose { fputs("configuration: \(configuration)\n", stderr) }
     do {
@@ -140,6 +143,29 @@ public func fuzzPoolConfiguration(_ data: UnsafePointer<UInt8>, _ size: Int) -> 
         return 0
     }
     guard configuration.maxSize <= maxConstructedSize else { return 0 }
+    let released = exercise(configuration)
+    // The pool's last references may be held by its own tasks (a connection attempt or a close that
+    // finished just now): wait until it is gone, so that libFuzzer's leak check (which runs right after
+    // this function returns) does not see its memory in flight, and so that a pool that outlives its
+    // shutdown for good is caught.
+    let deadline = ContinuousClock.now + .seconds(10)
+    while released.pool != nil || released.clock != nil {
+        if ContinuousClock.now > deadline {
+            fatalError("a pool (or its clock) is still alive 10 s after shutdown returned: something keeps it")
+        }
+        usleep(200)
+    }
+    return 0
+}
+
+/// Weak references to a pool and its clock, to see them go.
+final class Released {
+    weak var pool: ConnectionPool<FuzzFactory>?
+    weak var clock: ManualClock?
+}
+
+/// Constructs a pool for a valid configuration, checks it, shuts it down; returns weak references.
+func exercise(_ configuration: PoolConfiguration) -> Released {
     let clock = ManualClock()
     let pool: ConnectionPool<FuzzFactory>
     do {
@@ -156,5 +182,8 @@ public func fuzzPoolConfiguration(_ data: UnsafePointer<UInt8>, _ size: Int) -> 
     if report.forceClosed != 0 || report.stillInFlight != 0 {
         fatalError("an idle pool's shutdown left work behind: \(report)")
     }
-    return 0
+    let released = Released()
+    released.pool = pool
+    released.clock = clock
+    return released
 }
