@@ -27,7 +27,8 @@ TSAN_OPTIONS="halt_on_error=1" swift test --no-parallel --sanitize=thread --scra
 grep -E '^(✔|✘) (Suite|Test run)|Executed [0-9]+ tests' /tmp/connpool-tsan.log | tail -40
 
 echo "== swift test --sanitize=address (backends)"
-swift test --no-parallel --sanitize=address --scratch-path .build-asan \
+LSAN_OPTIONS="suppressions=$PWD/Scripts/lsan.supp:print_suppressions=0" \
+    swift test --no-parallel --sanitize=address --scratch-path .build-asan \
     --filter 'ConnPoolRedisTests|ConnPoolTCPTests|ConnPoolIOTests' > /tmp/connpool-asan.log 2>&1 \
     || { quiet < /tmp/connpool-asan.log | tail -200; echo "swift test --sanitize=address failed"; exit 1; }
 grep -E '^(✔|✘) (Suite|Test run)|Executed [0-9]+ tests' /tmp/connpool-asan.log | tail -20
