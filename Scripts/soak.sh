@@ -2,7 +2,8 @@
 # Soak test (not CI): an hour-long (configurable) mixed load with periodic faults through the chaos
 # engine (`redis-bench chaos`: GET/SET/INCR through the pool while the throwaway redis-server is
 # SIGKILLed and restarted, SIGSTOPped, has its clients killed and sleeps in DEBUG SLEEP), sampling the
-# load process's resident memory (VmRSS) and open file descriptors to a CSV every few seconds. At the
+# load process's resident memory (VmRSS, with its anonymous and file-backed parts) and open file
+# descriptors to a CSV every few seconds. At the
 # end it says whether both stayed flat: after a warm-up, the mean of the last quarter of the samples is
 # within a tolerance of the mean of the first quarter.
 #
@@ -81,15 +82,17 @@ echo "== soak: $minutes min of load, a fault every $fault_interval s, a sample e
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' INT TERM
 
-echo "elapsed_s,rss_kb,fds,threads" >"$csv"
+echo "elapsed_s,rss_kb,fds,threads,rss_anon_kb,rss_file_kb" >"$csv"
 start=$(date +%s)
 while kill -0 "$pid" 2>/dev/null; do
     status_file=/proc/$pid/status
     rss=$(awk '/^VmRSS:/ {print $2}' "$status_file" 2>/dev/null || true)
     threads=$(awk '/^Threads:/ {print $2}' "$status_file" 2>/dev/null || true)
+    anon=$(awk '/^RssAnon:/ {print $2}' "$status_file" 2>/dev/null || true)
+    file=$(awk '/^RssFile:/ {print $2}' "$status_file" 2>/dev/null || true)
     fds=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l)
     if [[ -n "$rss" && "$fds" -gt 0 ]]; then
-        echo "$(($(date +%s) - start)),$rss,$fds,${threads:-0}" >>"$csv"
+        echo "$(($(date +%s) - start)),$rss,$fds,${threads:-0},${anon:-0},${file:-0}" >>"$csv"
     fi
     sleep "$interval"
 done
@@ -111,7 +114,7 @@ awk -F, -v warmup="$warmup" -v rss_tol="$rss_tolerance" -v fd_tol="$fd_tolerance
         if ($2 > rss_max) rss_max = $2
         if ($3 > fd_max) fd_max = $3
         if (fd_min == "" || $3 < fd_min) fd_min = $3
-        if ($1 >= warmup) { n++; t[n] = $1; rss[n] = $2; fd[n] = $3 }
+        if ($1 >= warmup) { n++; t[n] = $1; rss[n] = $2; fd[n] = $3; anon[n] = $5 }
     }
     END {
         printf "samples: %d (%d after the %d s warm-up)\n", n_all, n, warmup
@@ -119,13 +122,18 @@ awk -F, -v warmup="$warmup" -v rss_tol="$rss_tolerance" -v fd_tol="$fd_tolerance
         printf "fds: start %d, end %d, min %d, max %d\n", fd_start, fd_end, fd_min, fd_max
         if (n < 8) { print "too few samples after the warm-up to judge: run longer"; exit 1 }
         q = int(n / 4)
-        for (i = 1; i <= q; i++) { r1 += rss[i]; f1 += fd[i] }
-        for (i = n - q + 1; i <= n; i++) { r4 += rss[i]; f4 += fd[i] }
-        r1 /= q; r4 /= q; f1 /= q; f4 /= q
+        for (i = 1; i <= q; i++) { r1 += rss[i]; f1 += fd[i]; a1 += anon[i] }
+        for (i = n - q + 1; i <= n; i++) { r4 += rss[i]; f4 += fd[i]; a4 += anon[i] }
+        r1 /= q; r4 /= q; f1 /= q; f4 /= q; a1 /= q; a4 /= q
+        # Least-squares slope of RSS after the warm-up, in KiB per minute.
+        for (i = 1; i <= n; i++) { sx += t[i]; sy += rss[i]; sxx += t[i] * t[i]; sxy += t[i] * rss[i] }
+        slope = (n * sxx - sx * sx) > 0 ? (n * sxy - sx * sy) / (n * sxx - sx * sx) * 60 : 0
         rss_drift = (r4 - r1) / r1 * 100
         fd_drift = f4 - f1
         printf "RSS mean: first quarter %.1f MiB, last quarter %.1f MiB (%+.2f %%, tolerance %s %%)\n", r1 / 1024, r4 / 1024, rss_drift, rss_tol
         printf "fd mean: first quarter %.2f, last quarter %.2f (%+.2f, tolerance %s)\n", f1, f4, fd_drift, fd_tol
+        if (a1 > 0) printf "anonymous RSS (RssAnon, where a leak shows) mean: first quarter %.0f KiB, last quarter %.0f KiB (%+.0f KiB); file-backed RSS is library pages\n", a1, a4, a4 - a1
+        printf "RSS trend after the warm-up: %+.1f KiB/min\n", slope
         ok = 1
         if (rss_drift > rss_tol) { print "RSS: GROWING"; ok = 0 } else { print "RSS: flat" }
         if (fd_drift > fd_tol) { print "fds: GROWING"; ok = 0 } else { print "fds: flat" }
