@@ -127,7 +127,7 @@ extension ConnectionPool {
                 if !needsCheck {
                     return ConnectionLease(pool: self, token: token, connection: connection)
                 }
-                if await connection.isValid(timeout: configuration.healthCheckTimeout) {
+                if await connection.isValid(timeout: checkTimeout(until: deadline)) {
                     recordCheck(token)
                     return ConnectionLease(pool: self, token: token, connection: connection)
                 }

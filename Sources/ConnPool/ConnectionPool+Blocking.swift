@@ -85,7 +85,7 @@ extension ConnectionPool {
                 if !needsCheck {
                     return ConnectionLease(pool: self, token: token, connection: connection)
                 }
-                if connection.isValidBlocking(timeout: configuration.healthCheckTimeout) {
+                if connection.isValidBlocking(timeout: checkTimeout(until: deadline)) {
                     recordCheck(token)
                     return ConnectionLease(pool: self, token: token, connection: connection)
                 }

@@ -515,6 +515,14 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         }
     }
 
+    /// The timeout for a check on acquire: ``PoolConfiguration/healthCheckTimeout``, but never past the
+    /// acquire's own deadline, so a check against a frozen server cannot make the acquire overrun.
+    @usableFromInline
+    func checkTimeout(until deadline: Int64) -> Duration {
+        let remaining = deadline &- clock.now()
+        return min(configuration.healthCheckTimeout, .nanoseconds(max(remaining, 1)))
+    }
+
     /// Records a passed check of a leased connection (validate on acquire).
     @usableFromInline
     func recordCheck(_ token: LeaseToken) {
