@@ -32,7 +32,7 @@ public typealias ChaosPool = ConnectionPool<RedisConnectionFactory>
 ///
 /// The faults are `SIGKILL` + restart, `SIGSTOP` + `SIGCONT`, `CLIENT KILL TYPE normal` and
 /// `DEBUG SLEEP` (the server is started with `--enable-debug-command local`). Blocking steps (signals,
-/// the restart's wait for PING) run on dispatch threads, never on the cooperative pool.
+/// the restart's wait for PING) run on one thread of the engine's own, never on the cooperative pool.
 public final class ChaosEngine: Sendable {
     /// What the run does.
     public let options: ChaosOptions
@@ -142,10 +142,14 @@ public final class ChaosEngine: Sendable {
                 }
             }
         }
-        let faults = Task { await self.injectFaults(server: server, admin: admin, recorder: recorder, runStart: runStart) }
+        let worker = BlockingWorker()
+        let faults = Task {
+            await self.injectFaults(server: server, admin: admin, worker: worker, recorder: recorder, runStart: runStart)
+        }
 
         try? await Task.sleep(until: runStart + options.duration, clock: .continuous)
         var records = await faults.value
+        worker.stop()
         // Every fault needs a success after it: keep the load on a little longer if one has none yet.
         let graceEnd = ContinuousClock.now + options.recoveryGrace
         while recorder.hasPendingRecoveries, ContinuousClock.now < graceEnd {
@@ -258,7 +262,8 @@ public final class ChaosEngine: Sendable {
     // MARK: Faults
 
     private func injectFaults(
-        server: RedisServerProcess, admin: AdminLink, recorder: LoadRecorder, runStart: ContinuousClock.Instant
+        server: RedisServerProcess, admin: AdminLink, worker: BlockingWorker, recorder: LoadRecorder,
+        runStart: ContinuousClock.Instant
     ) async -> [FaultRecord] {
         var records: [FaultRecord] = []
         guard !options.faults.isEmpty else { return records }
@@ -271,7 +276,7 @@ public final class ChaosEngine: Sendable {
             var detail = ""
             var failure: String?
             do {
-                detail = try await inject(kind, server: server, admin: admin)
+                detail = try await inject(kind, server: server, admin: admin, worker: worker)
             } catch {
                 failure = "\(error)"
             }
@@ -290,19 +295,21 @@ public final class ChaosEngine: Sendable {
     }
 
     /// Injects one fault and returns once it is over (the server is up and running again).
-    private func inject(_ kind: FaultKind, server: RedisServerProcess, admin: AdminLink) async throws -> String {
+    private func inject(
+        _ kind: FaultKind, server: RedisServerProcess, admin: AdminLink, worker: BlockingWorker
+    ) async throws -> String {
         switch kind {
         case .kill:
             let before = server.pid
-            try await BlockingOffload.run {
+            try await worker.run {
                 try server.kill(signal: SIGKILL)
                 try server.restart(timeout: .seconds(10))
             }
             return "pid \(before) -> \(server.pid)"
         case .stop:
-            try await BlockingOffload.run { try server.kill(signal: SIGSTOP) }
+            try await worker.run { try server.kill(signal: SIGSTOP) }
             try? await Task.sleep(for: options.stopPause)
-            try await BlockingOffload.run { try server.kill(signal: SIGCONT) }
+            try await worker.run { try server.kill(signal: SIGCONT) }
             return "stopped \(ChaosReport.fixed(options.stopPause.milliseconds, 0)) ms"
         case .clientKill:
             let killed = try await admin.command(["CLIENT", "KILL", "TYPE", "normal"]).int

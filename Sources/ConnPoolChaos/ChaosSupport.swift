@@ -112,3 +112,80 @@ public enum ChaosError: Error, Sendable, CustomStringConvertible {
         }
     }
 }
+
+/// One long-lived thread that runs the fault injector's blocking steps (signals, the restart's wait
+/// for PING) one after another, so that no cooperative thread blocks and the harness does not make the
+/// dispatch pool start and retire threads at every fault (which would show in a soak's memory figures).
+///
+/// `@unchecked Sendable` is safe because `jobs` and `stopped` are only read or written with `mutex`
+/// held, `condition` is only waited on with it, and both pthread objects live at fixed addresses from
+/// `init` until `deinit`, which runs only after the thread has exited (the thread holds a strong
+/// reference until its loop ends).
+final class BlockingWorker: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private var jobs: [@Sendable () -> Void] = []
+    private var stopped = false
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        condition = .allocate(capacity: 1)
+        condition.initialize(to: pthread_cond_t())
+        pthread_cond_init(condition, nil)
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { context in
+            let worker = Unmanaged<BlockingWorker>.fromOpaque(context!).takeRetainedValue()
+            worker.loop()
+            return nil
+        }, context)
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+        pthread_detach(thread)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        condition.deinitialize(count: 1)
+        condition.deallocate()
+        pthread_mutex_destroy(mutex)
+        mutex.deinitialize(count: 1)
+        mutex.deallocate()
+    }
+
+    /// Runs `body` on the worker thread and returns its result; the caller suspends meanwhile.
+    func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            enqueue { continuation.resume(with: Result { try body() }) }
+        }
+    }
+
+    /// Lets the thread finish the queued jobs and exit.
+    func stop() {
+        pthread_mutex_lock(mutex)
+        stopped = true
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
+    }
+
+    private func enqueue(_ job: @escaping @Sendable () -> Void) {
+        pthread_mutex_lock(mutex)
+        jobs.append(job)
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
+    }
+
+    private func loop() {
+        pthread_mutex_lock(mutex)
+        while true {
+            while jobs.isEmpty && !stopped { pthread_cond_wait(condition, mutex) }
+            if jobs.isEmpty { break }
+            let job = jobs.removeFirst()
+            pthread_mutex_unlock(mutex)
+            job()
+            pthread_mutex_lock(mutex)
+        }
+        pthread_mutex_unlock(mutex)
+    }
+}
