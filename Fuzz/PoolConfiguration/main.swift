@@ -13,9 +13,10 @@
 import Glibc
 #endif
 
-/// Valid configurations with a larger `maxSize` are validated but not constructed: a pool allocates
-/// its slots at init (about 110 bytes per slot, so `validate()` accepting up to `Int32.max` means a
-/// configuration it accepts can still be impossible to construct).
+/// Valid configurations with a larger `maxSize` are validated but not constructed, to keep each run
+/// fast. Found by this target, and fixed: `validate()` accepted `maxSize` up to `Int32.max`, but a pool
+/// allocates ~110 bytes a slot at init, so an accepted value could crash init; it is now capped at
+/// `PoolConfiguration.maxSizeLimit`, and any configuration that validates is checked against that cap.
 let maxConstructedSize = 4096
 
 /// Found by this target, and fixed: `PoolStateMachine.expiry(createdAt:)` trapped (or wrapped to a
@@ -55,7 +56,7 @@ struct ByteReader {
     mutating func int() -> Int {
         switch byte() % 8 {
         case 0, 1, 2: return Int(byte() % 24) - 4
-        case 3: return [Int.min, Int.max, Int(Int32.max), Int(Int32.max) + 1, -1, 0][Int(byte() % 6)]
+        case 3: return [Int.min, Int.max, Int(Int32.max), PoolConfiguration.maxSizeLimit, PoolConfiguration.maxSizeLimit + 1, -1, 0][Int(byte() % 7)]
         case 4: return Int(byte()) * 64
         default: return Int(truncatingIfNeeded: uint64())
         }
@@ -141,6 +142,9 @@ public func fuzzPoolConfiguration(_ data: UnsafePointer<UInt8>, _ size: Int) -> 
         guard fieldNames.contains(error.field) else { fatalError("validate() names an unknown field: \(error.field)") }
         if error.description.isEmpty || error.rule.isEmpty { fatalError("empty PoolConfigurationError text") }
         return 0
+    }
+    if configuration.maxSize > PoolConfiguration.maxSizeLimit {
+        fatalError("validate() accepted maxSize \(configuration.maxSize) above maxSizeLimit")
     }
     guard configuration.maxSize <= maxConstructedSize else { return 0 }
     let released = exercise(configuration)

@@ -772,12 +772,13 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     /// acquires and other resizes. Growing above the largest size so far reallocates the slot array
     /// (the only allocation a resize makes).
     ///
-    /// - Throws: ``PoolConfigurationError`` if `maxSize` is below 1 or below `minSize`.
+    /// - Throws: ``PoolConfigurationError`` if `maxSize` is below 1, below `minSize` or above
+    ///   ``PoolConfiguration/maxSizeLimit``.
     public func resize(maxSize: Int) throws(PoolConfigurationError) {
-        if maxSize < max(1, configuration.minSize) || maxSize > Int(Int32.max) {
+        if maxSize < max(1, configuration.minSize) || maxSize > PoolConfiguration.maxSizeLimit {
             throw PoolConfigurationError(
                 field: "maxSize", value: "\(maxSize)",
-                rule: "must be at least 1 and at least minSize (\(configuration.minSize))")
+                rule: "must be at least 1, at least minSize (\(configuration.minSize)) and at most \(PoolConfiguration.maxSizeLimit)")
         }
         let now = clock.now()
         core.mutex.lock()

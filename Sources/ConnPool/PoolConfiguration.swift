@@ -24,8 +24,16 @@ public struct PoolConfiguration: Sendable, Hashable {
     public var minSize: Int = 0
 
     /// The most connections the pool holds at once, counting those being opened and closed. Default
-    /// 10. Must be at least 1. The pool's slot array is allocated for this many connections.
+    /// 10. Must be `1...PoolConfiguration.maxSizeLimit`. The pool's slot array is allocated for this
+    /// many connections.
     public var maxSize: Int = 10
+
+    /// The largest `maxSize` that ``validate()`` accepts: 1,000,000.
+    ///
+    /// The pool allocates its slot storage (about 110 bytes a slot) for `maxSize` at creation, so a
+    /// bound is what keeps an accepted configuration constructible: a value near `Int32.max` would
+    /// ask for hundreds of gigabytes and crash instead of throwing.
+    public static let maxSizeLimit = 1_000_000
 
     /// How long ``ConnectionPool/acquire(timeout:file:line:)`` waits for a connection before it throws
     /// ``ConnectionPoolError/acquireTimeout(after:lastConnectError:)``. Default 10 s. Must be positive.
@@ -220,8 +228,9 @@ public struct PoolConfiguration: Sendable, Hashable {
         if maxSize < 1 {
             throw PoolConfigurationError(field: "maxSize", value: "\(maxSize)", rule: "must be at least 1")
         }
-        if maxSize > Int(Int32.max) {
-            throw PoolConfigurationError(field: "maxSize", value: "\(maxSize)", rule: "must be at most \(Int32.max)")
+        if maxSize > Self.maxSizeLimit {
+            throw PoolConfigurationError(
+                field: "maxSize", value: "\(maxSize)", rule: "must be at most \(Self.maxSizeLimit) (PoolConfiguration.maxSizeLimit)")
         }
         if minSize < 0 {
             throw PoolConfigurationError(field: "minSize", value: "\(minSize)", rule: "must not be negative")

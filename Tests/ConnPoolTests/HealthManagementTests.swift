@@ -144,6 +144,8 @@ struct HealthManagementTests {
             Self.quiet.maxSize(8).minSize(5).warmUpOnInit(false).maxConcurrentConnects(2), factory: factory, clock: clock)
         #expect(factory.attempts == 0)
         let warm = Task { try await pool.warm() }
+        // Both permitted attempts start together; waiting for just one of them would race the second.
+        #expect(await eventually { factory.suspendedCount == 2 })
         var maxInFlight = 0
         while factory.connections.count < 5 {
             #expect(await eventually { factory.suspendedCount > 0 })

@@ -165,6 +165,8 @@ struct ObservabilityTests {
         #expect(pool.metrics().idle == 1)
         #expect(pool.metrics().closedByReason[.resize] == 3)
         #expect(throws: PoolConfigurationError.self) { try pool.resize(maxSize: 0) }
+        #expect(throws: PoolConfigurationError.self) { try pool.resize(maxSize: PoolConfiguration.maxSizeLimit + 1) }
+        #expect(pool.status().configuration.maxSize == 1)  // a refused resize changes nothing
         #expect(pool.invariantViolation() == nil)
         await pool.shutdown()
     }

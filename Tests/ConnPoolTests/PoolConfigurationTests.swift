@@ -34,6 +34,8 @@ struct PoolConfigurationTests {
     static let invalid: [(PoolConfiguration, String, String)] = [
         (PoolConfiguration().maxSize(0), "maxSize", "at least 1"),
         (PoolConfiguration().maxSize(-3), "maxSize", "at least 1"),
+        (PoolConfiguration().maxSize(PoolConfiguration.maxSizeLimit + 1), "maxSize", "at most 1000000"),
+        (PoolConfiguration().maxSize(Int(Int32.max)), "maxSize", "maxSizeLimit"),
         (PoolConfiguration().minSize(-1), "minSize", "negative"),
         (PoolConfiguration().maxSize(2).minSize(3), "minSize", "maxSize"),
         (PoolConfiguration().acquireTimeout(.zero), "acquireTimeout", "positive"),
