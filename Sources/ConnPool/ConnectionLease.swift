@@ -18,13 +18,15 @@ public struct ConnectionLease<Factory: ConnectionFactory>: ~Copyable, Sendable {
     /// The leased connection. Use it only while you hold the lease.
     public let connection: Factory.PooledConnectionType
 
-    @usableFromInline let pool: ConnectionPool<Factory>
+    /// The pool's runtime, unretained: no reference count shared by every thread is touched per lease.
+    /// Safe because the runtime keeps itself alive until every lease has come back (see `PoolRuntime`).
+    @usableFromInline let pool: Unmanaged<PoolRuntime<Factory>>
     @usableFromInline let token: LeaseToken
     @usableFromInline var returnsBroken = false
 
     @inlinable
-    init(pool: ConnectionPool<Factory>, token: LeaseToken, connection: Factory.PooledConnectionType) {
-        self.pool = pool
+    init(pool: PoolRuntime<Factory>, token: LeaseToken, connection: Factory.PooledConnectionType) {
+        self.pool = Unmanaged.passUnretained(pool)
         self.token = token
         self.connection = connection
     }
@@ -41,6 +43,7 @@ public struct ConnectionLease<Factory: ConnectionFactory>: ~Copyable, Sendable {
 
     @inlinable
     deinit {
-        pool.release(token, connection: connection, broken: returnsBroken)
+        let broken = returnsBroken
+        pool._withUnsafeGuaranteedRef { $0.release(token, connection: connection, broken: broken) }
     }
 }

@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-public import Glibc
-#elseif canImport(Darwin)
-public import Darwin
-#endif
 public import Logging
 public import Tracing
 
@@ -16,6 +11,9 @@ public import Tracing
 ///   (create, check, close) and task resumption happen outside it.
 /// - **Zero allocation** to acquire and release an idle connection, in both interfaces: the lease is a
 ///   `~Copyable` struct, waiters carry a packed token, and a blocked thread waits on stack memory.
+/// - **No shared reference count on the hot path.** This class is a thin handle; the work is done by an
+///   internal runtime that leases reference unretained and that keeps itself alive until every lease
+///   has come back, so a lease costs no atomic increment of a count all threads share.
 /// - **Waiters** are served first come, first served, with direct hand-off: a released connection goes
 ///   to the oldest waiter, never back to the idle set while someone waits.
 /// - **Limits.** The number of connections (idle + leased + connecting + validating + closing) never
@@ -27,52 +25,23 @@ public import Tracing
 ///   retries failed connection attempts after their backoff, and runs maintenance (lifetime, idle
 ///   timeout, health checks, `minSize`), so sync-only users get all of it without writing async code.
 ///
-/// `@unchecked Sendable` is safe because every mutable piece of state is either behind `PoolCore`'s
-/// mutex (the state machine; `connections`, whose elements are written and read with the mutex held;
-/// and the private `var`s below, each documented as guarded by it) or immutable after `init`.
-public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendable {
+/// ## Lifetime
+/// Call ``shutdown(gracePeriod:)`` (or run the pool in a `ServiceGroup`) when you are done. A pool
+/// released without it logs a warning and shuts itself down without a grace period: idle connections
+/// close at once, leased ones when their leases end, and the pool's memory and timer thread go away
+/// after the last one.
+public final class ConnectionPool<Factory: ConnectionFactory>: Sendable {
     /// The type of the pooled connections.
     public typealias PooledConnection = Factory.PooledConnectionType
 
-    @usableFromInline let core: PoolCore
-    /// Points at the buffer of one optional connection per slot, indexed like the state machine's
-    /// slots. Both the pointer and the elements are guarded by `core.mutex`; the buffer is replaced
-    /// only by ``resize(maxSize:)``.
-    @usableFromInline let connectionBuffer: UnsafeMutablePointer<UnsafeMutablePointer<PooledConnection?>>
-    @usableFromInline let clock: PoolClock
-    /// False when a feature needs the full acquire path: validate on acquire, tracing or lease
-    /// tracking. Lets the common case skip them with one predictable branch.
-    @usableFromInline let plainAcquire: Bool
-    /// Lends are stamped with time and call site (lease hold time, leak detection).
-    @usableFromInline let tracksLeases: Bool
-    /// Spans for acquires and connection attempts, when given.
-    @usableFromInline let tracer: (any Tracer)?
-
-    /// Lock-free distributions, recorded outside the lock.
-    @usableFromInline let acquireWaitHistogram = LatencyHistogram()
-    @usableFromInline let leaseHoldHistogram = LatencyHistogram()
-    let lifetimeHistogram = LatencyHistogram()
-
-    /// The connection buffer. Read or write it only with `core.mutex` held.
-    @inlinable var connections: UnsafeMutablePointer<PooledConnection?> { connectionBuffer.pointee }
+    @usableFromInline let runtime: PoolRuntime<Factory>
 
     /// The factory that opens this pool's connections.
-    public let factory: Factory
+    public var factory: Factory { runtime.factory }
     /// The configuration the pool was created with.
-    public let configuration: PoolConfiguration
+    public var configuration: PoolConfiguration { runtime.configuration }
     /// Where the pool logs (creation failures, shutdown, a pool dropped without shutdown).
-    public let logger: Logger
-
-    let timer: PoolTimer
-    /// Callers of ``shutdown(gracePeriod:)`` waiting for the end. Guarded by `core.mutex`.
-    private var drainContinuations: [CheckedContinuation<ShutdownReport, Never>] = []
-    /// Callers of ``warm()`` waiting for an attempt under way to finish. Guarded by `core.mutex`.
-    private var creationWatchers: [CheckedContinuation<Void, Never>] = []
-    /// What the shutdown did so far; final once `shutdownFinished`. Guarded by `core.mutex`.
-    private var shutdownReport = ShutdownReport()
-    private var shutdownFinished = false
-    /// The periodic metrics handler. Guarded by `core.mutex`.
-    private var metricsHandler: (@Sendable (PoolMetrics) -> Void)?
+    public var logger: Logger { runtime.logger }
 
     /// Creates a pool and starts its maintenance. With ``PoolConfiguration/warmUpOnInit`` it starts
     /// opening `minSize` connections in the background; otherwise the first maintenance round (or
@@ -94,458 +63,94 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
         logger: Logger = Logger(label: "connpool"),
         tracer: (any Tracer)? = nil
     ) throws(PoolConfigurationError) {
-        try configuration.validate()
-        self.factory = factory
-        self.configuration = configuration
-        self.clock = clock
-        var logger = logger
-        logger[metadataKey: "pool"] = "\(configuration.name)"
-        self.logger = logger
-        self.tracer = tracer
-        tracksLeases = configuration.leakDetectionThreshold != nil || configuration.recordsLeaseHoldTime
-        plainAcquire = !configuration.validateOnAcquire && tracer == nil && !tracksLeases
-        let capacity = configuration.maxSize
-        core = PoolCore(configuration: configuration, capacity: capacity)
-        let buffer = UnsafeMutablePointer<PooledConnection?>.allocate(capacity: capacity)
-        buffer.initialize(repeating: nil, count: capacity)
-        connectionBuffer = .allocate(capacity: 1)
-        connectionBuffer.initialize(to: buffer)
-        let reference = WeakPoolReference<Factory>()
-        timer = clock.makeTimer { now in reference.pool?.timerFired(now: now) }
-        reference.pool = self
-
-        let now = clock.now()
-        core.mutex.lock()
-        let firstTick = core.state.pointee.startMaintenance(now: now)
-        var warmUp: [LeaseToken] = []
-        if configuration.warmUpOnInit {
-            while case .create(let token) = core.state.pointee.creationDecision(now: now) { warmUp.append(token) }
-        }
-        core.mutex.unlock()
-        if let firstTick { timer.schedule(at: firstTick) }
-        for token in warmUp { startCreation(token) }
+        runtime = try PoolRuntime(factory: factory, configuration: configuration, clock: clock, logger: logger, tracer: tracer)
     }
 
     deinit {
-        timer.stop()
-        core.mutex.lock()
-        let wasRunning = core.state.pointee.lifecycle == .running
-        let capacity = core.state.pointee.slots.capacity
-        var open: [PooledConnection] = []
-        for index in 0..<capacity {
-            if let connection = connections[index] { open.append(connection) }
-        }
-        core.mutex.unlock()
-        if wasRunning && !open.isEmpty {
-            logger.warning(
-                "connection pool released without shutdown(); closing its idle connections",
-                metadata: ["connections": "\(open.count)"])
-        }
-        for connection in open {
-            Task.detached { await connection.close() }
-        }
-        connections.deinitialize(count: capacity)
-        connections.deallocate()
-        connectionBuffer.deallocate()
+        runtime.handleReleased()
     }
 
-    // MARK: Release
+    // MARK: Async interface
 
-    /// Returns a leased connection. Called by the lease's `deinit`.
+    /// Borrows a connection, suspending until one is available.
+    ///
+    /// Lends an idle connection at once if there is one (no allocation, no suspension); otherwise
+    /// opens a new one if the pool is below `maxSize`, or waits, first come first served, for a
+    /// connection to be released. Never blocks a cooperative thread.
+    ///
+    /// - Parameters:
+    ///   - timeout: how long to wait; `nil` uses ``PoolConfiguration/acquireTimeout``.
+    ///   - file: recorded for leak detection (``PoolConfiguration/leakDetectionThreshold``).
+    ///   - line: recorded for leak detection.
+    /// - Returns: a lease; the connection returns to the pool when the lease goes out of scope.
+    /// - Throws: ``ConnectionPoolError/acquireTimeout(after:lastConnectError:)`` when no connection came
+    ///   in time; ``ConnectionPoolError/connectFailing(lastConnectError:consecutiveFailures:)`` at once
+    ///   while the backend looks down; ``ConnectionPoolError/shutDown`` after
+    ///   ``shutdown(gracePeriod:)``; ``ConnectionPoolError/tooManyWaiters(limit:)`` beyond
+    ///   `maxWaiters`; `CancellationError` if the task is cancelled while waiting (the waiter is
+    ///   removed at once, nothing leaks).
     @inlinable
-    func release(_ token: LeaseToken, connection: PooledConnection, broken: Bool) {
-        let now = clock.coarseNow()
-        let broken = broken || connection.isBroken
-        core.mutex.lock()
-        if !broken, !tracksLeases, core.state.pointee.releaseToIdle(token, now: now) {
-            core.mutex.unlock()
-            return
-        }
-        releaseSlow(token, broken: broken, now: now, reason: .broken)
+    public nonisolated(nonsending) func acquire(
+        timeout: Duration? = nil, file: StaticString = #fileID, line: UInt = #line
+    ) async throws -> ConnectionLease<Factory> {
+        try await runtime.acquire(timeout: timeout, file: file, line: line)
     }
 
-    /// The release path for hand-offs, broken or expired connections, shutdown and lease tracking.
-    /// Called with the mutex held; returns with it released.
-    @usableFromInline
-    func releaseSlow(_ token: LeaseToken, broken: Bool, now: Int64, reason: CloseReason) {
-        var heldFor: Int64?
-        if tracksLeases {
-            let slot = Int(token.index)
-            let slots = core.state.pointee.slots
-            if slots.states[slot] == .leased, slots.generations[slot] == token.generation {
-                heldFor = now &- slots.leasedAt[slot]
-            }
-        }
-        defer {
-            if let heldFor, configuration.recordsLeaseHoldTime {
-                leaseHoldHistogram.record(nanoseconds: UInt64(max(0, heldFor)))
-            }
-        }
-        if !broken, core.state.pointee.releaseToIdle(token, now: now) {
-            core.mutex.unlock()
-            return
-        }
-        switch core.state.pointee.release(token, broken: broken, now: now, brokenReason: reason) {
-        case .idle, .stale:
-            core.mutex.unlock()
-        case .handOff(let waiter, let newToken):
-            let continuation = deliverLocked(waiter, .success(newToken.rawValue))
-            core.mutex.unlock()
-            continuation?.resume(returning: newToken.rawValue)
-        case .close(let closing, let closeReason):
-            if closeReason == .shutdown { shutdownReport.closedOnReturn += 1 }
-            let connection = takeConnectionLocked(closing.index)
-            core.mutex.unlock()
-            closeInBackground(connection, closing)
-        }
+    /// Runs `body` with a borrowed connection and returns it to the pool afterwards, whether `body`
+    /// returns or throws. Allocation-free for an idle connection.
+    ///
+    /// - Parameters:
+    ///   - timeout: how long to wait for a connection; `nil` uses ``PoolConfiguration/acquireTimeout``.
+    ///   - file: recorded for leak detection (``PoolConfiguration/leakDetectionThreshold``).
+    ///   - line: recorded for leak detection.
+    ///   - body: the work; it must not keep the connection after it returns.
+    /// - Throws: what ``acquire(timeout:file:line:)`` throws, or what `body` throws.
+    @inlinable
+    public nonisolated(nonsending) func withConnection<Result>(
+        timeout: Duration? = nil,
+        file: StaticString = #fileID,
+        line: UInt = #line,
+        _ body: nonisolated(nonsending) (PooledConnection) async throws -> Result
+    ) async throws -> Result {
+        let lease = try await runtime.acquire(timeout: timeout, file: file, line: line)
+        return try await body(lease.connection)
     }
 
-    // MARK: Waiters
+    // MARK: Blocking interface
 
-    /// Wakes `waiter` with `result`. Must be called with the mutex held. A blocked thread is signalled
-    /// here (its wait cell must not be touched after the mutex is released); an async waiter's
-    /// continuation is returned, for the caller to resume once the mutex is released.
-    @usableFromInline
-    func deliverLocked(_ waiter: Waiter, _ result: WaiterResult) -> UnsafeContinuation<UInt64, any Error>? {
-        switch waiter.handle {
-        case .blocking(let cell):
-            cell.pointee.result = result
-            pthread_cond_signal(&cell.pointee.condition)
-            return nil
-        case .async(let continuation):
-            return continuation
-        }
+    /// Borrows a connection, blocking the calling thread until one is available.
+    ///
+    /// For plain threads. It blocks only the caller; never call it from a Swift concurrency task (it
+    /// would block a cooperative thread): use ``acquire(timeout:file:line:)`` there.
+    ///
+    /// - Parameters:
+    ///   - timeout: how long to wait; `nil` uses ``PoolConfiguration/acquireTimeout``.
+    ///   - file: recorded for leak detection.
+    ///   - line: recorded for leak detection.
+    /// - Returns: a lease; the connection returns to the pool when the lease goes out of scope.
+    /// - Throws: ``ConnectionPoolError/acquireTimeout(after:lastConnectError:)``,
+    ///   ``ConnectionPoolError/connectFailing(lastConnectError:consecutiveFailures:)``,
+    ///   ``ConnectionPoolError/shutDown`` or ``ConnectionPoolError/tooManyWaiters(limit:)``.
+    @inlinable
+    public func acquireBlocking(
+        timeout: Duration? = nil, file: StaticString = #fileID, line: UInt = #line
+    ) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
+        try runtime.acquireBlocking(timeout: timeout, file: file, line: line)
     }
 
-    @usableFromInline
-    static func resume(_ continuation: UnsafeContinuation<UInt64, any Error>?, with result: WaiterResult) {
-        guard let continuation else { return }
-        switch result {
-        case .success(let token): continuation.resume(returning: token)
-        case .failure(let error): continuation.resume(throwing: error)
-        }
-    }
-
-    /// Removes a cancelled async waiter and fails it with `CancellationError`.
-    @usableFromInline
-    func cancelWaiter(id: UInt64) {
-        core.mutex.lock()
-        guard let waiter = core.state.pointee.cancelWaiter(id: id) else {
-            core.mutex.unlock()
-            return
-        }
-        core.mutex.unlock()
-        if case .async(let continuation) = waiter.handle {
-            continuation.resume(throwing: CancellationError())
-        }
-    }
-
-    /// Fails, with the mutex held, every waiter that must fail fast (breaker open and nothing open
-    /// to serve them). Returns the async ones to resume once the mutex is released.
-    private func failFastWaitersLocked() -> [(UnsafeContinuation<UInt64, any Error>, ConnectionPoolError)] {
-        var toResume: [(UnsafeContinuation<UInt64, any Error>, ConnectionPoolError)] = []
-        while let (waiter, error) = core.state.pointee.popWaiterForFailFast() {
-            if let continuation = deliverLocked(waiter, .failure(error)) { toResume.append((continuation, error)) }
-        }
-        return toResume
-    }
-
-    /// Carries out what an enqueue asked for, outside the mutex.
-    @usableFromInline
-    func afterEnqueue(createSlot: LeaseToken?, scheduleTimer: Int64?) {
-        if let createSlot { startCreation(createSlot) }
-        if let scheduleTimer { timer.schedule(at: scheduleTimer) }
-    }
-
-    /// Reads the connection in a slot the caller holds a lease for. Takes the mutex so the read is
-    /// ordered after the write that stored it, for ThreadSanitizer as for the memory model.
-    @usableFromInline
-    func leasedConnection(_ token: LeaseToken) -> PooledConnection {
-        core.mutex.lock()
-        let connection = connections[Int(token.index)].unsafelyUnwrapped
-        core.mutex.unlock()
-        return connection
-    }
-
-    /// ``leasedConnection(_:)`` that also stamps the lease's time and call site when leases are
-    /// tracked.
-    @usableFromInline
-    func leasedConnection(_ token: LeaseToken, file: StaticString, line: UInt) -> PooledConnection {
-        let now = tracksLeases ? clock.coarseNow() : 0
-        core.mutex.lock()
-        if tracksLeases { core.state.pointee.slots.stampLease(token.index, now: now, file: file, line: line) }
-        let connection = connections[Int(token.index)].unsafelyUnwrapped
-        core.mutex.unlock()
-        return connection
-    }
-
-    /// Records how long a served waiter waited.
-    @usableFromInline
-    func recordWait(since start: Int64) {
-        acquireWaitHistogram.record(nanoseconds: UInt64(max(0, clock.now() &- start)))
-    }
-
-    // MARK: Creation and closing
-
-    func handle(_ decision: PoolStateMachine.CreationDecision) {
-        switch decision {
-        case .none: break
-        case .create(let token): startCreation(token)
-        case .retryAt(let deadline): timer.schedule(at: deadline)
-        }
-    }
-
-    @usableFromInline
-    func startCreation(_ token: LeaseToken) {
-        Task { _ = await self.createConnection(token) }
-    }
-
-    /// Opens a connection for the slot reserved under `token` and installs it. Returns the error if
-    /// it failed.
-    func createConnection(_ token: LeaseToken) async -> (any Error)? {
-        let span = tracer?.startSpan("connpool.connect", ofKind: .client)
-        span?.attributes["connpool.pool"] = configuration.name
-        let result: Result<PooledConnection, any Error>
-        do {
-            result = .success(try await factory.makeConnection())
-        } catch {
-            result = .failure(error)
-            span?.recordError(error)
-            span?.setStatus(SpanStatus(code: .error))
-        }
-        span?.end()
-        let now = clock.now()
-        core.mutex.lock()
-        var failed: [(UnsafeContinuation<UInt64, any Error>, ConnectionPoolError)] = []
-        var logFailure: (error: any Error, failures: Int, breakerOpen: Bool)?
-        var next: PoolStateMachine.CreationDecision = .none
-        var toClose: (PooledConnection?, LeaseToken?)?
-        var handOff: (UnsafeContinuation<UInt64, any Error>, UInt64)?
-        switch result {
-        case .success(let connection):
-            let action = core.state.pointee.creationSucceeded(token, now: now)
-            if case .discard = action {
-                toClose = (connection, nil)
-            } else {
-                connections[Int(token.index)] = connection
-            }
-            switch action {
-            case .idle, .discard:
-                break
-            case .handOff(let waiter, let leaseToken):
-                if let continuation = deliverLocked(waiter, .success(leaseToken.rawValue)) {
-                    handOff = (continuation, leaseToken.rawValue)
-                }
-            case .close(let closing, _):
-                toClose = (takeConnectionLocked(closing.index), closing)
-            }
-            next = core.state.pointee.nextCreation(now: now)
-        case .failure(let error):
-            next = core.state.pointee.creationFailed(token, error: error, now: now)
-            logFailure = (error, core.state.pointee.backoff.consecutiveFailures, core.state.pointee.breakerOpen)
-            failed = failFastWaitersLocked()
-        }
-        let watchers = creationWatchers
-        creationWatchers = []
-        core.mutex.unlock()
-
-        if let (continuation, leaseToken) = handOff { continuation.resume(returning: leaseToken) }
-        if let (connection, closing) = toClose { closeInBackground(connection, closing) }
-        for (continuation, error) in failed { continuation.resume(throwing: error) }
-        if let logFailure {
-            logger.warning(
-                "connection pool: opening a connection failed",
-                metadata: [
-                    "error": "\(logFailure.error)",
-                    "consecutive_failures": "\(logFailure.failures)",
-                    "fail_fast": "\(logFailure.breakerOpen)",
-                ])
-        }
-        handle(next)
-        for watcher in watchers { watcher.resume() }
-        if case .failure(let error) = result { return error }
-        return nil
-    }
-
-    private func takeConnectionLocked(_ index: Int32) -> PooledConnection? {
-        let connection = connections[Int(index)]
-        connections[Int(index)] = nil
-        return connection
-    }
-
-    /// Closes `connection` on a task of its own; then frees the slot named by `closing` (nil: the
-    /// connection is not the pool's, there is no slot to free).
-    private func closeInBackground(_ connection: PooledConnection?, _ closing: LeaseToken?) {
-        Task {
-            if let connection { await connection.close() }
-            if let closing { self.closeFinished(closing) }
-        }
-    }
-
-    private func closeFinished(_ closing: LeaseToken) {
-        let now = clock.now()
-        core.mutex.lock()
-        let (decision, lifetime) = core.state.pointee.closeFinished(closing, now: now)
-        let failed = failFastWaitersLocked()
-        let drained = takeDrainContinuationsIfDrainedLocked()
-        core.mutex.unlock()
-        if let lifetime { lifetimeHistogram.record(nanoseconds: UInt64(max(0, lifetime))) }
-        for (continuation, error) in failed { continuation.resume(throwing: error) }
-        handle(decision)
-        for (continuation, report) in drained { continuation.resume(returning: report) }
-    }
-
-    // MARK: Timer and maintenance
-
-    /// Fails waiters past their deadline, ends a shutdown's grace period, runs a due maintenance
-    /// round and retries creation after a backoff. Runs on the timer thread (or the thread advancing
-    /// a manual clock). Returns the next deadline.
-    func timerFired(now: Int64) -> Int64? {
-        core.mutex.lock()
-        core.state.pointee.timerFired()
-        while let waiter = core.state.pointee.popExpiredWaiter(now: now) {
-            let result = WaiterResult.failure(core.state.pointee.timeoutError(for: waiter))
-            if let continuation = deliverLocked(waiter, result) {
-                core.mutex.unlock()
-                Self.resume(continuation, with: result)
-                core.mutex.lock()
-            }
-        }
-        var toClose: [(PooledConnection?, LeaseToken)] = []
-        var drained: [(CheckedContinuation<ShutdownReport, Never>, ShutdownReport)] = []
-        if core.state.pointee.shutdownDeadlinePassed(now: now) {
-            let forced = core.state.pointee.takeLeasedForForcedClose(now: now)
-            shutdownReport.forceClosed += forced.count
-            for closing in forced { toClose.append((takeConnectionLocked(closing.index), closing)) }
-            drained = takeDrainContinuationsLocked(gaveUp: true)
-        }
-        var toValidate: [(PooledConnection, LeaseToken)] = []
-        var leaks: [PoolStateMachine.LeakReport] = []
-        var abandoned: [PoolStateMachine.AbandonedOperation] = []
-        var toCloseUntracked: [PooledConnection?] = []
-        var failedFast: [(UnsafeContinuation<UInt64, any Error>, ConnectionPoolError)] = []
-        if core.state.pointee.maintenanceDue(now: now) || core.state.pointee.lifecycle == .shuttingDown {
-            abandoned = core.state.pointee.abandonStuckOperations(now: now)
-            for operation in abandoned where operation.kind == .validating {
-                // Close it now, outside the pool's accounting: closing is also what unblocks a check
-                // stuck in I/O. The check's task, if it ever returns, finds its token stale.
-                toCloseUntracked.append(connections[Int(operation.index)])
-                connections[Int(operation.index)] = nil
-            }
-            if !abandoned.isEmpty {
-                failedFast = failFastWaitersLocked()
-                drained += takeDrainContinuationsIfDrainedLocked()
-            }
-        }
-        if core.state.pointee.maintenanceDue(now: now) {
-            leaks = core.state.pointee.detectLeaks(now: clock.coarseNow())
-            for action in core.state.pointee.planMaintenance(now: now) {
-                switch action {
-                case .close(let closing, _):
-                    toClose.append((takeConnectionLocked(closing.index), closing))
-                case .validate(let checking):
-                    if let connection = connections[Int(checking.index)] { toValidate.append((connection, checking)) }
-                }
-            }
-        }
-        var toCreate: [LeaseToken] = []
-        while case .create(let token) = core.state.pointee.creationDecision(now: now) { toCreate.append(token) }
-        var report: (@Sendable (PoolMetrics) -> Void, PoolMetrics)?
-        if core.state.pointee.takeMetricsReportDue(now: now), let metricsHandler {
-            report = (metricsHandler, metricsLocked())
-        }
-        let next = core.state.pointee.nextTimerDeadline()
-        core.mutex.unlock()
-
-        for (continuation, error) in failedFast { continuation.resume(throwing: error) }
-        for operation in abandoned {
-            logger.warning(
-                "connection pool: gave up on an operation that outlived its deadline",
-                metadata: ["operation": "\(operation.kind.rawValue)", "slot": "\(operation.index)"])
-        }
-        for leak in leaks {
-            logger.warning(
-                "connection pool: a lease is still held past the leak detection threshold",
-                metadata: [
-                    "acquired_at": "\(leak.file):\(leak.line)",
-                    "held_ms": "\(leak.heldFor / 1_000_000)",
-                ])
-        }
-        if let (handler, metrics) = report { handler(metrics) }
-
-        for (connection, closing) in toClose { closeInBackground(connection, closing) }
-        for connection in toCloseUntracked { closeInBackground(connection, nil) }
-        for token in toCreate { startCreation(token) }
-        if !toValidate.isEmpty {
-            Task { await self.validate(toValidate) }
-        }
-        for (continuation, report) in drained { continuation.resume(returning: report) }
-        return next
-    }
-
-    /// The maintenance task's health checks: each idle connection in turn, outside the lock.
-    private func validate(_ batch: [(PooledConnection, LeaseToken)]) async {
-        for (connection, checking) in batch {
-            let valid = await connection.isValid(timeout: configuration.healthCheckTimeout)
-            finishValidation(checking, connection: connection, valid: valid)
-        }
-    }
-
-    private func finishValidation(_ checking: LeaseToken, connection checked: PooledConnection, valid: Bool) {
-        let now = clock.now()
-        core.mutex.lock()
-        switch core.state.pointee.validationFinished(checking, valid: valid, now: now) {
-        case .idle:
-            core.mutex.unlock()
-        case .handOff(let waiter, let token):
-            let continuation = deliverLocked(waiter, .success(token.rawValue))
-            core.mutex.unlock()
-            continuation?.resume(returning: token.rawValue)
-        case .close(let closing, _):
-            let connection = takeConnectionLocked(closing.index)
-            core.mutex.unlock()
-            if !valid {
-                logger.info("connection pool: closing a connection that failed its health check")
-            }
-            closeInBackground(connection, closing)
-        case .discard:
-            // The check outlived its deadline: the pool gave up on it and already closed the connection.
-            core.mutex.unlock()
-            _ = checked
-        }
-    }
-
-    /// The timeout for a check on acquire: ``PoolConfiguration/healthCheckTimeout``, but never past the
-    /// acquire's own deadline, so a check against a frozen server cannot make the acquire overrun.
-    @usableFromInline
-    func checkTimeout(until deadline: Int64) -> Duration {
-        let remaining = deadline &- clock.now()
-        return min(configuration.healthCheckTimeout, .nanoseconds(max(remaining, 1)))
-    }
-
-    /// Records a passed check of a leased connection (validate on acquire).
-    @usableFromInline
-    func recordCheck(_ token: LeaseToken) {
-        let now = clock.coarseNow()
-        core.mutex.lock()
-        core.state.pointee.recordCheck(token, now: now)
-        core.mutex.unlock()
-    }
-
-    /// The timeout error for an acquire that gave up after `timeout`, with the last connect error.
-    @usableFromInline
-    func timeoutError(after timeout: Duration) -> ConnectionPoolError {
-        core.mutex.lock()
-        defer { core.mutex.unlock() }
-        return .acquireTimeout(after: timeout, lastConnectError: core.state.pointee.lastConnectError)
-    }
-
-    /// Returns a leased connection that failed its check on acquire: the pool closes it.
-    @usableFromInline
-    func releaseFailedCheck(_ token: LeaseToken) {
-        let now = clock.coarseNow()
-        core.mutex.lock()
-        releaseSlow(token, broken: true, now: now, reason: .health)
+    /// Runs `body` with a borrowed connection on the calling thread and returns the connection
+    /// afterwards, whether `body` returns or throws. Allocation-free for an idle connection.
+    ///
+    /// - Throws: what ``acquireBlocking(timeout:file:line:)`` throws, or what `body` throws.
+    @inlinable
+    public func withConnectionBlocking<Result>(
+        timeout: Duration? = nil,
+        file: StaticString = #fileID,
+        line: UInt = #line,
+        _ body: (PooledConnection) throws -> Result
+    ) throws -> Result {
+        let lease = try runtime.acquireBlocking(timeout: timeout, file: file, line: line)
+        return try body(lease.connection)
     }
 
     // MARK: Warm-up
@@ -557,50 +162,14 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     ///   call started (the connections that did open stay in the pool; maintenance keeps retrying the
     ///   rest with backoff), or ``ConnectionPoolError/shutDown``.
     public func warm() async throws {
-        while true {
-            core.mutex.lock()
-            guard core.state.pointee.lifecycle == .running else {
-                core.mutex.unlock()
-                throw ConnectionPoolError.shutDown
-            }
-            var reserved: [LeaseToken] = []
-            let now = clock.now()
-            while let token = core.state.pointee.reserveForWarmUp(now: now) { reserved.append(token) }
-            let slots = core.state.pointee.slots
-            if reserved.isEmpty {
-                if slots.liveCount >= configuration.minSize || slots.connectingCount == 0 {
-                    core.mutex.unlock()
-                    return
-                }
-                // Attempts started elsewhere are under way: wait for one to finish, then look again.
-                defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
-                await withCheckedContinuation { continuation in
-                    creationWatchers.append(continuation)
-                    core.mutex.unlock()
-                }
-                continue
-            }
-            core.mutex.unlock()
-            let firstError = await withTaskGroup(of: (any Error)?.self) { group in
-                for token in reserved {
-                    group.addTask { await self.createConnection(token) }
-                }
-                var firstError: (any Error)?
-                for await error in group where firstError == nil { firstError = error }
-                return firstError
-            }
-            if let firstError { throw firstError }
-        }
+        try await runtime.warm()
     }
 
     /// Blocking form of ``warm()`` for plain threads. Never call it from a cooperative thread.
     ///
     /// - Throws: what ``warm()`` throws.
     public func warmBlocking() throws {
-        let result: Result<Void, any Error> = BlockingBridge.wait {
-            do { return .success(try await self.warm()) } catch { return .failure(error) }
-        }
-        try result.get()
+        try runtime.warmBlocking()
     }
 
     // MARK: Shutdown
@@ -616,110 +185,22 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     /// - Returns: what the shutdown had to do.
     @discardableResult
     public func shutdown(gracePeriod: Duration? = nil) async -> ShutdownReport {
-        let now = clock.now()
-        core.mutex.lock()
-        let deadline = core.state.pointee.beginShutdown(now: now, gracePeriod: gracePeriod?.nanosecondsClamped)
-        var continuations: [UnsafeContinuation<UInt64, any Error>] = []
-        while let waiter = core.state.pointee.popWaiterForShutdown() {
-            shutdownReport.failedWaiters += 1
-            if let continuation = deliverLocked(waiter, .failure(.shutDown)) { continuations.append(continuation) }
-        }
-        var closing: [(LeaseToken, PooledConnection?)] = []
-        while let token = core.state.pointee.takeIdleForClosing(now: now) {
-            closing.append((token, takeConnectionLocked(token.index)))
-        }
-        shutdownReport.closedIdle += closing.count
-        core.mutex.unlock()
-        if let deadline { timer.schedule(at: deadline) }
-        for continuation in continuations { continuation.resume(throwing: ConnectionPoolError.shutDown) }
-        for (token, connection) in closing {
-            if let connection { await connection.close() }
-            closeFinished(token)
-        }
-        // (closeFinished records each connection's lifetime.)
-        let report = await withCheckedContinuation { (continuation: CheckedContinuation<ShutdownReport, Never>) in
-            // (resumed by whoever closes the last connection; see ThreadSanitizerAnnotations)
-            core.mutex.lock()
-            if core.state.pointee.isDrained || shutdownFinished {
-                shutdownFinished = true
-                let report = finalReportLocked()
-                core.mutex.unlock()
-                continuation.resume(returning: report)
-            } else {
-                drainContinuations.append(continuation)
-                core.mutex.unlock()
-            }
-        }
-        ThreadSanitizerAnnotations.acquireCurrentTask()
-        if report.stillInFlight == 0 { timer.stop() }
-        if report.forceClosed > 0 || report.stillInFlight > 0 {
-            logger.warning("connection pool: shutdown grace period ended", metadata: ["report": "\(report)"])
-        }
-        return report
+        await runtime.shutdown(gracePeriod: gracePeriod)
     }
 
     /// Blocking form of ``shutdown(gracePeriod:)`` for plain threads. Never call it from a cooperative
     /// thread.
     @discardableResult
     public func shutdownBlocking(gracePeriod: Duration? = nil) -> ShutdownReport {
-        BlockingBridge.wait { await self.shutdown(gracePeriod: gracePeriod) }
+        runtime.shutdownBlocking(gracePeriod: gracePeriod)
     }
 
-    private func finalReportLocked() -> ShutdownReport {
-        var report = shutdownReport
-        let slots = core.state.pointee.slots
-        report.stillInFlight = slots.connectingCount + slots.closingCount + slots.validatingCount
-        return report
-    }
-
-    private func takeDrainContinuationsIfDrainedLocked() -> [(CheckedContinuation<ShutdownReport, Never>, ShutdownReport)] {
-        guard core.state.pointee.lifecycle == .shuttingDown, core.state.pointee.isDrained else { return [] }
-        return takeDrainContinuationsLocked(gaveUp: false)
-    }
-
-    private func takeDrainContinuationsLocked(gaveUp: Bool) -> [(CheckedContinuation<ShutdownReport, Never>, ShutdownReport)] {
-        shutdownFinished = true
-        let report = finalReportLocked()
-        defer { drainContinuations = [] }
-        return drainContinuations.map { ($0, report) }
-    }
-
-    // MARK: Inspection
+    // MARK: Inspection and control
 
     /// A snapshot of the pool: connection and waiter counts, event counters (exactly consistent:
     /// taken under the lock) and the wait, hold and lifetime distributions.
     public func metrics() -> PoolMetrics {
-        core.mutex.lock()
-        defer { core.mutex.unlock() }
-        return metricsLocked()
-    }
-
-    private func metricsLocked() -> PoolMetrics {
-        let state = core.state.pointee
-        var metrics = PoolMetrics(
-            idle: state.slots.idleCount,
-            inUse: state.slots.leasedCount,
-            connecting: state.slots.connectingCount,
-            closing: state.slots.closingCount,
-            validating: state.slots.validatingCount,
-            waiting: state.waiters.count,
-            maxSize: state.maxSize)
-        let counters = state.counters
-        metrics.acquires = counters.immediateAcquires + counters.waitedAcquires
-        metrics.acquiresAfterWaiting = counters.waitedAcquires
-        metrics.created = counters.created
-        metrics.creationFailures = counters.creationFailures
-        metrics.acquireTimeouts = counters.acquireTimeouts
-        metrics.healthCheckFailures = counters.healthCheckFailures
-        metrics.failedFast = counters.failedFast
-        metrics.shedWaiters = counters.shedWaiters
-        metrics.cancelledWaiters = counters.cancelledWaiters
-        metrics.leaksDetected = counters.leaksDetected
-        metrics.closedByReason = counters.closedByReason
-        metrics.acquireWait = acquireWaitHistogram.snapshot(extraZeros: UInt64(counters.immediateAcquires))
-        metrics.leaseHold = leaseHoldHistogram.snapshot()
-        metrics.connectionLifetime = lifetimeHistogram.snapshot()
-        return metrics
+        runtime.metrics()
     }
 
     /// Calls `handler` with a fresh ``metrics()`` snapshot every `interval`, on the pool's timer
@@ -728,41 +209,13 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     ///
     /// - Precondition: `interval` is positive.
     public func setMetricsHandler(every interval: Duration, _ handler: (@Sendable (PoolMetrics) -> Void)?) {
-        precondition(interval > .zero, "the metrics interval must be positive")
-        let now = clock.now()
-        core.mutex.lock()
-        metricsHandler = handler
-        let deadline = core.state.pointee.setMetricsInterval(handler == nil ? nil : interval.nanosecondsClamped, now: now)
-        core.mutex.unlock()
-        if let deadline { timer.schedule(at: deadline) }
+        runtime.setMetricsHandler(every: interval, handler)
     }
 
     /// The pool's health, metrics and configuration, for a status endpoint. Holds no secret.
     public func status() -> PoolStatus {
-        core.mutex.lock()
-        let state = core.state.pointee
-        let metrics = metricsLocked()
-        let health: PoolStatus.Health
-        if state.lifecycle != .running {
-            health = .shuttingDown
-        } else if state.breakerOpen {
-            health = .failing
-        } else if state.lastConnectError != nil || (metrics.waiting > 0 && metrics.total >= metrics.maxSize) {
-            health = .degraded
-        } else {
-            health = .healthy
-        }
-        let lastError = state.lastConnectError.map { "\($0)" }
-        let failures = state.backoff.consecutiveFailures
-        core.mutex.unlock()
-        var configuration = self.configuration
-        configuration.maxSize = metrics.maxSize
-        return PoolStatus(
-            name: configuration.name, health: health, metrics: metrics, configuration: configuration,
-            factory: "\(factory)", lastConnectError: lastError, consecutiveConnectFailures: failures)
+        runtime.status()
     }
-
-    // MARK: Resize
 
     /// Changes the maximum number of connections at runtime.
     ///
@@ -775,48 +228,11 @@ public final class ConnectionPool<Factory: ConnectionFactory>: @unchecked Sendab
     /// - Throws: ``PoolConfigurationError`` if `maxSize` is below 1, below `minSize` or above
     ///   ``PoolConfiguration/maxSizeLimit``.
     public func resize(maxSize: Int) throws(PoolConfigurationError) {
-        if maxSize < max(1, configuration.minSize) || maxSize > PoolConfiguration.maxSizeLimit {
-            throw PoolConfigurationError(
-                field: "maxSize", value: "\(maxSize)",
-                rule: "must be at least 1, at least minSize (\(configuration.minSize)) and at most \(PoolConfiguration.maxSizeLimit)")
-        }
-        let now = clock.now()
-        core.mutex.lock()
-        let capacity = core.state.pointee.slots.capacity
-        if maxSize > capacity {
-            let grown = UnsafeMutablePointer<PooledConnection?>.allocate(capacity: maxSize)
-            grown.moveInitialize(from: connections, count: capacity)
-            (grown + capacity).initialize(repeating: nil, count: maxSize - capacity)
-            connections.deallocate()
-            connectionBuffer.pointee = grown
-        }
-        let action = core.state.pointee.resize(maxSize: maxSize, now: now)
-        let toClose = action.close.map { ($0, takeConnectionLocked($0.index)) }
-        core.mutex.unlock()
-        for (closing, connection) in toClose { closeInBackground(connection, closing) }
-        for token in action.create { startCreation(token) }
+        try runtime.resize(maxSize: maxSize)
     }
 
     /// Checks the state machine's invariants (for tests): a description of the first violation.
     func invariantViolation() -> String? {
-        core.mutex.lock()
-        defer { core.mutex.unlock() }
-        if let violation = core.state.pointee.invariantViolation() { return violation }
-        for index in 0..<core.state.pointee.slots.capacity {
-            let state = core.state.pointee.slots.states[index]
-            let hasConnection = connections[index] != nil
-            let shouldHave = state == .idle || state == .leased || state == .validating
-            if hasConnection != shouldHave { return "slot \(index) is \(state) but connection present = \(hasConnection)" }
-        }
-        return nil
+        runtime.invariantViolation()
     }
-}
-
-/// Lets the pool's timer reach the pool without keeping it alive.
-///
-/// `@unchecked Sendable` is safe because `pool` is written once, in the pool's `init`, before the timer
-/// can fire (the timer fires only after a deadline is scheduled, which only the initialized pool does,
-/// through the timer's own lock); afterwards it is only read (weak loads are atomic).
-final class WeakPoolReference<Factory: ConnectionFactory>: @unchecked Sendable {
-    weak var pool: ConnectionPool<Factory>?
 }

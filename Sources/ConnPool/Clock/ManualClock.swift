@@ -46,21 +46,25 @@ public final class ManualClock: Sendable {
         return registration
     }
 
+    private func unregister(_ registration: Registration) {
+        registrations.withLock { $0.removeAll { $0 === registration } }
+    }
+
     /// A pool's timer on a manual clock. Like a real timer, a deadline scheduled at or before the
     /// clock's current reading fires at once, on the scheduling thread.
     final class Registration: Sendable {
         private struct State {
             var deadline: Int64 = .max
-            var stopped = false
+            /// Let go of by ``stop()``, with whatever it keeps alive.
+            var handler: (@Sendable (Int64) -> Int64?)?
         }
 
-        private let state = LockedValue(State())
-        private let handler: @Sendable (Int64) -> Int64?
+        private let state: LockedValue<State>
         private unowned let clock: ManualClock
 
         init(clock: ManualClock, handler: @escaping @Sendable (Int64) -> Int64?) {
             self.clock = clock
-            self.handler = handler
+            state = LockedValue(State(handler: handler))
         }
 
         func schedule(at deadline: Int64) {
@@ -70,17 +74,22 @@ public final class ManualClock: Sendable {
         }
 
         func stop() {
-            state.withLock { $0.stopped = true }
+            let released = state.withLock { state in
+                defer { state.handler = nil }
+                return state.handler
+            }
+            clock.unregister(self)
+            _ = released  // dropped outside the lock: it may release the pool's runtime
         }
 
         func fireIfDue(now: Int64) {
             while true {
-                let due = state.withLock { state -> Bool in
-                    guard !state.stopped, state.deadline <= now else { return false }
+                let handler = state.withLock { state -> (@Sendable (Int64) -> Int64?)? in
+                    guard state.handler != nil, state.deadline <= now else { return nil }
                     state.deadline = .max
-                    return true
+                    return state.handler
                 }
-                guard due else { return }
+                guard let handler else { return }
                 if let next = handler(now) { schedule(at: next) }
             }
         }

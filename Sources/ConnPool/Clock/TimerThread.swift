@@ -10,15 +10,18 @@ import Darwin
 /// One thread rather than a task or timer per waiter: waiting for a connection then allocates nothing,
 /// and both blocking and async waiters time out through the same path.
 ///
-/// `@unchecked Sendable` is safe because `deadline` and `stopped` are only read or written with `mutex`
-/// held, `condition` is only used with `mutex`, and both are freed by the thread itself after it has
+/// ``stop()`` also lets go of the handler, so whatever the handler keeps alive (the pool's runtime) is
+/// released with it.
+///
+/// `@unchecked Sendable` is safe because `deadline`, `stopped` and `handler` are only read or written
+/// with `mutex` held, `condition` is only used with `mutex`, and both are freed by the thread itself after it has
 /// seen `stopped`, when no other thread can reach them (``stop()`` is the last call the owner makes).
 final class TimerThread: @unchecked Sendable {
     private let mutex = PThreadMutex()
     private let condition: UnsafeMutablePointer<pthread_cond_t>
     private var deadline: Int64 = .max
     private var stopped = false
-    private let handler: @Sendable (Int64) -> Int64?
+    private var handler: (@Sendable (Int64) -> Int64?)?
 
     init(handler: @escaping @Sendable (Int64) -> Int64?) {
         self.handler = handler
@@ -61,8 +64,12 @@ final class TimerThread: @unchecked Sendable {
     func stop() {
         mutex.lock()
         stopped = true
+        let released = handler
+        handler = nil
         pthread_cond_signal(condition)
         mutex.unlock()
+        // Dropped here, outside the mutex: releasing the handler may release the pool's runtime.
+        _ = released
     }
 
     private func run() {
@@ -79,6 +86,8 @@ final class TimerThread: @unchecked Sendable {
                 continue
             }
             deadline = .max
+            // A strong copy: a stop() during the call releases the stored handler, not this one.
+            guard let handler else { break }
             mutex.unlock()
             let next = handler(now)
             mutex.lock()

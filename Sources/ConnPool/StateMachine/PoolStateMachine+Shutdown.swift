@@ -37,9 +37,14 @@ extension PoolStateMachine {
         for slot in 0..<slots.capacity where slots.states[slot] == .leased {
             forced.append(slots.markClosing(Int32(slot), reason: .shutdown, deadline: later(now, by: closeTimeout)))
         }
+        forcedLeasesOutstanding += forced.count
         return forced
     }
 
     /// True once every slot is empty.
     var isDrained: Bool { slots.occupiedCount == 0 }
+
+    /// True once the pool has stopped lending, every slot is empty and every lease closed by force has
+    /// come back: nothing can call into the pool any more except its owner.
+    var isFinished: Bool { lifecycle != .running && isDrained && forcedLeasesOutstanding == 0 }
 }

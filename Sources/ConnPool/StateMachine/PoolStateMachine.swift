@@ -55,6 +55,9 @@ struct PoolStateMachine {
 
     /// When shutdown gives up waiting for leased connections and closes them by force.
     var shutdownDeadline: Int64 = .max
+    /// Leases whose slot was closed by force at the end of a shutdown's grace period and that have not
+    /// come back yet. While any is out the pool's runtime must stay alive (see `PoolRuntime`).
+    var forcedLeasesOutstanding = 0
 
     /// The earliest deadline handed to the timer that has not fired yet.
     var timerDeadline: Int64 = .max
@@ -196,6 +199,8 @@ struct PoolStateMachine {
     ) -> ReleaseAction {
         let index = token.index
         guard slots.states[Int(index)] == .leased, slots.generations[Int(index)] == token.generation else {
+            // Only a slot closed by force takes a lease's slot back before the lease returns.
+            if forcedLeasesOutstanding > 0 { forcedLeasesOutstanding -= 1 }
             return .stale
         }
         let reason: CloseReason?

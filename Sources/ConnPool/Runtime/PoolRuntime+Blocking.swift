@@ -1,26 +1,14 @@
 #if canImport(Glibc)
-public import Glibc
+import Glibc
 #elseif canImport(Darwin)
-public import Darwin
+import Darwin
 #endif
-public import Tracing
+import Tracing
 
-extension ConnectionPool {
-    /// Borrows a connection, blocking the calling thread until one is available.
-    ///
-    /// For plain threads. It blocks only the caller; never call it from a Swift concurrency task (it
-    /// would block a cooperative thread): use ``acquire(timeout:file:line:)`` there.
-    ///
-    /// - Parameters:
-    ///   - timeout: how long to wait; `nil` uses ``PoolConfiguration/acquireTimeout``.
-    ///   - file: recorded for leak detection.
-    ///   - line: recorded for leak detection.
-    /// - Returns: a lease; the connection returns to the pool when the lease goes out of scope.
-    /// - Throws: ``ConnectionPoolError/acquireTimeout(after:lastConnectError:)``,
-    ///   ``ConnectionPoolError/connectFailing(lastConnectError:consecutiveFailures:)``,
-    ///   ``ConnectionPoolError/shutDown`` or ``ConnectionPoolError/tooManyWaiters(limit:)``.
+extension PoolRuntime {
+    /// See ``ConnectionPool/acquireBlocking(timeout:file:line:)``.
     @inlinable
-    public func acquireBlocking(
+    func acquireBlocking(
         timeout: Duration? = nil, file: StaticString = #fileID, line: UInt = #line
     ) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
         guard plainAcquire else {
@@ -36,21 +24,6 @@ extension ConnectionPool {
         core.mutex.unlock()
         let token = try acquireBlockingWaiting(id: id, deadline: nil, timeout: timeout ?? configuration.acquireTimeout)
         return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
-    }
-
-    /// Runs `body` with a borrowed connection on the calling thread and returns the connection
-    /// afterwards, whether `body` returns or throws. Allocation-free for an idle connection.
-    ///
-    /// - Throws: what ``acquireBlocking(timeout:file:line:)`` throws, or what `body` throws.
-    @inlinable
-    public func withConnectionBlocking<Result>(
-        timeout: Duration? = nil,
-        file: StaticString = #fileID,
-        line: UInt = #line,
-        _ body: (PooledConnection) throws -> Result
-    ) throws -> Result {
-        let lease = try acquireBlocking(timeout: timeout, file: file, line: line)
-        return try body(lease.connection)
     }
 
     /// The blocking acquire path with every optional feature (see ``acquireFull(timeout:file:line:)``);

@@ -1,25 +1,9 @@
-public import Tracing
+import Tracing
 
-extension ConnectionPool {
-    /// Borrows a connection, suspending until one is available.
-    ///
-    /// Lends an idle connection at once if there is one (no allocation, no suspension); otherwise
-    /// opens a new one if the pool is below `maxSize`, or waits, first come first served, for a
-    /// connection to be released. Never blocks a cooperative thread.
-    ///
-    /// - Parameters:
-    ///   - timeout: how long to wait; `nil` uses ``PoolConfiguration/acquireTimeout``.
-    ///   - file: recorded for leak detection (``PoolConfiguration/leakDetectionThreshold``).
-    ///   - line: recorded for leak detection.
-    /// - Returns: a lease; the connection returns to the pool when the lease goes out of scope.
-    /// - Throws: ``ConnectionPoolError/acquireTimeout(after:lastConnectError:)`` when no connection came
-    ///   in time; ``ConnectionPoolError/connectFailing(lastConnectError:consecutiveFailures:)`` at once
-    ///   while the backend looks down; ``ConnectionPoolError/shutDown`` after
-    ///   ``shutdown(gracePeriod:)``; ``ConnectionPoolError/tooManyWaiters(limit:)`` beyond
-    ///   `maxWaiters`; `CancellationError` if the task is cancelled while waiting (the waiter is
-    ///   removed at once, nothing leaks).
+extension PoolRuntime {
+    /// See ``ConnectionPool/acquire(timeout:file:line:)``.
     @inlinable
-    public nonisolated(nonsending) func acquire(
+    nonisolated(nonsending) func acquire(
         timeout: Duration? = nil, file: StaticString = #fileID, line: UInt = #line
     ) async throws -> ConnectionLease<Factory> {
         guard plainAcquire else {
@@ -35,26 +19,6 @@ extension ConnectionPool {
         core.mutex.unlock()
         let token = try await acquireWaiting(id: id, deadline: nil, timeout: timeout ?? configuration.acquireTimeout)
         return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
-    }
-
-    /// Runs `body` with a borrowed connection and returns it to the pool afterwards, whether `body`
-    /// returns or throws. Allocation-free for an idle connection.
-    ///
-    /// - Parameters:
-    ///   - timeout: how long to wait for a connection; `nil` uses ``PoolConfiguration/acquireTimeout``.
-    ///   - file: recorded for leak detection (``PoolConfiguration/leakDetectionThreshold``).
-    ///   - line: recorded for leak detection.
-    ///   - body: the work; it must not keep the connection after it returns.
-    /// - Throws: what ``acquire(timeout:file:line:)`` throws, or what `body` throws.
-    @inlinable
-    public nonisolated(nonsending) func withConnection<Result>(
-        timeout: Duration? = nil,
-        file: StaticString = #fileID,
-        line: UInt = #line,
-        _ body: nonisolated(nonsending) (PooledConnection) async throws -> Result
-    ) async throws -> Result {
-        let lease = try await acquire(timeout: timeout, file: file, line: line)
-        return try await body(lease.connection)
     }
 
     /// The acquire path with every optional feature: a tracing span around it, validation on
