@@ -9,6 +9,9 @@ public import Tracing
 ///   Idle slots sit in an O(1) ring (LIFO or FIFO reuse); nothing is ever scanned on the hot path.
 /// - **One lock.** A pthread mutex guards a non-generic state machine (`PoolStateMachine`); connection I/O
 ///   (create, check, close) and task resumption happen outside it.
+/// - **A lock-free fast lane.** A release with nobody waiting parks its lease on a lock-free stack and
+///   the next acquire takes it back, one compare-and-swap each, without the mutex (LIFO reuse without
+///   validation on acquire, lease tracking or tracing; see `IdleStack`).
 /// - **Zero allocation** to acquire and release an idle connection, in both interfaces: the lease is a
 ///   `~Copyable` struct, waiters carry a packed token, and a blocked thread waits on stack memory.
 /// - **No shared reference count on the hot path.** This class is a thin handle; the work is done by an

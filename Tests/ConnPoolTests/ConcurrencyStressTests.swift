@@ -96,4 +96,130 @@ struct ConcurrencyStressTests {
         await pool.shutdown()
         #expect(factory.connections.allSatisfy { $0.isClosed })
     }
+
+    @Test("the lock-free fast lane under contention: no double lease, exact acquire count, nothing lost")
+    func fastLaneUnderContention() async throws {
+        let factory = MockFactory()
+        let pool = try ConnectionPool(
+            factory: factory, configuration: PoolConfiguration().maxSize(4).acquireTimeout(.seconds(30)))
+        let violations = Locked<[String]>([])
+        let threadOps = 4_000, taskOps = 1_000
+        let stop = Atomic<Bool>(false)
+        @Sendable func use(_ connection: MockConnection) {
+            if !connection.beginBorrow() {
+                violations.withLock { $0.append("connection \(connection.id) held by two borrowers") }
+            }
+            connection.endBorrow()
+        }
+        // Drains the idle stack over and over while the others park and take connections.
+        let inspector = TestThread {
+            while !stop.load(ordering: .relaxed) {
+                let metrics = pool.metrics()
+                if metrics.total > 4 { violations.withLock { $0.append("total \(metrics.total) > 4") } }
+                if let violation = pool.invariantViolation() { violations.withLock { $0.append(violation) } }
+                usleep(200)
+            }
+        }
+        let threads = (0..<6).map { _ in
+            TestThread {
+                for index in 0..<threadOps {
+                    do {
+                        if index % 2 == 0 {
+                            try pool.withConnectionBlocking { use($0) }
+                        } else {
+                            let lease = try pool.acquireBlocking()
+                            use(lease.connection)
+                        }
+                    } catch {
+                        violations.withLock { $0.append("thread: \(error)") }
+                    }
+                }
+            }
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<8 {
+                group.addTask {
+                    for index in 0..<taskOps {
+                        let lease = try await pool.acquire()
+                        use(lease.connection)
+                        if index % 64 == 0 { await Task.yield() }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        for thread in threads { await thread.join() }
+        stop.store(true, ordering: .relaxed)
+        await inspector.join()
+        #expect(violations.withLock { $0 } == [])
+        let metrics = pool.metrics()
+        #expect(metrics.acquires == 6 * threadOps + 8 * taskOps)
+        #expect(metrics.inUse == 0 && metrics.waiting == 0)
+        #expect(metrics.idle == factory.connections.count && factory.connections.count <= 4)
+        #expect(pool.invariantViolation() == nil)
+        await pool.shutdown()
+        #expect(factory.connections.allSatisfy { $0.isClosed })
+    }
+
+    @Test("a connection released while a caller waits goes to it: ping-pong on a pool of one never times out")
+    func noLostHandOff() async throws {
+        // A lost hand-off (a connection parked on the fast lane while a caller waits) would leave that
+        // caller waiting until its timeout: every error here is one.
+        let pool = try ConnectionPool(
+            factory: MockFactory(), configuration: PoolConfiguration().maxSize(1).acquireTimeout(.seconds(3)))
+        let errors = Locked<[String]>([])
+        let rounds = 3_000
+        let threads = (0..<2).map { _ in
+            TestThread {
+                for _ in 0..<rounds {
+                    do { try pool.withConnectionBlocking { _ in } } catch { errors.withLock { $0.append("\(error)") } }
+                }
+            }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<2 {
+                group.addTask {
+                    for _ in 0..<rounds {
+                        do { try await pool.withConnection { _ in } } catch { errors.withLock { $0.append("\(error)") } }
+                    }
+                }
+            }
+        }
+        for thread in threads { await thread.join() }
+        #expect(errors.withLock { $0 } == [])
+        #expect(pool.metrics().acquires == 4 * rounds)
+        #expect(pool.invariantViolation() == nil)
+        await pool.shutdown()
+    }
+
+    @Test("a release that parks just as a caller starts waiting still hands the connection over")
+    func parkRacingAWaiter() async throws {
+        // The interleaving: a releaser reads the fast lane's gate open; a caller then finds nothing
+        // idle, closes the gate and waits; only then does the releaser park. Its second look at the
+        // gate must send the connection to the waiter. Driven step by step: `park` is the tail of the
+        // release that runs after the gate was read open. A manual clock: no timer rescues a lost one.
+        let clock = ManualClock()
+        let pool = try ConnectionPool(
+            factory: MockFactory(),
+            configuration: PoolConfiguration().maxSize(1).acquireTimeout(.seconds(60)).healthCheck(interval: nil)
+                .idleTimeout(nil).maxLifetime(nil).maintenanceInterval(.seconds(3600)),
+            clock: .manual(clock))
+        let lease = try await pool.acquire()
+        let token = lease.token
+        let holder = LeaseHolder(lease)
+        let served = Locked<Int?>(nil)
+        let waiter = Task {
+            try await pool.withConnection { connection in served.withLock { $0 = connection.id } }
+        }
+        #expect(await eventually { pool.metrics().waiting == 1 })
+        #expect(!pool.runtime.idleStack.isOpen)
+        pool.runtime.park(token, connection: holder.connection, now: clock.now.nanosecondsClamped)
+        let handedOver = await eventually { served.current == holder.connection.id }
+        #expect(handedOver)
+        if !handedOver { waiter.cancel() }  // lost: fail now rather than hang
+        _ = try? await waiter.value
+        await pool.shutdown()
+        holder.drop()  // its lease was handed on by `park`: stale now, returning it does nothing
+        #expect(pool.invariantViolation() == nil)
+    }
 }

@@ -16,7 +16,7 @@ struct PoolLifetimeTests {
         var pool: ConnectionPool<MockFactory>? = try ConnectionPool(
             factory: factory, configuration: Self.configuration.minSize(2), clock: .manual(clock))
         #expect(await eventually { pool?.metrics().idle == 2 })
-        weak var runtime = pool?.runtime
+        weak let runtime = pool?.runtime
         #expect(runtime != nil)
         pool = nil
         #expect(await eventually { factory.connections.count == 2 && factory.connections.allSatisfy(\.isClosed) })
@@ -32,7 +32,7 @@ struct PoolLifetimeTests {
         let held = LeaseHolder(try await pool!.acquire())
         let idle = LeaseHolder(try await pool!.acquire())
         idle.drop()
-        weak var runtime = pool?.runtime
+        weak let runtime = pool?.runtime
         pool = nil
         #expect(await eventually { idle.connection.isClosed })
         // The runtime stays alive for the lease: its connection is open and its slot still leased.
@@ -51,7 +51,7 @@ struct PoolLifetimeTests {
         var pool: ConnectionPool<MockFactory>? = try ConnectionPool(
             factory: MockFactory(), configuration: Self.configuration, clock: .manual(clock))
         let late = LeaseHolder(try await pool!.acquire())
-        weak var runtime = pool?.runtime
+        weak let runtime = pool?.runtime
         let shutdown = Task { [pool] in await pool!.shutdown(gracePeriod: .seconds(5)) }
         #expect(await eventually { runtime?.status().health == .shuttingDown })
         clock.advance(by: .seconds(5))
@@ -75,7 +75,7 @@ struct PoolLifetimeTests {
             let lease = try await pool!.acquire()
             _ = lease.connection
         }
-        weak var runtime = pool?.runtime
+        weak let runtime = pool?.runtime
         let report = await pool!.shutdown()
         #expect(report.closedIdle == 1)
         pool = nil

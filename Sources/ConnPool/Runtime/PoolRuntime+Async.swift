@@ -9,6 +9,7 @@ extension PoolRuntime {
         guard plainAcquire else {
             return try await acquireFull(timeout: timeout ?? configuration.acquireTimeout, file: file, line: line)
         }
+        if idleStack.isOpen, let index = idleStack.pop() { return lendParked(index) }
         core.mutex.lock()
         if let token = core.state.pointee.leaseIdle() {
             let connection = connections[Int(token.index)].unsafelyUnwrapped
@@ -124,9 +125,14 @@ extension PoolRuntime {
                     continuation.resume(throwing: CancellationError())
                     return
                 }
+                // About to wait: close the fast lane and take back what is parked there (see IdleStack).
+                idleStack.setOpen(false)
+                let parked = drainIdleStackLocked()
                 let waiter = Waiter(id: id, deadline: deadline, handle: .async(continuation), timeout: timeout)
                 let action = core.state.pointee.enqueue(waiter, now: now)
+                syncGateLocked()
                 core.mutex.unlock()
+                run(parked)
                 switch action {
                 case .leased(let token):
                     continuation.resume(returning: token.rawValue)

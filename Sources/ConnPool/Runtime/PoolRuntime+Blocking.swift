@@ -14,6 +14,7 @@ extension PoolRuntime {
         guard plainAcquire else {
             return try acquireBlockingFull(timeout: timeout ?? configuration.acquireTimeout, file: file, line: line)
         }
+        if idleStack.isOpen, let index = idleStack.pop() { return lendParked(index) }
         core.mutex.lock()
         if let token = core.state.pointee.leaseIdle() {
             let connection = connections[Int(token.index)].unsafelyUnwrapped
@@ -83,6 +84,12 @@ extension PoolRuntime {
     @usableFromInline
     func spinForIdle() -> LeaseToken? {
         for _ in 0..<16 {
+            if idleStack.isOpen, let index = idleStack.pop() {
+                // The caller reads the connection from `connections`; the parked reference just goes.
+                idleStack.countLend(index)
+                _ = (parkedConnections + index).move()
+                return LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.parkedGeneration[index])
+            }
             core.mutex.lock()
             let state = core.state
             guard state.pointee.waiters.isEmpty, state.pointee.slots.occupiedCount >= state.pointee.maxSize,
@@ -117,16 +124,24 @@ extension PoolRuntime {
                 cell.deinitialize(count: 1)
             }
             core.mutex.lock()
+            // About to wait: close the fast lane and take back what is parked there (see IdleStack).
+            idleStack.setOpen(false)
+            let parked = drainIdleStackLocked()
             let waiter = Waiter(id: id, deadline: deadline, handle: .blocking(cell), timeout: timeout)
-            switch core.state.pointee.enqueue(waiter, now: now) {
+            let action = core.state.pointee.enqueue(waiter, now: now)
+            syncGateLocked()
+            switch action {
             case .leased(let token):
                 core.mutex.unlock()
+                run(parked)
                 return .success(token.rawValue)
             case .failed(let error):
                 core.mutex.unlock()
+                run(parked)
                 return .failure(error)
             case .waiting(let createSlot, let scheduleTimer):
                 core.mutex.unlock()
+                run(parked)
                 afterEnqueue(createSlot: createSlot, scheduleTimer: scheduleTimer)
                 core.mutex.lock()
                 while cell.pointee.result == nil {

@@ -46,6 +46,15 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     /// Spans for acquires and connection attempts, when given.
     @usableFromInline let tracer: (any Tracer)?
 
+    /// The lock-free fast lane for idle connections (see ``IdleStack``). Its gate stays closed when
+    /// every acquire needs the locked path (FIFO reuse, validation on acquire, lease tracking, tracing).
+    @usableFromInline let idleStack: IdleStack
+    /// The connection of each parked slot (slots below `idleStack.capacity`), initialized exactly while
+    /// the slot is parked, and owned like the stack's other parked data.
+    @usableFromInline let parkedConnections: UnsafeMutablePointer<PooledConnection>
+    /// Whether this pool uses the fast lane at all.
+    let usesFastLane: Bool
+
     /// Lock-free distributions, recorded outside the lock.
     @usableFromInline let acquireWaitHistogram = LatencyHistogram()
     @usableFromInline let leaseHoldHistogram = LatencyHistogram()
@@ -96,6 +105,9 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         buffer.initialize(repeating: nil, count: capacity)
         connectionBuffer = .allocate(capacity: 1)
         connectionBuffer.initialize(to: buffer)
+        idleStack = IdleStack(capacity: capacity)
+        parkedConnections = .allocate(capacity: capacity)
+        usesFastLane = plainAcquire && configuration.reuseOrder == .lifo
         let target = TimerTarget<Factory>()
         timer = clock.makeTimer { now in target.runtime?.timerFired(now: now) }
         target.runtime = self
@@ -103,6 +115,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         let now = clock.now()
         core.mutex.lock()
         let firstTick = core.state.pointee.startMaintenance(now: now)
+        syncGateLocked()
         var warmUp: [LeaseToken] = []
         if configuration.warmUpOnInit {
             while case .create(let token) = core.state.pointee.creationDecision(now: now) { warmUp.append(token) }
@@ -115,6 +128,8 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     deinit {
         // Runs once the timer has let go (the pool is finished) and no task holds the runtime: every
         // slot is empty. A connection still here was handed over by an operation given up on.
+        while let index = idleStack.pop() { (parkedConnections + index).deinitialize(count: 1) }
+        parkedConnections.deallocate()
         let capacity = core.state.pointee.slots.capacity
         for index in 0..<capacity {
             if let connection = connections[index] { Task.detached { await connection.close() } }
@@ -164,6 +179,11 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     func release(_ token: LeaseToken, connection: PooledConnection, broken: Bool) {
         let now = clock.coarseNow()
         let broken = broken || connection.isBroken
+        let index = Int(token.index)
+        if !broken, index < idleStack.capacity, idleStack.isOpen, now < idleStack.expiresAt[index] {
+            park(token, connection: connection, now: now)
+            return
+        }
         core.mutex.lock()
         if !broken, !tracksLeases, core.state.pointee.releaseToIdle(token, now: now) {
             core.mutex.unlock()
@@ -190,11 +210,13 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
             }
         }
         if !broken, core.state.pointee.releaseToIdle(token, now: now) {
+            syncGateLocked()
             core.mutex.unlock()
             return
         }
         switch core.state.pointee.release(token, broken: broken, now: now, brokenReason: reason) {
         case .idle:
+            syncGateLocked()
             core.mutex.unlock()
         case .stale:
             // The last lease closed by force may just have come back. The caller holds the runtime
@@ -205,14 +227,109 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
             if finished { Task { self.stopTimerIfFinished() } }
         case .handOff(let waiter, let newToken):
             let continuation = deliverLocked(waiter, .success(newToken.rawValue))
+            syncGateLocked()
             core.mutex.unlock()
             continuation?.resume(returning: newToken.rawValue)
         case .close(let closing, let closeReason):
             if closeReason == .shutdown { shutdownReport.closedOnReturn += 1 }
             let connection = takeConnectionLocked(closing.index)
+            syncGateLocked()
             core.mutex.unlock()
             closeInBackground(connection, closing)
         }
+    }
+
+    // MARK: Fast lane
+
+    /// Parks a released lease on the fast lane, the gate having been read open. The slot is the
+    /// caller's until the push publishes it. Then reads the gate again: if it closed meanwhile (a caller
+    /// started waiting, or shutdown began), drains, so the connection reaches that caller (see
+    /// ``IdleStack``, "Gate vs. parking").
+    ///
+    /// A lease parked here is always current: a lease goes stale only when shutdown closes its slot
+    /// by force, and by then the gate is closed for good.
+    @inlinable
+    func park(_ token: LeaseToken, connection: PooledConnection, now: Int64) {
+        let index = Int(token.index)
+        idleStack.parkedGeneration[index] = token.generation
+        idleStack.parkedAt[index] = now
+        (parkedConnections + index).initialize(to: connection)
+        idleStack.push(index)
+        if idleStack.closedAfterPush { drainIdleStack() }
+    }
+
+    /// Lends the slot just popped from the idle stack: the parked lease, with its generation, and the
+    /// parked connection moved into it.
+    @inlinable
+    func lendParked(_ index: Int) -> ConnectionLease<Factory> {
+        idleStack.countLend(index)
+        let token = LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.parkedGeneration[index])
+        return ConnectionLease(pool: self, token: token, connection: (parkedConnections + index).move())
+    }
+
+    /// Opens the fast lane's gate if the state machine allows it, closes it otherwise. Call with the
+    /// mutex held, after any change to lifecycle, waiters or occupancy. Opening late only costs speed;
+    /// the places that must close it (a caller about to wait, shutdown, a shrinking resize) close it
+    /// and drain before relying on it.
+    @usableFromInline
+    func syncGateLocked() {
+        idleStack.setOpen(usesFastLane && core.state.pointee.fastLaneAllowed)
+    }
+
+    /// What a drain of the idle stack left to do once the mutex is released.
+    struct DrainWork {
+        var handOffs: [(UnsafeContinuation<UInt64, any Error>, UInt64)] = []
+        var closes: [(PooledConnection?, LeaseToken)] = []
+        var finished = false
+    }
+
+    /// Returns every parked lease through the locked release path: to the idle ring, to the oldest
+    /// waiter, or to be closed. Call with the mutex held; pass the result to ``run(_:)`` after
+    /// releasing it.
+    func drainIdleStackLocked() -> DrainWork {
+        var work = DrainWork()
+        guard idleStack.head.load(ordering: .sequentiallyConsistent) != 0 else { return work }
+        for index in idleStack.popAllOldestFirst() {
+            let token = LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.parkedGeneration[index])
+            let now = idleStack.parkedAt[index]
+            // The slot's connection is also in `connections`: the parked reference just goes.
+            _ = (parkedConnections + index).move()
+            if core.state.pointee.releaseToIdle(token, now: now) { continue }
+            switch core.state.pointee.release(token, broken: false, now: now) {
+            case .idle:
+                break
+            case .stale:
+                work.finished = core.state.pointee.isFinished
+            case .handOff(let waiter, let newToken):
+                if let continuation = deliverLocked(waiter, .success(newToken.rawValue)) {
+                    work.handOffs.append((continuation, newToken.rawValue))
+                }
+            case .close(let closing, let reason):
+                if reason == .shutdown { shutdownReport.closedOnReturn += 1 }
+                work.closes.append((takeConnectionLocked(closing.index), closing))
+            }
+        }
+        return work
+    }
+
+    /// Carries out a drain's work, without the mutex.
+    func run(_ work: DrainWork) {
+        for (continuation, token) in work.handOffs { continuation.resume(returning: token) }
+        for (connection, closing) in work.closes { closeInBackground(connection, closing) }
+        // A drain may run from a lease's release, whose caller holds the runtime unretained: stop the
+        // timer from a task, which retains the runtime now, while it is surely alive.
+        if work.finished { Task { self.stopTimerIfFinished() } }
+    }
+
+    /// Drains the idle stack (see ``drainIdleStackLocked()``) and brings the gate up to date. Called by
+    /// a releaser that parked a connection and then found the gate closed, and before inspection.
+    @usableFromInline
+    func drainIdleStack() {
+        core.mutex.lock()
+        let work = drainIdleStackLocked()
+        syncGateLocked()
+        core.mutex.unlock()
+        run(work)
     }
 
     // MARK: Waiters
@@ -249,6 +366,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
             core.mutex.unlock()
             return
         }
+        syncGateLocked()
         core.mutex.unlock()
         if case .async(let continuation) = waiter.handle {
             continuation.resume(throwing: CancellationError())
@@ -342,7 +460,9 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
             if case .discard = action {
                 toClose = (connection, nil)
             } else {
-                connections[Int(token.index)] = connection
+                let index = Int(token.index)
+                connections[index] = connection
+                if index < idleStack.capacity { idleStack.expiresAt[index] = core.state.pointee.slots.expiresAt[index] }
             }
             switch action {
             case .idle, .discard:
@@ -362,6 +482,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         }
         let watchers = creationWatchers
         creationWatchers = []
+        syncGateLocked()
         core.mutex.unlock()
 
         if let (continuation, leaseToken) = handOff { continuation.resume(returning: leaseToken) }
@@ -407,6 +528,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         let failed = failFastWaitersLocked()
         let drained = takeDrainContinuationsIfDrainedLocked()
         let finished = core.state.pointee.isFinished
+        syncGateLocked()
         core.mutex.unlock()
         if let lifetime { lifetimeHistogram.record(nanoseconds: UInt64(max(0, lifetime))) }
         for (continuation, error) in failed { continuation.resume(throwing: error) }
@@ -423,6 +545,8 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     /// a manual clock). Returns the next deadline.
     func timerFired(now: Int64) -> Int64? {
         core.mutex.lock()
+        // Maintenance, shutdown and metrics see parked connections as the idle ones they are.
+        let parked = drainIdleStackLocked()
         core.state.pointee.timerFired()
         while let waiter = core.state.pointee.popExpiredWaiter(now: now) {
             let result = WaiterResult.failure(core.state.pointee.timeoutError(for: waiter))
@@ -477,7 +601,9 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         }
         let next = core.state.pointee.nextTimerDeadline()
         let finished = core.state.pointee.isFinished
+        syncGateLocked()
         core.mutex.unlock()
+        run(parked)
         if finished { timer.stop() }  // the handler's caller holds the runtime strongly
 
         for (continuation, error) in failedFast { continuation.resume(throwing: error) }
@@ -519,13 +645,16 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         core.mutex.lock()
         switch core.state.pointee.validationFinished(checking, valid: valid, now: now) {
         case .idle:
+            syncGateLocked()
             core.mutex.unlock()
         case .handOff(let waiter, let token):
             let continuation = deliverLocked(waiter, .success(token.rawValue))
+            syncGateLocked()
             core.mutex.unlock()
             continuation?.resume(returning: token.rawValue)
         case .close(let closing, _):
             let connection = takeConnectionLocked(closing.index)
+            syncGateLocked()
             core.mutex.unlock()
             if !valid {
                 logger.info("connection pool: closing a connection that failed its health check")
@@ -533,6 +662,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
             closeInBackground(connection, closing)
         case .discard:
             // The check outlived its deadline: the pool gave up on it and already closed the connection.
+            syncGateLocked()
             core.mutex.unlock()
             _ = checked
         }
@@ -653,6 +783,9 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     /// connections for closing, which the caller closes (each followed by `closeFinished`).
     private func beginShutdown(now: Int64, gracePeriod: Duration?) -> [(LeaseToken, PooledConnection?)] {
         core.mutex.lock()
+        // Close the fast lane, then take the parked connections back as the idle ones they are.
+        idleStack.setOpen(false)
+        let parked = drainIdleStackLocked()
         let deadline = core.state.pointee.beginShutdown(now: now, gracePeriod: gracePeriod?.nanosecondsClamped)
         var continuations: [UnsafeContinuation<UInt64, any Error>] = []
         while let waiter = core.state.pointee.popWaiterForShutdown() {
@@ -665,6 +798,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         }
         shutdownReport.closedIdle += closing.count
         core.mutex.unlock()
+        run(parked)
         if let deadline { timer.schedule(at: deadline) }
         for continuation in continuations { continuation.resume(throwing: ConnectionPoolError.shutDown) }
         return closing
@@ -698,6 +832,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
 
     /// See ``ConnectionPool/metrics()``.
     func metrics() -> PoolMetrics {
+        drainIdleStack()  // parked connections count as idle
         core.mutex.lock()
         defer { core.mutex.unlock() }
         return metricsLocked()
@@ -714,7 +849,8 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
             waiting: state.waiters.count,
             maxSize: state.maxSize)
         let counters = state.counters
-        metrics.acquires = counters.immediateAcquires + counters.waitedAcquires
+        let fastLends = idleStack.lendCount()
+        metrics.acquires = counters.immediateAcquires + fastLends + counters.waitedAcquires
         metrics.acquiresAfterWaiting = counters.waitedAcquires
         metrics.created = counters.created
         metrics.creationFailures = counters.creationFailures
@@ -725,7 +861,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         metrics.cancelledWaiters = counters.cancelledWaiters
         metrics.leaksDetected = counters.leaksDetected
         metrics.closedByReason = counters.closedByReason
-        metrics.acquireWait = acquireWaitHistogram.snapshot(extraZeros: UInt64(counters.immediateAcquires))
+        metrics.acquireWait = acquireWaitHistogram.snapshot(extraZeros: UInt64(counters.immediateAcquires + fastLends))
         metrics.leaseHold = leaseHoldHistogram.snapshot()
         metrics.connectionLifetime = lifetimeHistogram.snapshot()
         return metrics
@@ -744,6 +880,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
 
     /// See ``ConnectionPool/status()``.
     func status() -> PoolStatus {
+        drainIdleStack()
         core.mutex.lock()
         let state = core.state.pointee
         let metrics = metricsLocked()
@@ -778,6 +915,9 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         }
         let now = clock.now()
         core.mutex.lock()
+        // Parked leases return first, so that a shrink closes the idle extras among them.
+        idleStack.setOpen(false)
+        let parked = drainIdleStackLocked()
         let capacity = core.state.pointee.slots.capacity
         if maxSize > capacity {
             let grown = UnsafeMutablePointer<PooledConnection?>.allocate(capacity: maxSize)
@@ -788,13 +928,16 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         }
         let action = core.state.pointee.resize(maxSize: maxSize, now: now)
         let toClose = action.close.map { ($0, takeConnectionLocked($0.index)) }
+        syncGateLocked()
         core.mutex.unlock()
+        run(parked)
         for (closing, connection) in toClose { closeInBackground(connection, closing) }
         for token in action.create { startCreation(token) }
     }
 
     /// Checks the state machine's invariants (for tests): a description of the first violation.
     func invariantViolation() -> String? {
+        drainIdleStack()
         core.mutex.lock()
         defer { core.mutex.unlock() }
         if let violation = core.state.pointee.invariantViolation() { return violation }

@@ -5,7 +5,9 @@
 /// critical section already touches, and ``ConnectionPool/metrics()`` reads all of them under the
 /// same lock: the snapshot is exactly consistent (total = idle + inUse + connecting + validating +
 /// closing at that instant, and created − closed = the connections that exist). Atomics would add a
-/// locked instruction per event on the hot path and give a less consistent snapshot.
+/// locked instruction per event on the hot path and give a less consistent snapshot. The one event
+/// counted elsewhere is a lend through the lock-free fast lane: `IdleStack` keeps a counter per slot,
+/// each written only by the slot's owner, and the metrics add them up.
 @usableFromInline
 struct PoolCounters: Hashable {
     /// Acquires served at once by an idle connection.

@@ -120,6 +120,11 @@ struct PoolStateMachine {
         return LeaseToken(index: index, generation: generation)
     }
 
+    /// Whether released connections may be parked on the lock-free idle stack (see `IdleStack`): the
+    /// pool runs, nobody waits, and it holds no more connections than its maximum.
+    @inlinable
+    var fastLaneAllowed: Bool { lifecycle == .running && waiters.isEmpty && slots.occupiedCount <= maxSize }
+
     /// Returns a healthy connection to the idle set when nobody waits and it has not outlived
     /// `maxLifetime`. Returns `false` when the release needs the slow path (waiters, expiry, shutdown,
     /// or a stale token).

@@ -1,0 +1,177 @@
+public import Synchronization
+
+/// The pool's lock-free fast lane: a stack of idle slots that acquire and release reach with one
+/// compare-and-swap each, without the pool's mutex. Hand-written because it is the hot path: it must
+/// not allocate and must cost less than the two mutex round trips it replaces.
+///
+/// ## How it fits the state machine
+/// A slot on this stack is, for the state machine, still *leased*: the stack holds the lease the last
+/// borrower gave back ("parked"), with that lease's generation. Popping it lends the same lease to the
+/// next borrower; pushing it parks it again. The state machine therefore never sees the fast lane's
+/// traffic, and its invariants and lease tokens stay exact. Whenever the locked side needs to see the
+/// idle connections (a caller is about to wait, a maintenance round, a metrics snapshot, a resize,
+/// shutdown) it first *drains* the stack under the mutex, returning each parked lease through the
+/// ordinary release path (to the idle ring, to a waiter, or to be closed).
+///
+/// ## The gate
+/// `gate` is 0 while the fast lane may be used and 1 while it must not: when callers wait (a released
+/// connection must go to the oldest of them, not be parked), while shutting down, and while the pool
+/// holds more connections than its maximum after a shrinking resize. The locked side writes it.
+///
+/// ## Memory ordering, and why each choice is safe
+/// - **Parked data** (the slot's lease generation, release time and connection, in ``parkedGeneration``,
+///   ``parkedAt`` and the runtime's parked-connection buffer; also ``expiresAt``) is plain memory written only by the slot's
+///   one owner before ``push(_:)``, and read only by the one thread whose ``pop()`` took the slot. The
+///   push's successful compare-and-swap *releases* and the pop's *acquires* the same `head`, so the
+///   writes happen before the reads (and ThreadSanitizer sees that edge).
+/// - **`next`** links are atomics read `relaxed`: a popper reads the link of the top slot it saw, and
+///   that slot may meanwhile be popped and pushed again by others, rewriting the link. The value read
+///   then may be stale, but the pop's compare-and-swap fails, because…
+/// - **ABA**: `head` packs the top slot (index + 1, 0 when empty) with a 32-bit tag that every
+///   successful push and pop increments, so a compare-and-swap against a head that was popped and
+///   pushed back in between fails. Wrapping the tag needs 2³² operations inside one pop's window.
+/// - **Gate vs. parking (no lost wake-up)**: a releaser *pushes, then reads the gate*; the locked side
+///   *closes the gate, then drains*. Both are sequentially consistent, so at least one of them sees the
+///   other: either the drain finds the parked slot, or the releaser sees the gate closed and drains it
+///   itself. A connection can therefore never be parked while someone waits for one.
+/// - **Gate vs. lending**: an acquirer reads the gate `relaxed` before popping. Reading it open just as
+///   it closes lets the acquirer take a parked connection a waiter's drain would have found: that is
+///   the acquirer arriving first, which is allowed; waiters themselves are still served in order.
+@usableFromInline
+final class IdleStack: @unchecked Sendable {
+    // @unchecked Sendable: the atomics are Sendable; the three plain buffers are allocated in `init`,
+    // freed in `deinit`, and each element is touched only by the one owner of its slot, handed over by
+    // `head`'s release/acquire (see "Memory ordering" above).
+
+    /// Slots `0..<capacity` may be parked (the pool's size at creation; slots added by a resize use
+    /// the locked path only).
+    @usableFromInline let capacity: Int
+    /// Top of the stack: the slot index + 1 (0: empty) in the low 32 bits, the ABA tag in the high 32.
+    @usableFromInline let head = Atomic<UInt64>(0)
+    /// 0 while the fast lane is open, 1 while it is closed (see "The gate").
+    @usableFromInline let gate = Atomic<Int>(1)
+    /// For each parked slot, the slot below it (index + 1, 0: none).
+    @usableFromInline let next: UnsafeMutablePointer<Atomic<UInt32>>
+    /// For each parked slot, the generation of the lease it holds.
+    @usableFromInline let parkedGeneration: UnsafeMutablePointer<UInt32>
+    /// For each parked slot, when it was parked (coarse monotonic nanoseconds): its `lastUsed`.
+    @usableFromInline let parkedAt: UnsafeMutablePointer<Int64>
+    /// For each slot, when its connection reaches its maximum lifetime: a copy of the state machine's
+    /// value, written under the mutex when the connection is installed (before any lease of it exists),
+    /// so a fast release can close an expired connection instead of parking it.
+    @usableFromInline let expiresAt: UnsafeMutablePointer<Int64>
+    /// For each slot, how many times the fast lane lent it: each slot's owner adds to its own
+    /// counter (a load and a store, no read-modify-write); ``lendCount`` sums them.
+    @usableFromInline let lends: UnsafeMutablePointer<Atomic<Int>>
+    /// Scratch space for a drain, used only with the pool's mutex held.
+    let drainOrder: UnsafeMutablePointer<Int>
+
+    init(capacity: Int) {
+        precondition(capacity > 0 && capacity < Int(UInt32.max))
+        self.capacity = capacity
+        next = .allocate(capacity: capacity)
+        lends = .allocate(capacity: capacity)
+        for index in 0..<capacity {
+            (next + index).initialize(to: Atomic(0))
+            (lends + index).initialize(to: Atomic(0))
+        }
+        parkedGeneration = .allocate(capacity: capacity)
+        parkedGeneration.initialize(repeating: 0, count: capacity)
+        parkedAt = .allocate(capacity: capacity)
+        parkedAt.initialize(repeating: 0, count: capacity)
+        expiresAt = .allocate(capacity: capacity)
+        expiresAt.initialize(repeating: .max, count: capacity)
+        drainOrder = .allocate(capacity: capacity)
+    }
+
+    deinit {
+        next.deinitialize(count: capacity)
+        next.deallocate()
+        lends.deinitialize(count: capacity)
+        lends.deallocate()
+        parkedGeneration.deallocate()
+        parkedAt.deallocate()
+        expiresAt.deallocate()
+        drainOrder.deallocate()
+    }
+
+    /// Whether the fast lane is open. A hint, read before trying it (see "Gate vs. lending").
+    @inlinable
+    var isOpen: Bool { gate.load(ordering: .relaxed) == 0 }
+
+    /// Opens or closes the gate. Called by the locked side; closing is followed by a drain.
+    func setOpen(_ open: Bool) {
+        let value = open ? 0 : 1
+        if gate.load(ordering: .relaxed) != value { gate.store(value, ordering: .sequentiallyConsistent) }
+    }
+
+    /// Re-reads the gate after a push (see "Gate vs. parking"): true if the pusher must drain.
+    @inlinable
+    var closedAfterPush: Bool { gate.load(ordering: .sequentiallyConsistent) != 0 }
+
+    /// Parks slot `index`, whose owner has written its parked data.
+    ///
+    /// - Precondition: the caller owns the slot (it holds the slot's lease) and `index < capacity`.
+    @inlinable
+    func push(_ index: Int) {
+        var old = head.load(ordering: .relaxed)
+        while true {
+            next[index].store(UInt32(truncatingIfNeeded: old), ordering: .relaxed)
+            let new = ((old >> 32) &+ 1) << 32 | UInt64(index + 1)
+            // Releasing (publishes the parked data) and sequentially consistent (orders the push before
+            // the caller's re-read of the gate).
+            let (exchanged, original) = head.weakCompareExchange(
+                expected: old, desired: new,
+                successOrdering: .sequentiallyConsistent, failureOrdering: .relaxed)
+            if exchanged { return }
+            old = original
+        }
+    }
+
+    /// Takes the most recently parked slot, or nil if none is parked. The caller then owns the slot
+    /// and its parked data.
+    @inlinable
+    func pop() -> Int? {
+        var old = head.load(ordering: .acquiring)
+        while true {
+            let top = Int(UInt32(truncatingIfNeeded: old))
+            if top == 0 { return nil }
+            let below = next[top - 1].load(ordering: .relaxed)
+            let new = ((old >> 32) &+ 1) << 32 | UInt64(below)
+            // Acquiring on success: the parked data written before the push is visible.
+            let (exchanged, original) = head.weakCompareExchange(
+                expected: old, desired: new,
+                successOrdering: .acquiringAndReleasing, failureOrdering: .acquiring)
+            if exchanged { return top - 1 }
+            old = original
+        }
+    }
+
+    /// Pops every parked slot and returns them least recently parked first, so that returning them to
+    /// the idle ring in this order keeps LIFO reuse (the most recently used ends up on top). The
+    /// buffer is valid until the next drain. Call with the pool's mutex held.
+    func popAllOldestFirst() -> UnsafeBufferPointer<Int> {
+        var count = 0
+        while let index = pop() {
+            drainOrder[count] = index
+            count += 1
+        }
+        var order = UnsafeMutableBufferPointer(start: drainOrder, count: count)
+        order.reverse()
+        return UnsafeBufferPointer(start: drainOrder, count: count)
+    }
+
+    /// Counts one fast lend of `index`, by the slot's owner.
+    @inlinable
+    func countLend(_ index: Int) {
+        let counter = lends + index
+        counter.pointee.store(counter.pointee.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+    }
+
+    /// The number of fast lends so far (for metrics; each counter read atomically).
+    func lendCount() -> Int {
+        var total = 0
+        for index in 0..<capacity { total &+= lends[index].load(ordering: .relaxed) }
+        return total
+    }
+}
