@@ -87,8 +87,8 @@ extension PoolRuntime {
             if idleStack.isOpen, let index = idleStack.pop() {
                 // The caller reads the connection from `connections`; the parked reference just goes.
                 idleStack.countLend(index)
-                _ = (parkedConnections + index).move()
-                return LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.parkedGeneration[index])
+                _ = takeParkedConnection(index)
+                return LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.slots[index].generation)
             }
             core.mutex.lock()
             let state = core.state

@@ -49,9 +49,6 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     /// The lock-free fast lane for idle connections (see ``IdleStack``). Its gate stays closed when
     /// every acquire needs the locked path (FIFO reuse, validation on acquire, lease tracking, tracing).
     @usableFromInline let idleStack: IdleStack
-    /// The connection of each parked slot (slots below `idleStack.capacity`), initialized exactly while
-    /// the slot is parked, and owned like the stack's other parked data.
-    @usableFromInline let parkedConnections: UnsafeMutablePointer<PooledConnection>
     /// Whether this pool uses the fast lane at all.
     let usesFastLane: Bool
 
@@ -106,7 +103,6 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         connectionBuffer = .allocate(capacity: 1)
         connectionBuffer.initialize(to: buffer)
         idleStack = IdleStack(capacity: capacity)
-        parkedConnections = .allocate(capacity: capacity)
         usesFastLane = plainAcquire && configuration.reuseOrder == .lifo
         let target = TimerTarget<Factory>()
         timer = clock.makeTimer { now in target.runtime?.timerFired(now: now) }
@@ -128,8 +124,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     deinit {
         // Runs once the timer has let go (the pool is finished) and no task holds the runtime: every
         // slot is empty. A connection still here was handed over by an operation given up on.
-        while let index = idleStack.pop() { (parkedConnections + index).deinitialize(count: 1) }
-        parkedConnections.deallocate()
+        while let index = idleStack.pop() { _ = takeParkedConnection(index) }
         let capacity = core.state.pointee.slots.capacity
         for index in 0..<capacity {
             if let connection = connections[index] { Task.detached { await connection.close() } }
@@ -180,7 +175,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         let now = clock.coarseNow()
         let broken = broken || connection.isBroken
         let index = Int(token.index)
-        if !broken, index < idleStack.capacity, idleStack.isOpen, now < idleStack.expiresAt[index] {
+        if !broken, index < idleStack.capacity, idleStack.isOpen, now < idleStack.slots[index].expiresAt {
             park(token, connection: connection, now: now)
             return
         }
@@ -251,9 +246,9 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     @inlinable
     func park(_ token: LeaseToken, connection: PooledConnection, now: Int64) {
         let index = Int(token.index)
-        idleStack.parkedGeneration[index] = token.generation
-        idleStack.parkedAt[index] = now
-        (parkedConnections + index).initialize(to: connection)
+        idleStack.slots[index].generation = token.generation
+        idleStack.slots[index].parkedAt = now
+        idleStack.slots[index].connection = Unmanaged.passRetained(connection).toOpaque()
         idleStack.push(index)
         if idleStack.closedAfterPush { drainIdleStack() }
     }
@@ -263,8 +258,17 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     @inlinable
     func lendParked(_ index: Int) -> ConnectionLease<Factory> {
         idleStack.countLend(index)
-        let token = LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.parkedGeneration[index])
-        return ConnectionLease(pool: self, token: token, connection: (parkedConnections + index).move())
+        let token = LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.slots[index].generation)
+        return ConnectionLease(pool: self, token: token, connection: takeParkedConnection(index))
+    }
+
+    /// Takes the connection parked in slot `index` (which the caller just popped), with the reference
+    /// the park retained.
+    @inlinable
+    func takeParkedConnection(_ index: Int) -> PooledConnection {
+        let connection = Unmanaged<PooledConnection>.fromOpaque(idleStack.slots[index].connection.unsafelyUnwrapped)
+        idleStack.slots[index].connection = nil
+        return connection.takeRetainedValue()
     }
 
     /// Opens the fast lane's gate if the state machine allows it, closes it otherwise. Call with the
@@ -288,12 +292,12 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     /// releasing it.
     func drainIdleStackLocked() -> DrainWork {
         var work = DrainWork()
-        guard idleStack.head.load(ordering: .sequentiallyConsistent) != 0 else { return work }
+        guard !idleStack.isEmpty else { return work }
         for index in idleStack.popAllOldestFirst() {
-            let token = LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.parkedGeneration[index])
-            let now = idleStack.parkedAt[index]
+            let token = LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.slots[index].generation)
+            let now = idleStack.slots[index].parkedAt
             // The slot's connection is also in `connections`: the parked reference just goes.
-            _ = (parkedConnections + index).move()
+            _ = takeParkedConnection(index)
             if core.state.pointee.releaseToIdle(token, now: now) { continue }
             switch core.state.pointee.release(token, broken: false, now: now) {
             case .idle:
@@ -462,7 +466,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
             } else {
                 let index = Int(token.index)
                 connections[index] = connection
-                if index < idleStack.capacity { idleStack.expiresAt[index] = core.state.pointee.slots.expiresAt[index] }
+                if index < idleStack.capacity { idleStack.slots[index].expiresAt = core.state.pointee.slots.expiresAt[index] }
             }
             switch action {
             case .idle, .discard:
