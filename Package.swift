@@ -147,7 +147,7 @@ let package = Package(
         .testTarget(name: "ConnPoolBenchHarnessTests", dependencies: ["ConnPool", "ConnPoolBenchHarness"], swiftSettings: strictSettings),
         .testTarget(
             name: "ConnPoolTCPTests",
-            dependencies: ["ConnPool", "ConnPoolTCP", "RedisServerLauncher"],
+            dependencies: ["ConnPool", "ConnPoolTCP", "ConnPoolIO", "RedisServerLauncher"],
             swiftSettings: strictSettings
         ),
         // The DocC catalog's code samples, compiled and run; checks that the articles quote them verbatim.

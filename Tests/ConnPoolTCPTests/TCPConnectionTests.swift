@@ -1,7 +1,19 @@
+import ConnPoolIO
 import ConnPoolTCP
 import Foundation
 import Glibc
 import Testing
+
+/// Yields until the shared reactor holds more waits than `baseline` (the task under test is suspended
+/// in its wait), for at most 10 s of wall time.
+func reactorWaitStarted(above baseline: Int) async -> Bool {
+    let deadline = ContinuousClock.now + .seconds(10)
+    while IOReactor.shared.pendingWaitCount <= baseline {
+        if ContinuousClock.now > deadline { return false }
+        await Task.yield()
+    }
+    return true
+}
 
 @Suite("TCPConnection")
 struct TCPConnectionTests {
@@ -213,8 +225,9 @@ struct TCPConnectionTests {
         defer { server.stop() }
         let connection = try await TCPConnection.connect(testConfiguration(server, readTimeout: .seconds(30)))
         defer { connection.closeBlocking() }
+        let waits = IOReactor.shared.pendingWaitCount
         let reader = Task { try await connection.readLine() }
-        try await Task.sleep(for: .milliseconds(20))  // let it start waiting (not required for correctness)
+        #expect(await reactorWaitStarted(above: waits))  // cancel it while it waits, not before
         let start = ContinuousClock.now
         reader.cancel()
         await #expect(throws: CancellationError.self) { try await reader.value }
@@ -355,8 +368,9 @@ struct TCPConnectionTests {
 
         // A cancelled connect ends at once with CancellationError, long before its timeout.
         let patient = TCPConnectionConfiguration(host: "127.0.0.1", port: backlog.port, connectTimeout: .seconds(60))
+        let waits = IOReactor.shared.pendingWaitCount
         let connecting = Task { try await TCPConnection.connect(patient) }
-        try await Task.sleep(for: .milliseconds(50))  // let it reach the wait (not required for correctness)
+        #expect(await reactorWaitStarted(above: waits))  // cancel it while it waits, not before
         let cancelledAt = ContinuousClock.now
         connecting.cancel()
         await #expect(throws: CancellationError.self) { try await connecting.value }
