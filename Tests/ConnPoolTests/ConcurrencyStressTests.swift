@@ -166,7 +166,7 @@ struct ConcurrencyStressTests {
         // A lost hand-off (a connection parked on the fast lane while a caller waits) would leave that
         // caller waiting until its timeout: every error here is one.
         let pool = try ConnectionPool(
-            factory: MockFactory(), configuration: PoolConfiguration().maxSize(1).acquireTimeout(.seconds(3)))
+            factory: MockFactory(), configuration: PoolConfiguration().maxSize(1).acquireTimeout(.seconds(10)))
         let errors = Locked<[String]>([])
         let rounds = 3_000
         let threads = (0..<2).map { _ in
