@@ -5,6 +5,30 @@ import Testing
 
 @Suite("ConnectionPool under concurrency")
 struct ConcurrencyStressTests {
+    /// Plain threads that each borrow `iterations` times, alternating the blocking closure and lease forms;
+    /// errors are recorded in `violations`.
+    static func blockingBorrowers(
+        _ count: Int, iterations: Int, pool: ConnectionPool<MockFactory>, violations: Locked<[String]>,
+        use: @escaping @Sendable (MockConnection) -> Void
+    ) -> [TestThread] {
+        (0..<count).map { _ in
+            TestThread {
+                for index in 0..<iterations {
+                    do {
+                        if index % 2 == 0 {
+                            try pool.withConnectionBlocking { use($0) }
+                        } else {
+                            let lease = try pool.acquireBlocking()
+                            use(lease.connection)
+                        }
+                    } catch {
+                        violations.withLock { $0.append("thread: \(error)") }
+                    }
+                }
+            }
+        }
+    }
+
     @Test("64 tasks and 8 threads mixing both interfaces never exceed maxSize nor share a connection")
     func maxSizeHeldUnderContention() async throws {
         let factory = MockFactory()
@@ -26,22 +50,7 @@ struct ConcurrencyStressTests {
             connection.endBorrow()
         }
 
-        let threads = (0..<8).map { _ in
-            TestThread {
-                for index in 0..<iterations {
-                    do {
-                        if index % 2 == 0 {
-                            try pool.withConnectionBlocking { use($0) }
-                        } else {
-                            let lease = try pool.acquireBlocking()
-                            use(lease.connection)
-                        }
-                    } catch {
-                        violations.withLock { $0.append("thread: \(error)") }
-                    }
-                }
-            }
-        }
+        let threads = Self.blockingBorrowers(8, iterations: iterations, pool: pool, violations: violations, use: use)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for task in 0..<64 {
                 group.addTask {
@@ -120,22 +129,7 @@ struct ConcurrencyStressTests {
                 usleep(200)
             }
         }
-        let threads = (0..<6).map { _ in
-            TestThread {
-                for index in 0..<threadOps {
-                    do {
-                        if index % 2 == 0 {
-                            try pool.withConnectionBlocking { use($0) }
-                        } else {
-                            let lease = try pool.acquireBlocking()
-                            use(lease.connection)
-                        }
-                    } catch {
-                        violations.withLock { $0.append("thread: \(error)") }
-                    }
-                }
-            }
-        }
+        let threads = Self.blockingBorrowers(6, iterations: threadOps, pool: pool, violations: violations, use: use)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<8 {
                 group.addTask {
