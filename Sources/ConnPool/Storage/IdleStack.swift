@@ -1,5 +1,36 @@
 public import Synchronization
 
+/// One slot's fast-lane data, alone on a 64-byte cache line: cores that park and take different slots
+/// never write to the same line (only `IdleStack`'s head is shared).
+@usableFromInline
+struct ParkedSlot: ~Copyable {
+    /// The slot below this one on the stack (index + 1, 0: none).
+    @usableFromInline let next: Atomic<UInt32>
+    /// The generation of the parked lease.
+    @usableFromInline var generation: UInt32
+    /// When the lease was parked (coarse monotonic nanoseconds): the connection's `lastUsed`.
+    @usableFromInline var parkedAt: Int64
+    /// When the slot's connection reaches its maximum lifetime: a copy of the state machine's value,
+    /// written under the mutex when the connection is installed (before any lease of it exists), so a
+    /// fast release can close an expired connection instead of parking it.
+    @usableFromInline var expiresAt: Int64
+    /// The parked connection, retained (`Unmanaged`), while the slot is parked; nil otherwise.
+    @usableFromInline var connection: UnsafeMutableRawPointer?
+    /// How many times the fast lane lent this slot. Written only by the slot's owner (a load and a
+    /// store, no read-modify-write), read by ``IdleStack/lendCount()``.
+    @usableFromInline let lends: Atomic<Int>
+    private var padding: (UInt64, UInt64, UInt64) = (0, 0, 0)
+
+    init() {
+        next = Atomic(0)
+        generation = 0
+        parkedAt = 0
+        expiresAt = .max
+        connection = nil
+        lends = Atomic(0)
+    }
+}
+
 /// The pool's lock-free fast lane: a stack of idle slots that acquire and release reach with one
 /// compare-and-swap each, without the pool's mutex. Hand-written because it is the hot path: it must
 /// not allocate and must cost less than the two mutex round trips it replaces.
@@ -37,37 +68,6 @@ public import Synchronization
 /// - **Gate vs. lending**: an acquirer reads the gate `relaxed` before popping. Reading it open just as
 ///   it closes lets the acquirer take a parked connection a waiter's drain would have found: that is
 ///   the acquirer arriving first, which is allowed; waiters themselves are still served in order.
-/// One slot's fast-lane data, alone on a 64-byte cache line: cores that park and take different slots
-/// never write to the same line (only `IdleStack`'s head is shared).
-@usableFromInline
-struct ParkedSlot: ~Copyable {
-    /// The slot below this one on the stack (index + 1, 0: none).
-    @usableFromInline let next: Atomic<UInt32>
-    /// The generation of the parked lease.
-    @usableFromInline var generation: UInt32
-    /// When the lease was parked (coarse monotonic nanoseconds): the connection's `lastUsed`.
-    @usableFromInline var parkedAt: Int64
-    /// When the slot's connection reaches its maximum lifetime: a copy of the state machine's value,
-    /// written under the mutex when the connection is installed (before any lease of it exists), so a
-    /// fast release can close an expired connection instead of parking it.
-    @usableFromInline var expiresAt: Int64
-    /// The parked connection, retained (`Unmanaged`), while the slot is parked; nil otherwise.
-    @usableFromInline var connection: UnsafeMutableRawPointer?
-    /// How many times the fast lane lent this slot. Written only by the slot's owner (a load and a
-    /// store, no read-modify-write), read by ``IdleStack/lendCount()``.
-    @usableFromInline let lends: Atomic<Int>
-    private var padding: (UInt64, UInt64, UInt64) = (0, 0, 0)
-
-    init() {
-        next = Atomic(0)
-        generation = 0
-        parkedAt = 0
-        expiresAt = .max
-        connection = nil
-        lends = Atomic(0)
-    }
-}
-
 @usableFromInline
 final class IdleStack: @unchecked Sendable {
     // @unchecked Sendable: the shared words are atomics; each `ParkedSlot`'s plain fields are touched
