@@ -87,8 +87,7 @@ extension PoolRuntime {
             if idleStack.isOpen, let index = idleStack.pop() {
                 // The caller reads the connection from `connections`; the parked reference just goes.
                 idleStack.countLend(index)
-                _ = takeParkedConnection(index)
-                return LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.slots[index].generation)
+                return unpark(index).token
             }
             core.mutex.lock()
             let state = core.state

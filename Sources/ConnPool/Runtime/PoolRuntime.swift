@@ -124,7 +124,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     deinit {
         // Runs once the timer has let go (the pool is finished) and no task holds the runtime: every
         // slot is empty. A connection still here was handed over by an operation given up on.
-        while let index = idleStack.pop() { _ = takeParkedConnection(index) }
+        while let index = idleStack.pop() { _ = unpark(index) }
         let capacity = core.state.pointee.slots.capacity
         for index in 0..<capacity {
             if let connection = connections[index] { Task.detached { await connection.close() } }
@@ -258,17 +258,18 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     @inlinable
     func lendParked(_ index: Int) -> ConnectionLease<Factory> {
         idleStack.countLend(index)
-        let token = LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.slots[index].generation)
-        return ConnectionLease(pool: self, token: token, connection: takeParkedConnection(index))
+        let (token, connection) = unpark(index)
+        return ConnectionLease(pool: self, token: token, connection: connection)
     }
 
-    /// Takes the connection parked in slot `index` (which the caller just popped), with the reference
-    /// the park retained.
+    /// Takes over the lease parked in slot `index` (which the caller just popped): its token, and its
+    /// connection with the reference the park retained.
     @inlinable
-    func takeParkedConnection(_ index: Int) -> PooledConnection {
+    func unpark(_ index: Int) -> (token: LeaseToken, connection: PooledConnection) {
+        let token = LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.slots[index].generation)
         let connection = Unmanaged<PooledConnection>.fromOpaque(idleStack.slots[index].connection.unsafelyUnwrapped)
         idleStack.slots[index].connection = nil
-        return connection.takeRetainedValue()
+        return (token, connection.takeRetainedValue())
     }
 
     /// Opens the fast lane's gate if the state machine allows it, closes it otherwise. Call with the
@@ -294,10 +295,9 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         var work = DrainWork()
         guard !idleStack.isEmpty else { return work }
         for index in idleStack.popAllOldestFirst() {
-            let token = LeaseToken(index: Int32(truncatingIfNeeded: index), generation: idleStack.slots[index].generation)
             let now = idleStack.slots[index].parkedAt
             // The slot's connection is also in `connections`: the parked reference just goes.
-            _ = takeParkedConnection(index)
+            let token = unpark(index).token
             if core.state.pointee.releaseToIdle(token, now: now) { continue }
             switch core.state.pointee.release(token, broken: false, now: now) {
             case .idle:
