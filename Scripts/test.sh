@@ -3,7 +3,7 @@
 #   1. swift test (every suite; Redis tests start their own redis-server on free loopback ports),
 #   2. the examples, built and run,
 #   3. swift test --sanitize=thread (the whole suite under ThreadSanitizer),
-#   4. the backend tests under --sanitize=address.
+#   4. the backend tests and the pool's lifetime tests under --sanitize=address.
 # Suites run one at a time (--no-parallel): many of them assert deadlines against real servers, and
 # running 160+ tests at once on a 2-core machine turns scheduling delay into false timeouts.
 set -euo pipefail
@@ -26,10 +26,10 @@ TSAN_OPTIONS="halt_on_error=1" swift test --no-parallel --sanitize=thread --scra
     || { quiet < /tmp/connpool-tsan.log | tail -200; echo "swift test --sanitize=thread failed"; exit 1; }
 grep -E '^(✔|✘) (Suite|Test run)|Executed [0-9]+ tests' /tmp/connpool-tsan.log | tail -40
 
-echo "== swift test --sanitize=address (backends)"
+echo "== swift test --sanitize=address (backends, pool lifetime)"
 LSAN_OPTIONS="suppressions=$PWD/Scripts/lsan.supp:print_suppressions=0" \
     swift test --no-parallel --sanitize=address --scratch-path .build-asan \
-    --filter 'ConnPoolRedisTests|ConnPoolTCPTests|ConnPoolIOTests' > /tmp/connpool-asan.log 2>&1 \
+    --filter 'ConnPoolRedisTests|ConnPoolTCPTests|ConnPoolIOTests|PoolLifetimeTests' > /tmp/connpool-asan.log 2>&1 \
     || { quiet < /tmp/connpool-asan.log | tail -200; echo "swift test --sanitize=address failed"; exit 1; }
 grep -E '^(✔|✘) (Suite|Test run)|Executed [0-9]+ tests' /tmp/connpool-asan.log | tail -20
 

@@ -23,6 +23,9 @@ public import Tracing
 ///   therefore never outlive the runtime it points at: while a lease is out, either its slot is
 ///   `.leased` (the pool is not drained) or it was closed by force and is counted in
 ///   `PoolStateMachine.forcedLeasesOutstanding`.
+/// - the release that returns a pool's last lease is the one that may finish it, and it reached the
+///   runtime unretained: a release that leaves the fast path holds a reference of its own for its
+///   duration (``whileRetained(_:)``), so stopping the timer never frees the runtime under it.
 ///
 /// `@unchecked Sendable` is safe because every mutable piece of state is either behind `PoolCore`'s
 /// mutex (the state machine; `connections`, whose elements are written and read with the mutex held;
@@ -158,8 +161,8 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
 
     /// Stops the timer, breaking the cycle that keeps the runtime alive, once the pool is finished
     /// (`PoolStateMachine.isFinished`: not running, every slot empty, no lease closed by force still
-    /// out). Call it only where the runtime is held strongly (a task, the handle, the timer's handler),
-    /// never from a lease's release, whose caller holds the runtime unretained.
+    /// out). Call it only where the runtime is held strongly: a task, the handle, the timer's handler,
+    /// or a lease's release inside ``whileRetained(_:)`` (a lease holds the runtime unretained).
     func stopTimerIfFinished() {
         core.mutex.lock()
         let finished = core.state.pointee.isFinished
@@ -184,7 +187,23 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
             core.mutex.unlock()
             return
         }
-        releaseSlow(token, broken: broken, now: now, reason: .broken)
+        whileRetained { releaseSlow(token, broken: broken, now: now, reason: .broken) }
+    }
+
+    /// Runs `body` holding a strong reference to the runtime, for a lease's release that leaves the
+    /// fast path. A lease reaches the runtime unretained, and a slow release can finish the pool (its
+    /// last lease closed, or the last one closed by force, comes back): stopping the timer then drops
+    /// what may be the last other reference. Holding one here keeps the runtime alive until the release
+    /// is done; it may be freed when this returns, after its last use.
+    ///
+    /// Not optimized (`@_optimize(none)`) on purpose: `self` is a guaranteed argument here, so the
+    /// optimizer may treat a retain/release pair around `body` as redundant and remove it, which would
+    /// remove the guarantee. Slow path only.
+    @usableFromInline @inline(never) @_optimize(none)
+    func whileRetained(_ body: () -> Void) {
+        let retained = Unmanaged.passRetained(self)
+        body()
+        retained.release()
     }
 
     /// The release path for hand-offs, broken or expired connections, shutdown and lease tracking.
@@ -214,12 +233,11 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
             syncGateLocked()
             core.mutex.unlock()
         case .stale:
-            // The last lease closed by force may just have come back. The caller holds the runtime
-            // unretained, so the timer (whose handler holds the last strong reference, perhaps) is
-            // stopped from a task, which retains the runtime now, while it is surely alive.
+            // The last lease closed by force may just have come back (the caller holds the runtime
+            // strongly: see `whileRetained`).
             let finished = core.state.pointee.isFinished
             core.mutex.unlock()
-            if finished { Task { self.stopTimerIfFinished() } }
+            if finished { timer.stop() }
         case .handOff(let waiter, let newToken):
             let continuation = deliverLocked(waiter, .success(newToken.rawValue))
             syncGateLocked()
@@ -250,7 +268,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         idleStack.slots[index].parkedAt = now
         idleStack.slots[index].connection = Unmanaged.passRetained(connection).toOpaque()
         idleStack.push(index)
-        if idleStack.closedAfterPush { drainIdleStack() }
+        if idleStack.closedAfterPush { whileRetained { drainIdleStack() } }
     }
 
     /// Lends the slot just popped from the idle stack: the parked lease, with its generation, and the
@@ -320,9 +338,8 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     func run(_ work: DrainWork) {
         for (continuation, token) in work.handOffs { continuation.resume(returning: token) }
         for (connection, closing) in work.closes { closeInBackground(connection, closing) }
-        // A drain may run from a lease's release, whose caller holds the runtime unretained: stop the
-        // timer from a task, which retains the runtime now, while it is surely alive.
-        if work.finished { Task { self.stopTimerIfFinished() } }
+        // Every caller holds the runtime strongly (a lease's release through `whileRetained`).
+        if work.finished { timer.stop() }
     }
 
     /// Drains the idle stack (see ``drainIdleStackLocked()``) and brings the gate up to date. Called by
