@@ -59,7 +59,7 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         // Starts and stops throwaway redis-server processes on free loopback ports (tests, bench, examples).
-        .target(name: "RedisServerLauncher", swiftSettings: strictSettings),
+        .target(name: "RedisServerLauncher", dependencies: ["ConnPool"], swiftSettings: strictSettings),
         // The shared benchmark harness that drives a pool over any factory.
         .target(
             name: "ConnPoolBenchHarness",

@@ -1,5 +1,4 @@
 import Dispatch
-import Synchronization
 
 /// Runs async work to completion from a plain (non-cooperative) thread.
 ///
@@ -9,7 +8,7 @@ import Synchronization
 enum BlockingBridge {
     @usableFromInline
     static func wait<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> T {
-        let result = Mutex<T?>(nil)
+        let result = LockedValue<T?>(nil)
         let semaphore = DispatchSemaphore(value: 0)
         Task.detached {
             let value = await body()

@@ -32,9 +32,9 @@ struct HealthIntegrationTests {
         let errors = Atomic<Int>(0)
         let stopFlag = Atomic<Bool>(false)
         let inFlight = Atomic<Int>(0)
-        let errorLog = Mutex<[String]>([])
+        let errorLog = LockedValue<[String]>([])
         /// The connection each failed request used, kept alive so identities stay distinct.
-        let failedConnections = Mutex<[RedisConnection]>([])
+        let failedConnections = LockedValue<[RedisConnection]>([])
 
         func run(pool: Pool, workers: Int, key: String) -> Task<Void, Never> {
             Task {

@@ -1,4 +1,5 @@
 import Foundation
+import ConnPool
 import Synchronization
 
 // Stand-ins that let the articles' samples run without a server:
@@ -12,7 +13,7 @@ import Synchronization
 /// An in-memory key-value server listening on a made-up port.
 final class FakeKVServer: @unchecked Sendable {
     // @unchecked Sendable: every mutable property is only touched with `lock` held.
-    private static let registry = Mutex<[Int: FakeKVServer]>([:])
+    private static let registry = LockedValue<[Int: FakeKVServer]>([:])
     private static let nextPort = Atomic<Int>(17_000)
 
     let port: Int
@@ -151,7 +152,7 @@ enum KVKitError: Error {
 final class KVAsyncClient: Sendable {
     private let server: FakeKVServer
     private let generation: Int
-    private let state = Mutex<(broken: Bool, closed: Bool)>((false, false))
+    private let state = LockedValue<(broken: Bool, closed: Bool)>((false, false))
 
     private init(server: FakeKVServer, generation: Int) {
         self.server = server
