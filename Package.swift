@@ -104,7 +104,7 @@ let package = Package(
         .testTarget(
             name: "ConnPoolTests",
             dependencies: [
-                "ConnPool",
+                "ConnPool", "ConnPoolTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
@@ -113,10 +113,10 @@ let package = Package(
         ),
         .testTarget(
             name: "ConnPoolRedisTests",
-            dependencies: ["ConnPool", "ConnPoolRedis", "RedisServerLauncher"],
+            dependencies: ["ConnPool", "ConnPoolRedis", "RedisServerLauncher", "ConnPoolTestSupport"],
             swiftSettings: strictSettings
         ),
-        // Mock connections shared by the export modules' test targets (test targets cannot share files).
+        // Mock connections and polling helpers shared by the test targets (test targets cannot share files).
         .target(name: "ConnPoolTestSupport", dependencies: ["ConnPool"], path: "Tests/ConnPoolTestSupport", swiftSettings: strictSettings),
         .testTarget(
             name: "ConnPoolMetricsTests",
@@ -135,11 +135,11 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
-        .testTarget(name: "ConnPoolIOTests", dependencies: ["ConnPoolIO"], swiftSettings: strictSettings),
+        .testTarget(name: "ConnPoolIOTests", dependencies: ["ConnPoolIO", "ConnPoolTestSupport"], swiftSettings: strictSettings),
         .testTarget(
             name: "ChaosTests",
             dependencies: [
-                "ConnPool", "ConnPoolRedis", "ConnPoolChaos", "ConnPoolPrometheus", "RedisServerLauncher",
+                "ConnPool", "ConnPoolRedis", "ConnPoolChaos", "ConnPoolPrometheus", "RedisServerLauncher", "ConnPoolTestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
@@ -147,14 +147,14 @@ let package = Package(
         .testTarget(name: "ConnPoolBenchHarnessTests", dependencies: ["ConnPool", "ConnPoolBenchHarness"], swiftSettings: strictSettings),
         .testTarget(
             name: "ConnPoolTCPTests",
-            dependencies: ["ConnPool", "ConnPoolTCP", "ConnPoolIO", "RedisServerLauncher"],
+            dependencies: ["ConnPool", "ConnPoolTCP", "ConnPoolIO", "RedisServerLauncher", "ConnPoolTestSupport"],
             swiftSettings: strictSettings
         ),
         // The DocC catalog's code samples, compiled and run; checks that the articles quote them verbatim.
         .testTarget(
             name: "ConnPoolDocTests",
             dependencies: [
-                "ConnPool", "ConnPoolRedis", "ConnPoolMetrics", "ConnPoolPrometheus",
+                "ConnPool", "ConnPoolRedis", "ConnPoolMetrics", "ConnPoolPrometheus", "ConnPoolTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),

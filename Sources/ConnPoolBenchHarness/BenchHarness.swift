@@ -124,7 +124,7 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
                     _ = try await shared.connection()
                 } else {
                     let connector = shared
-                    _ = try await PlainThreads.run(count: 1) { _ in Result { try connector.connectionBlocking() } }[0].get()
+                    _ = try await PlainThreads.run(count: 1) { _ in Result { try connector.withConnectionBlocking { _ in } } }[0].get()
                 }
             } catch {
                 throw BenchError.sharedConnectionFailed("\(error)")
@@ -247,9 +247,7 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
                     defer { connection.closeBlocking() }
                     try run(connection, index)
                 case .shared(let shared):
-                    try shared.threadLock.withLock {
-                        try run(try shared.connectionBlocking(), index)
-                    }
+                    try shared.withConnectionBlocking { connection in try run(connection, index) }
                 }
                 recorder.record(nanoseconds: benchMonotonicNanoseconds() &- begin)
             } catch {
@@ -339,21 +337,16 @@ private final class RecorderSlots: @unchecked Sendable {
 
 /// The one connection of a ``BenchBaseline/shared`` run, reopened if it breaks.
 ///
-/// Workers are serialized by `asyncLock` (async mode) or `threadLock` (sync mode); `current` is
-/// additionally read and written only with `stateMutex` held (never across a suspension), so its
-/// safety does not depend on how a checker sees the async lock's hand-off (ThreadSanitizer reported a
-/// race on it once without that mutex). The uncontended mutex costs a few tens of nanoseconds per
-/// request, against a round trip of 15 µs or more.
-///
-/// `@unchecked Sendable` is safe because `current` is only touched with `stateMutex` held; every other
-/// stored property is immutable or itself thread-safe.
-private final class SharedConnection<Factory: ConnectionFactory>: @unchecked Sendable {
+/// In async mode workers are serialized by `asyncLock`, and `current` is additionally behind its own
+/// lock (never held across a suspension), so its safety does not depend on how a checker sees the async
+/// lock's hand-off (ThreadSanitizer reported a race on it once without that lock). In sync mode a worker
+/// holds `current`'s lock for its whole request, which serializes the workers. The uncontended lock costs
+/// a few tens of nanoseconds per request, against a round trip of 15 µs or more.
+private final class SharedConnection<Factory: ConnectionFactory>: Sendable {
     let asyncLock = AsyncSerialLock()
-    let threadLock = BenchMutex()
-    private let stateMutex = BenchMutex()
     private let factory: Factory
     private let connectBlocking: @Sendable () throws -> Factory.PooledConnectionType
-    private var current: Factory.PooledConnectionType?
+    private let current = LockedValue<Factory.PooledConnectionType?>(nil)
 
     init(factory: Factory, connectBlocking: @escaping @Sendable () throws -> Factory.PooledConnectionType) {
         self.factory = factory
@@ -362,18 +355,16 @@ private final class SharedConnection<Factory: ConnectionFactory>: @unchecked Sen
 
     /// Takes the current connection out if it is broken; returns it if usable.
     private func usableOrTakeBroken() -> (usable: Factory.PooledConnectionType?, broken: Factory.PooledConnectionType?) {
-        stateMutex.lock()
-        defer { stateMutex.unlock() }
-        guard let connection = current else { return (nil, nil) }
-        if !connection.isBroken { return (connection, nil) }
-        current = nil
-        return (nil, connection)
+        current.withLock { current in
+            guard let connection = current else { return (nil, nil) }
+            if !connection.isBroken { return (connection, nil) }
+            current = nil
+            return (nil, connection)
+        }
     }
 
     private func store(_ connection: Factory.PooledConnectionType?) {
-        stateMutex.lock()
-        current = connection
-        stateMutex.unlock()
+        current.withLock { $0 = connection }
     }
 
     /// The connection, reopened when missing or broken. Call with `asyncLock` held.
@@ -386,22 +377,26 @@ private final class SharedConnection<Factory: ConnectionFactory>: @unchecked Sen
         return connection
     }
 
-    /// The connection, reopened when missing or broken. Call with `threadLock` held.
-    func connectionBlocking() throws -> Factory.PooledConnectionType {
-        let (usable, broken) = usableOrTakeBroken()
-        if let usable { return usable }
-        broken?.closeBlocking()
-        let connection = try connectBlocking()
-        store(connection)
-        return connection
+    /// Runs `body` with the connection, reopened first when missing or broken, holding the connection's
+    /// lock throughout: one worker at a time. For plain threads (sync mode) only.
+    func withConnectionBlocking<T>(_ body: (Factory.PooledConnectionType) throws -> T) throws -> T {
+        try current.withLock { current in
+            if let broken = current, broken.isBroken {
+                current = nil
+                broken.closeBlocking()
+            }
+            let connection = try current ?? connectBlocking()
+            current = connection
+            return try body(connection)
+        }
     }
 
     /// Closes the connection (no worker runs any more).
     func close() async {
-        stateMutex.lock()
-        let connection = current
-        current = nil
-        stateMutex.unlock()
+        let connection = current.withLock { current in
+            defer { current = nil }
+            return current
+        }
         if let connection { await connection.close() }
     }
 }

@@ -1,3 +1,4 @@
+import ConnPool
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -5,93 +6,58 @@ import Darwin
 #endif
 import Synchronization
 
-/// A heap-pinned pthread mutex (not `Synchronization.Mutex`, which draws false ThreadSanitizer reports
-/// when contended on this platform).
-///
-/// `@unchecked Sendable` is safe because the only state is the `pthread_mutex_t`, which is made for
-/// use from many threads, lives at a fixed address from `init` to `deinit`, and is only touched
-/// through `pthread_mutex_*` calls.
-final class BenchMutex: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-
-    init() {
-        mutex = .allocate(capacity: 1)
-        mutex.initialize(to: pthread_mutex_t())
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    @inline(__always)
-    func lock() { pthread_mutex_lock(mutex) }
-
-    @inline(__always)
-    func unlock() { pthread_mutex_unlock(mutex) }
-
-    @inline(__always)
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        lock()
-        defer { unlock() }
-        return try body()
-    }
-}
-
 /// A first-come-first-served lock for tasks: `lock()` suspends (never blocks a thread) until the lock
 /// is free; `unlock()` hands it to the oldest waiter. Serializes the workers of a
-/// ``BenchBaseline/shared`` run in async mode.
-///
-/// `@unchecked Sendable` is safe because `held` and `waiters` are read and written only while `mutex`
-/// is held, and continuations are resumed after it is released.
-final class AsyncSerialLock: @unchecked Sendable {
-    private let mutex = BenchMutex()
-    private var held = false
-    private var waiters: [UnsafeContinuation<Void, Never>] = []
-    private var head = 0
+/// ``BenchBaseline/shared`` run in async mode. Continuations are resumed outside the state's lock.
+final class AsyncSerialLock: Sendable {
+    private struct State {
+        var held = false
+        var waiters: [UnsafeContinuation<Void, Never>] = []
+        var head = 0
+    }
+
+    private let state = LockedValue(State())
 
     init() {}
 
     func lock() async {
-        mutex.lock()
-        if !held {
-            held = true
-            mutex.unlock()
-            return
+        let acquired = state.withLock { state -> Bool in
+            if state.held { return false }
+            state.held = true
+            return true
         }
-        mutex.unlock()
+        if acquired { return }
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            mutex.lock()
-            if !held {
-                held = true
-                mutex.unlock()
-                continuation.resume()
-                return
+            let acquired = state.withLock { state -> Bool in
+                if !state.held {
+                    state.held = true
+                    return true
+                }
+                state.waiters.append(continuation)
+                return false
             }
-            waiters.append(continuation)
-            mutex.unlock()
+            if acquired { continuation.resume() }
         }
     }
 
     /// Releases the lock; ownership passes directly to the oldest waiter, if any.
     func unlock() {
-        mutex.lock()
-        guard head < waiters.count else {
-            held = false
-            waiters.removeAll(keepingCapacity: true)
-            head = 0
-            mutex.unlock()
-            return
+        let next = state.withLock { state -> UnsafeContinuation<Void, Never>? in
+            guard state.head < state.waiters.count else {
+                state.held = false
+                state.waiters.removeAll(keepingCapacity: true)
+                state.head = 0
+                return nil
+            }
+            let next = state.waiters[state.head]
+            state.head += 1
+            if state.head == state.waiters.count {
+                state.waiters.removeAll(keepingCapacity: true)
+                state.head = 0
+            }
+            return next
         }
-        let next = waiters[head]
-        head += 1
-        if head == waiters.count {
-            waiters.removeAll(keepingCapacity: true)
-            head = 0
-        }
-        mutex.unlock()
-        next.resume()
+        next?.resume()
     }
 }
 

@@ -351,14 +351,14 @@ final class LoadRecorder: Sendable {
     let successes = Atomic<Int>(0)
     let maxWaitNanos = Atomic<Int64>(0)
     let pastLimit = Atomic<Int>(0)
-    let failures = ChaosLocked<[String: Int]>([:])
+    let failures = LockedValue<[String: Int]>([:])
     /// Acquires that took longer than the limit (the first 100).
-    let slowAcquires = ChaosLocked<[SlowAcquire]>([])
+    let slowAcquires = LockedValue<[SlowAcquire]>([])
     /// Faults that ended and wait for their first success: (index, end in ns since start).
-    private let pending = ChaosLocked<[(index: Int, end: Int64)]>([])
+    private let pending = LockedValue<[(index: Int, end: Int64)]>([])
     private let pendingCount = Atomic<Int>(0)
     /// Recovery time in ns, by fault index.
-    let recoveries = ChaosLocked<[Int: Int64]>([:])
+    let recoveries = LockedValue<[Int: Int64]>([:])
 
     init(start: ContinuousClock.Instant, limit: Duration) {
         self.start = start
@@ -421,7 +421,7 @@ final class LoadRecorder: Sendable {
 /// opened again when a fault (a restart) broke it.
 final class AdminLink: Sendable {
     private let configuration: RedisConnectionConfiguration
-    private let connection = ChaosLocked<RedisConnection?>(nil)
+    private let connection = LockedValue<RedisConnection?>(nil)
 
     init(port: Int, commandTimeout: Duration) {
         // Port and timeouts come from a started server and positive options: always valid.

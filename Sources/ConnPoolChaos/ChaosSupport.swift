@@ -4,51 +4,6 @@ import Glibc
 import Darwin
 #endif
 
-/// A heap-pinned pthread mutex (not `Synchronization.Mutex`, which draws false ThreadSanitizer
-/// reports when contended on this platform).
-///
-/// `@unchecked Sendable` is safe because the only state is the `pthread_mutex_t`, which is made for
-/// use from many threads, lives at a fixed address from `init` to `deinit`, and is only touched
-/// through `pthread_mutex_*` calls.
-final class ChaosMutex: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-
-    init() {
-        mutex = .allocate(capacity: 1)
-        mutex.initialize(to: pthread_mutex_t())
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deinitialize(count: 1)
-        mutex.deallocate()
-    }
-
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
-    }
-}
-
-/// A value behind a ``ChaosMutex``.
-///
-/// `@unchecked Sendable` is safe because `value` is only read or written inside `mutex.withLock`, and
-/// `Value` is `Sendable`, so what leaves the lock may cross threads.
-final class ChaosLocked<Value: Sendable>: @unchecked Sendable {
-    private let mutex = ChaosMutex()
-    private var value: Value
-
-    init(_ value: Value) {
-        self.value = value
-    }
-
-    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
-        try mutex.withLock { try body(&value) }
-    }
-}
-
 /// A small, fast, seedable random generator (SplitMix64) for the load's choices: reproducible and
 /// cheap enough for every request.
 struct SplitMix64: RandomNumberGenerator {

@@ -1,3 +1,4 @@
+import ConnPool
 import Dispatch
 import Glibc
 
@@ -318,49 +319,38 @@ private final class ResolutionBox: @unchecked Sendable {
 /// Resumes a continuation exactly once, whichever of several racing events (a result, a timeout, a
 /// cancellation) comes first; the later ones are ignored. A cancellation that arrives before the
 /// continuation is installed is remembered and applied at installation.
-private final class ResumeOnce<Value: Sendable>: @unchecked Sendable {
-    // @unchecked Sendable: `continuation`, `pending` and `done` are only touched with `mutex` held.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private var continuation: UnsafeContinuation<Value, any Error>?
-    private var pending: Result<Value, any Error>?
-    private var done = false
-
-    init() {
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
+private final class ResumeOnce<Value: Sendable>: Sendable {
+    private struct State {
+        var continuation: UnsafeContinuation<Value, any Error>?
+        var pending: Result<Value, any Error>?
+        var done = false
     }
 
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
+    private let state = LockedValue(State())
 
     func install(_ continuation: UnsafeContinuation<Value, any Error>) {
-        pthread_mutex_lock(mutex)
-        if let pending {
-            self.pending = nil
-            pthread_mutex_unlock(mutex)
-            continuation.resume(with: pending)
-            return
+        let pending = state.withLock { state -> Result<Value, any Error>? in
+            guard let pending = state.pending else {
+                state.continuation = continuation
+                return nil
+            }
+            state.pending = nil
+            return pending
         }
-        self.continuation = continuation
-        pthread_mutex_unlock(mutex)
+        if let pending { continuation.resume(with: pending) }
     }
 
     func resume(with result: Result<Value, any Error>) {
-        pthread_mutex_lock(mutex)
-        if done {
-            pthread_mutex_unlock(mutex)
-            return
+        let continuation = state.withLock { state -> UnsafeContinuation<Value, any Error>? in
+            if state.done { return nil }
+            state.done = true
+            guard let continuation = state.continuation else {
+                state.pending = result  // not installed yet: install() resumes with it
+                return nil
+            }
+            state.continuation = nil
+            return continuation
         }
-        done = true
-        guard let continuation else {
-            pending = result  // not installed yet: install() resumes with it
-            pthread_mutex_unlock(mutex)
-            return
-        }
-        self.continuation = nil
-        pthread_mutex_unlock(mutex)
-        continuation.resume(with: result)
+        continuation?.resume(with: result)
     }
 }

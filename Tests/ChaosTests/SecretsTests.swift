@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import ConnPool
 import ConnPoolPrometheus
 import ConnPoolRedis
@@ -139,16 +140,6 @@ struct SecretsTests {
             logger: capture.logger("pool.\(name)"))
     }
 
-    /// Polls `condition` until it holds or `timeout` passes.
-    static func eventually(timeout: Duration = .seconds(10), _ condition: () async -> Bool) async -> Bool {
-        let deadline = ContinuousClock.now.advanced(by: timeout)
-        while ContinuousClock.now < deadline {
-            if await condition() { return true }
-            try? await Task.sleep(for: .milliseconds(10))
-        }
-        return await condition()
-    }
-
     /// Acquires until one fails (a pool with a wrong password or no server), collecting the errors.
     static func collectFailures(_ pool: Pool, into texts: inout Texts, label: String, attempts: Int = 6) async {
         for attempt in 0..<attempts {
@@ -222,12 +213,12 @@ struct SecretsTests {
         await admin.close()
         texts.addAllForms("closed admin connection", admin)
         // Requests on killed connections fail (the pool closes them) and then work again.
-        #expect(await Self.eventually { (try? await good.withConnection { try await $0.command("PING") }) != nil })
+        #expect(await eventually(pollingEvery: .milliseconds(10)) { (try? await good.withConnection { try await $0.command("PING") }) != nil })
         try server.kill(signal: SIGKILL)
         await Self.collectFailures(good, into: &texts, label: "server down", attempts: 3)
         try texts.addPool("good pool while down", good)
         try server.restart()
-        #expect(await Self.eventually { (try? await good.withConnection { try await $0.command("PING") }) != nil })
+        #expect(await eventually(pollingEvery: .milliseconds(10)) { (try? await good.withConnection { try await $0.command("PING") }) != nil })
         // A blocking-interface round trip from a plain thread.
         let blocking: String = try await withCheckedThrowingContinuation { continuation in
             Thread {
@@ -301,7 +292,7 @@ struct SecretsTests {
             // Kills this very connection too: its reply may never come.
             _ = try? await connection.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no")
         }
-        #expect(await Self.eventually { (try? await good.withConnection { try await $0.command("PING") }) != nil })
+        #expect(await eventually(pollingEvery: .milliseconds(10)) { (try? await good.withConnection { try await $0.command("PING") }) != nil })
         do {
             _ = try await good.withConnection { try await $0.command("ACL", "SETUSER") }  // wrong arity
         } catch {

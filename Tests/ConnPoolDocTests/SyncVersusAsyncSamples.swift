@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import ConnPool
 import ConnPoolRedis
 import Foundation

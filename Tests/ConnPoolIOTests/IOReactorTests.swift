@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import ConnPoolIO
 import Glibc
 import Testing
@@ -34,16 +35,6 @@ final class SocketPair: Sendable {
     }
 }
 
-/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
-func eventually(timeout: Duration = .seconds(5), _ condition: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(2))
-    }
-    return condition()
-}
-
 /// Runs `body` with a private reactor and shuts it down afterwards.
 func withReactor<T>(_ body: (IOReactor) async throws -> T) async throws -> T {
     let reactor = try IOReactor()
@@ -58,7 +49,7 @@ struct IOReactorTests {
         try await withReactor { reactor in
             let pair = try SocketPair()
             let waiter = Task { try await reactor.waitReadable(pair.a, deadline: .now + .seconds(10)) }
-            #expect(await eventually { reactor.pendingWaitCount == 1 })
+            #expect(await eventually(pollingEvery: .milliseconds(2)) { reactor.pendingWaitCount == 1 })
             pair.write("hello", to: pair.b)
             try await waiter.value
             #expect(pair.drain(pair.a) == 5)
@@ -85,7 +76,7 @@ struct IOReactorTests {
             defer { close(fds[0]) }
             let fd = fds[0]
             let waiter = Task { try await reactor.waitReadable(fd, deadline: .now + .seconds(10)) }
-            #expect(await eventually { reactor.pendingWaitCount == 1 })
+            #expect(await eventually(pollingEvery: .milliseconds(2)) { reactor.pendingWaitCount == 1 })
             close(fds[1])
             try await waiter.value
             var byte: UInt8 = 0
@@ -123,7 +114,7 @@ struct IOReactorTests {
         try await withReactor { reactor in
             let pair = try SocketPair()
             let long = Task { try await reactor.waitReadable(pair.a, deadline: .now + .seconds(30)) }
-            #expect(await eventually { reactor.pendingWaitCount == 1 })
+            #expect(await eventually(pollingEvery: .milliseconds(2)) { reactor.pendingWaitCount == 1 })
             let start = ContinuousClock.now
             await #expect(throws: IOReactorError.timedOut) {
                 try await reactor.waitReadable(pair.b, deadline: start + .milliseconds(50))
@@ -139,7 +130,7 @@ struct IOReactorTests {
         try await withReactor { reactor in
             let pair = try SocketPair()
             let waiter = Task { try await reactor.waitReadable(pair.a, deadline: nil) }
-            #expect(await eventually { reactor.pendingWaitCount == 1 })
+            #expect(await eventually(pollingEvery: .milliseconds(2)) { reactor.pendingWaitCount == 1 })
             let start = ContinuousClock.now
             waiter.cancel()
             await #expect(throws: CancellationError.self) { try await waiter.value }
@@ -147,7 +138,7 @@ struct IOReactorTests {
             #expect(reactor.pendingWaitCount == 0)
             // The descriptor can be waited on again, and the stale arming does not resume the new wait early.
             let again = Task { try await reactor.waitReadable(pair.a, deadline: .now + .seconds(10)) }
-            #expect(await eventually { reactor.pendingWaitCount == 1 })
+            #expect(await eventually(pollingEvery: .milliseconds(2)) { reactor.pendingWaitCount == 1 })
             pair.write("z", to: pair.b)
             try await again.value
         }
@@ -175,7 +166,7 @@ struct IOReactorTests {
             while write(pair.a, &chunk, chunk.count) > 0 {}
             let reader = Task { try await reactor.waitReadable(pair.a, deadline: .now + .seconds(10)) }
             let writer = Task { try await reactor.waitWritable(pair.a, deadline: .now + .seconds(10)) }
-            #expect(await eventually { reactor.pendingWaitCount == 2 })
+            #expect(await eventually(pollingEvery: .milliseconds(2)) { reactor.pendingWaitCount == 2 })
             pair.write("r", to: pair.b)  // makes `a` readable only
             try await reader.value
             #expect(reactor.pendingWaitCount == 1)
@@ -190,7 +181,7 @@ struct IOReactorTests {
         try await withReactor { reactor in
             let pair = try SocketPair()
             let first = Task { try await reactor.waitReadable(pair.a, deadline: nil) }
-            #expect(await eventually { reactor.pendingWaitCount == 1 })
+            #expect(await eventually(pollingEvery: .milliseconds(2)) { reactor.pendingWaitCount == 1 })
             do {
                 try await reactor.waitReadable(pair.a, deadline: .now + .seconds(5))
                 Issue.record("expected EBUSY")
@@ -234,7 +225,7 @@ struct IOReactorTests {
                 pair.write("x", to: pair.b)
                 try await reactor.waitReadable(pair.a, deadline: .now + .seconds(5))
                 let idle = Task { try await reactor.waitReadable(pair.b, deadline: .now + .seconds(10)) }
-                #expect(await eventually { reactor.pendingWaitCount == 1 })
+                #expect(await eventually(pollingEvery: .milliseconds(2)) { reactor.pendingWaitCount == 1 })
                 idle.cancel()
                 _ = try? await idle.value
             }
@@ -246,7 +237,7 @@ struct IOReactorTests {
         let reactor = try IOReactor()
         let pair = try SocketPair()
         let waiter = Task { try await reactor.waitReadable(pair.a, deadline: nil) }
-        #expect(await eventually { reactor.pendingWaitCount == 1 })
+        #expect(await eventually(pollingEvery: .milliseconds(2)) { reactor.pendingWaitCount == 1 })
         reactor.shutdown()
         await #expect(throws: IOReactorError.closed) { try await waiter.value }
         await #expect(throws: IOReactorError.closed) { try await reactor.waitWritable(pair.a, deadline: nil) }
@@ -279,7 +270,7 @@ struct IOReactorTests {
                     }
                 }
                 // Let the readable group register (most of them), then make them readable.
-                _ = await eventually { reactor.pendingWaitCount >= count / 3 }
+                _ = await eventually(pollingEvery: .milliseconds(2)) { reactor.pendingWaitCount >= count / 3 }
                 for (i, pair) in pairs.enumerated() where i % 3 == 0 {
                     pair.write("go", to: pair.b)
                 }
@@ -298,7 +289,7 @@ struct IOReactorTests {
 
             // And a round of cancellations.
             let tasks = pairs.map { pair in Task { try await reactor.waitReadable(pair.b, deadline: nil) } }
-            #expect(await eventually { reactor.pendingWaitCount == count })
+            #expect(await eventually(pollingEvery: .milliseconds(2)) { reactor.pendingWaitCount == count })
             for task in tasks { task.cancel() }
             for task in tasks {
                 await #expect(throws: CancellationError.self) { try await task.value }

@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import ConnPool
 import ConnPoolRedis
 import Foundation
@@ -66,7 +67,7 @@ struct HealthIntegrationTests {
         }
 
         func successesReach(_ target: Int) async -> Bool {
-            await eventually(timeout: .seconds(20)) { self.successes.load(ordering: .relaxed) >= target }
+            await eventually(timeout: .seconds(20), pollingEvery: .milliseconds(5)) { self.successes.load(ordering: .relaxed) >= target }
         }
     }
 
@@ -143,7 +144,7 @@ struct HealthIntegrationTests {
                 return ContinuousClock.now - start
             }
         }
-        #expect(await eventually { pool.metrics().inUse == 2 })
+        #expect(await eventually(pollingEvery: .milliseconds(5)) { pool.metrics().inUse == 2 })
         // ...so a third acquire times out at its deadline.
         let start = ContinuousClock.now
         await #expect(throws: ConnectionPoolError.self) { _ = try await pool.acquire() }
@@ -154,7 +155,7 @@ struct HealthIntegrationTests {
             #expect(took >= .milliseconds(950) && took < .milliseconds(2_000), "a command on a frozen server took \(took)")
         }
         try server.kill(signal: SIGCONT)
-        #expect(await eventually(timeout: .seconds(10)) {
+        #expect(await eventually(timeout: .seconds(10), pollingEvery: .milliseconds(5)) {
             (try? await pool.withConnection { try await $0.command("GET", key).string }) == "1"
         })
         await pool.shutdown()
@@ -180,8 +181,8 @@ struct HealthIntegrationTests {
         #expect(value == 1)
         #expect(onAcquire.metrics().healthCheckFailures >= 1)
         // The background check finds the three dead idle connections and the pool refills minSize.
-        #expect(await eventually { background.metrics().healthCheckFailures >= 3 })
-        #expect(await eventually { background.metrics().idle == 3 })
+        #expect(await eventually(pollingEvery: .milliseconds(5)) { background.metrics().healthCheckFailures >= 3 })
+        #expect(await eventually(pollingEvery: .milliseconds(5)) { background.metrics().idle == 3 })
         let again = try await background.withConnection { try await $0.command("INCR", key).int }
         #expect(again == 2)
         await admin.close()
@@ -197,7 +198,7 @@ struct HealthIntegrationTests {
         let key = uniqueKey()
         #expect(try await pool.withConnection { try await $0.command("INCR", key).int } == 1)
         // Wait until the server has dropped our idle connection (a fresh client sees only itself).
-        #expect(await eventually(timeout: .seconds(10)) {
+        #expect(await eventually(timeout: .seconds(10), pollingEvery: .milliseconds(5)) {
             guard let probe = try? await RedisConnection.connect(configuration: RedisConnectionConfiguration(port: server.port)) else { return false }
             defer { Task { await probe.close() } }
             let list = (try? await probe.command("CLIENT", "LIST").string) ?? ""
@@ -222,7 +223,7 @@ struct HealthIntegrationTests {
         #expect(error.map { "\($0)" }?.contains("connection refused") == true, "\(String(describing: error))")
         #expect(pool.status().health == .failing)
         try server.restart()
-        #expect(await eventually(timeout: .seconds(10)) {
+        #expect(await eventually(timeout: .seconds(10), pollingEvery: .milliseconds(5)) {
             (try? await pool.withConnection { try await $0.command("PING").string }) == "PONG"
         })
         #expect(pool.status().health == .healthy)
@@ -238,7 +239,7 @@ struct HealthIntegrationTests {
         let kept = try await pool.acquire()
         let keptConnection = kept.connection
         let shutdown = Task { await pool.shutdown(gracePeriod: .milliseconds(500)) }
-        #expect(await eventually { pool.status().health == .shuttingDown })
+        #expect(await eventually(pollingEvery: .milliseconds(5)) { pool.status().health == .shuttingDown })
         _ = try await returned.connection.command("PING")
         returned.release()
         let start = ContinuousClock.now
@@ -246,13 +247,13 @@ struct HealthIntegrationTests {
         #expect(ContinuousClock.now - start < .seconds(2))
         #expect(report.closedOnReturn == 1)
         #expect(report.forceClosed == 1)
-        #expect(await eventually { keptConnection.isClosed })  // closed by force, on a task of the pool's
+        #expect(await eventually(pollingEvery: .milliseconds(5)) { keptConnection.isClosed })  // closed by force, on a task of the pool's
         await #expect(throws: (any Error).self) { _ = try await keptConnection.command("PING") }
         _ = consume kept  // a stale lease: returning it does nothing
-        #expect(await eventually { pool.metrics().total == 0 })  // the forced close finishes on a task
+        #expect(await eventually(pollingEvery: .milliseconds(5)) { pool.metrics().total == 0 })  // the forced close finishes on a task
         let admin = try await RedisConnection.connect(configuration: RedisConnectionConfiguration(port: server.port))
         // The server sees each close when its event loop gets to it: poll, with a deadline.
-        let onlyAdminLeft = await eventually {
+        let onlyAdminLeft = await eventually(pollingEvery: .milliseconds(5)) {
             ((try? await admin.command("CLIENT", "LIST").string) ?? "").split(separator: "\n").count == 1
         }
         #expect(onlyAdminLeft, "every pooled connection is closed on the server side too")

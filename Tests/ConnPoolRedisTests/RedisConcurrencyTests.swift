@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import ConnPool
 import ConnPoolRedis
 import Foundation
@@ -290,7 +291,7 @@ struct RedisPoolTests {
         let broken = originals.filter(\.isBroken)
         #expect(broken.count == failures)
         // the pool closed every broken connection and never lends one again
-        #expect(await eventually { broken.allSatisfy(\.isClosed) })
+        #expect(await eventually(pollingEvery: .milliseconds(5)) { broken.allSatisfy(\.isClosed) })
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<16 {
                 group.addTask {

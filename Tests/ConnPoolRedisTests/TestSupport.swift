@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import ConnPoolRedis
 import Foundation
 import RedisServerLauncher
@@ -40,22 +41,10 @@ func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async thr
     }
 }
 
-/// Polls `condition` until it holds or `timeout` passes (a poll interval, not a fixed sleep).
-func eventually(
-    timeout: Duration = .seconds(10), _ condition: () async throws -> Bool
-) async rethrows -> Bool {
-    let deadline = ContinuousClock.now.advanced(by: timeout)
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    return try await condition()
-}
-
 /// Waits (polling CLIENT LIST through `observer`) until a client of the server runs `command`; with
 /// `named`, the client with that CLIENT SETNAME name (other tests share the server).
 func waitUntilClientRuns(_ command: String, named name: String? = nil, observer: RedisConnection) async throws -> Bool {
-    try await eventually {
+    try await eventually(pollingEvery: .milliseconds(5)) {
         let list = try await observer.command("CLIENT", "LIST").string
         return list.split(separator: "\n").contains { line in
             line.contains(" cmd=\(command) ") && (name.map { line.contains(" name=\($0) ") } ?? true)

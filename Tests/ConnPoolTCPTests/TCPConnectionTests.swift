@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import ConnPoolIO
 import ConnPoolTCP
 import Foundation
@@ -245,13 +246,13 @@ struct TCPConnectionTests {
         defer { server.stop() }
         let connection = try await TCPConnection.connect(testConfiguration(server))
         defer { connection.closeBlocking() }
-        #expect(await eventually { closed.isSet })
+        #expect(await eventually(pollingEvery: .milliseconds(2)) { closed.isSet })
         // No probe is configured: isValid sends nothing. It turns false once the FIN has arrived.
-        #expect(await eventually { !connection.isValidBlocking(timeout: .seconds(1)) })
+        #expect(await eventually(pollingEvery: .milliseconds(2)) { !connection.isValidBlocking(timeout: .seconds(1)) })
         #expect(connection.isBroken)
         let async = try await TCPConnection.connect(testConfiguration(server))
         defer { async.closeBlocking() }
-        #expect(await eventually(timeout: .seconds(5)) { server.accepted >= 2 })
+        #expect(await eventually(timeout: .seconds(5), pollingEvery: .milliseconds(2)) { server.accepted >= 2 })
         var valid = true
         let deadline = ContinuousClock.now + .seconds(5)
         while valid, ContinuousClock.now < deadline {

@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import ConnPool
 import ConnPoolTCP
 import Foundation
@@ -101,7 +102,7 @@ struct TCPPoolTests {
             return try await connection.readLine()
         }
         #expect(reply == "fresh")
-        #expect(await eventually { server.accepted == 2 })
+        #expect(await eventually(pollingEvery: .milliseconds(2)) { server.accepted == 2 })
         await pool.shutdown()
     }
 }

@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import Dispatch
 import Foundation
 import Synchronization
@@ -26,7 +27,7 @@ final class Script: Sendable {
     let isValid: Atomic<UInt8>
     let close: Atomic<UInt8>
     /// Every connection made, and whether close() was at least started on it.
-    let made = Locked<[MatrixConnection]>([])
+    let made = LockedValue<[MatrixConnection]>([])
 
     init(create: Behaviour, isValid: Behaviour, close: Behaviour) {
         self.create = Atomic(Self.code(create))
@@ -147,7 +148,7 @@ struct CancellationMatrixTests {
             .connectRetryBackoff(initial: .milliseconds(1), max: .milliseconds(2), jitter: 0)
             .idleTimeout(nil).maxLifetime(nil)
         let pool = try ConnectionPool(factory: MatrixFactory(script: script), configuration: configuration)
-        let overran = Locked<[Duration]>([])
+        let overran = LockedValue<[Duration]>([])
         let slack: Duration = .seconds(2)  // scheduling on a loaded 2-core machine, TSan included
 
         @Sendable func checkInvariants() {
@@ -186,7 +187,7 @@ struct CancellationMatrixTests {
             }
         }
         checkInvariants()
-        #expect(overran.current.isEmpty, "acquires outlived their timeout: \(overran.current) in \(testCase)")
+        #expect(overran.withLock { $0 }.isEmpty, "acquires outlived their timeout: \(overran.withLock { $0 }) in \(testCase)")
 
         // The backend heals: the pool must serve again.
         script.heal()
@@ -196,7 +197,7 @@ struct CancellationMatrixTests {
 
         await pool.shutdown(gracePeriod: .milliseconds(50))
         // Nothing leaks: every connection made is closed (close() started; a hung one was given up on).
-        let made = script.made.current
+        let made = script.made.withLock { $0 }
         let settled = await eventually(timeout: .seconds(10)) {
             made.allSatisfy { $0.closeStarted.load(ordering: .relaxed) >= 1 } && pool.metrics().total == 0
         }

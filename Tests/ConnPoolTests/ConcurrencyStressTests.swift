@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import Foundation
 import Synchronization
 import Testing
@@ -8,7 +9,7 @@ struct ConcurrencyStressTests {
     /// Plain threads that each borrow `iterations` times, alternating the blocking closure and lease forms;
     /// errors are recorded in `violations`.
     static func blockingBorrowers(
-        _ count: Int, iterations: Int, pool: ConnectionPool<MockFactory>, violations: Locked<[String]>,
+        _ count: Int, iterations: Int, pool: ConnectionPool<MockFactory>, violations: LockedValue<[String]>,
         use: @escaping @Sendable (MockConnection) -> Void
     ) -> [TestThread] {
         (0..<count).map { _ in
@@ -34,8 +35,8 @@ struct ConcurrencyStressTests {
         let factory = MockFactory()
         let pool = try ConnectionPool(
             factory: factory, configuration: PoolConfiguration().maxSize(6).acquireTimeout(.seconds(30)))
-        let violations = Locked<[String]>([])
-        let maxSeen = Locked<Int>(0)
+        let violations = LockedValue<[String]>([])
+        let maxSeen = LockedValue<Int>(0)
         let iterations = 300
 
         @Sendable func use(_ connection: MockConnection) {
@@ -68,7 +69,7 @@ struct ConcurrencyStressTests {
         }
         for thread in threads { await thread.join() }
         #expect(violations.withLock { $0 } == [])
-        #expect(maxSeen.current <= 6)
+        #expect(maxSeen.withLock { $0 } <= 6)
         #expect(factory.connections.count <= 6)
         #expect(pool.metrics().inUse == 0)
         #expect(pool.metrics().waiting == 0)
@@ -111,7 +112,7 @@ struct ConcurrencyStressTests {
         let factory = MockFactory()
         let pool = try ConnectionPool(
             factory: factory, configuration: PoolConfiguration().maxSize(4).acquireTimeout(.seconds(30)))
-        let violations = Locked<[String]>([])
+        let violations = LockedValue<[String]>([])
         let threadOps = 4_000, taskOps = 1_000
         let stop = Atomic<Bool>(false)
         @Sendable func use(_ connection: MockConnection) {
@@ -161,7 +162,7 @@ struct ConcurrencyStressTests {
         // caller waiting until its timeout: every error here is one.
         let pool = try ConnectionPool(
             factory: MockFactory(), configuration: PoolConfiguration().maxSize(1).acquireTimeout(.seconds(10)))
-        let errors = Locked<[String]>([])
+        let errors = LockedValue<[String]>([])
         let rounds = 3_000
         let threads = (0..<2).map { _ in
             TestThread {
@@ -201,14 +202,14 @@ struct ConcurrencyStressTests {
         let lease = try await pool.acquire()
         let token = lease.token
         let holder = LeaseHolder(lease)
-        let served = Locked<Int?>(nil)
+        let served = LockedValue<Int?>(nil)
         let waiter = Task {
             try await pool.withConnection { connection in served.withLock { $0 = connection.id } }
         }
         #expect(await eventually { pool.metrics().waiting == 1 })
         #expect(!pool.runtime.idleStack.isOpen)
         pool.runtime.park(token, connection: holder.connection, now: clock.now.nanosecondsClamped)
-        let handedOver = await eventually { served.current == holder.connection.id }
+        let handedOver = await eventually { served.withLock { $0 } == holder.connection.id }
         #expect(handedOver)
         if !handedOver { waiter.cancel() }  // lost: fail now rather than hang
         _ = try? await waiter.value

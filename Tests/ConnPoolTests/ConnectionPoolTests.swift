@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import Foundation
 import Synchronization
 import Testing
@@ -37,7 +38,7 @@ struct ConnectionPoolTests {
     func blockingInterface() async throws {
         let factory = MockFactory()
         let pool = try Self.makePool(factory: factory)
-        let result = Locked<[Int]>([])
+        let result = LockedValue<[Int]>([])
         await TestThread {
             do {
                 let lease = try pool.acquireBlocking()
@@ -51,7 +52,7 @@ struct ConnectionPoolTests {
                 Issue.record("unexpected \(error)")
             }
         }.join()
-        #expect(result.current == [0, 0, 1, 1])
+        #expect(result.withLock { $0 } == [0, 0, 1, 1])
         #expect(factory.connections[0].isClosed)
     }
 
@@ -74,7 +75,7 @@ struct ConnectionPoolTests {
     func fifoHandOff() async throws {
         let pool = try Self.makePool(PoolConfiguration().maxSize(1).acquireTimeout(.seconds(60)))
         let holder = LeaseHolder(try await pool.acquire())
-        let order = Locked<[Int]>([])
+        let order = LockedValue<[Int]>([])
         var tasks: [Task<Void, any Error>] = []
         for index in 0..<5 {
             tasks.append(Task {
@@ -122,7 +123,7 @@ struct ConnectionPoolTests {
         let pool = try Self.makePool(PoolConfiguration().maxSize(1).acquireTimeout(.seconds(1)), clock: clock)
         let holder = LeaseHolder(try await pool.acquire())
         let asyncWaiter = Task { try await pool.acquire(timeout: .milliseconds(500)).connection.id }
-        let blockingOutcome = Locked<String>("")
+        let blockingOutcome = LockedValue<String>("")
         let thread = TestThread {
             do throws(ConnectionPoolError) {
                 _ = try pool.acquireBlocking()
@@ -269,7 +270,7 @@ struct ConnectionPoolTests {
         let pool = try Self.makePool(PoolConfiguration().maxSize(1).acquireTimeout(.seconds(60)))
         let held = LeaseHolder(try await pool.acquire())
         let waiter = Task { try await pool.acquire().connection.id }
-        let blockingOutcome = Locked<String>("")
+        let blockingOutcome = LockedValue<String>("")
         let thread = TestThread {
             do throws(ConnectionPoolError) {
                 _ = try pool.acquireBlocking()
@@ -283,7 +284,7 @@ struct ConnectionPoolTests {
         let error = await #expect(throws: ConnectionPoolError.self) { try await waiter.value }
         #expect(error?.description.contains("shut down") == true)
         await thread.join()
-        #expect(blockingOutcome.current.contains("shut down"))
+        #expect(blockingOutcome.withLock { $0 }.contains("shut down"))
         held.drop()
         await shutdown.value
         #expect(held.connection.isClosed)

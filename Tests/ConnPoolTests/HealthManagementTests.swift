@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -116,9 +117,9 @@ struct HealthManagementTests {
         // The blocking interface checks the same way.
         clock.advance(by: .seconds(1))
         let replacement = factory.connections[1]
-        let outcome = Locked<Int>(-1)
+        let outcome = LockedValue<Int>(-1)
         await TestThread { outcome.withLock { $0 = (try? pool.withConnectionBlocking { $0.id }) ?? -2 } }.join()
-        #expect(outcome.current == 1)
+        #expect(outcome.withLock { $0 } == 1)
         #expect(replacement.validations.load(ordering: .relaxed) == 1)
         await pool.shutdown()
     }

@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import Foundation
 import InMemoryTracing
 import Logging
@@ -99,18 +100,18 @@ struct ObservabilityTests {
     func metricsHandler() async throws {
         let clock = ManualClock()
         let pool = try ConnectionPool(factory: MockFactory(), configuration: Self.quiet, clock: .manual(clock))
-        let seen = Locked<[Int]>([])
+        let seen = LockedValue<[Int]>([])
         pool.setMetricsHandler(every: .seconds(10)) { metrics in seen.withLock { $0.append(metrics.acquires) } }
         clock.advance(by: .seconds(9))
-        #expect(seen.current == [])
+        #expect(seen.withLock { $0 } == [])
         try await pool.withConnection { _ in }
         clock.advance(by: .seconds(1))
         try await pool.withConnection { _ in }
         clock.advance(by: .seconds(10))
-        #expect(seen.current == [1, 2])
+        #expect(seen.withLock { $0 } == [1, 2])
         pool.setMetricsHandler(every: .seconds(10), nil)
         clock.advance(by: .seconds(30))
-        #expect(seen.current == [1, 2])
+        #expect(seen.withLock { $0 } == [1, 2])
         await pool.shutdown()
     }
 
@@ -175,8 +176,8 @@ struct ObservabilityTests {
     func resizeUnderLoad() async throws {
         let factory = MockFactory()
         let pool = try ConnectionPool(factory: factory, configuration: Self.quiet.maxSize(4).acquireTimeout(.seconds(30)))
-        let violations = Locked<[String]>([])
-        let maxAllowed = Locked<Int>(8)
+        let violations = LockedValue<[String]>([])
+        let maxAllowed = LockedValue<Int>(8)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<32 {
                 group.addTask {
@@ -199,7 +200,7 @@ struct ObservabilityTests {
             }
             try await group.waitForAll()
         }
-        #expect(violations.current == [])
+        #expect(violations.withLock { $0 } == [])
         #expect(await eventually { pool.metrics().total <= 4 && pool.metrics().closing == 0 })
         #expect(pool.invariantViolation() == nil)
         await pool.shutdown()

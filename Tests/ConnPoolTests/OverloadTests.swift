@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import Foundation
 import Testing
 @testable import ConnPool
@@ -19,7 +20,7 @@ struct OverloadTests {
             factory: factory, configuration: PoolConfiguration().maxSize(1).acquireTimeout(.seconds(120)))
         let holder = LeaseHolder(try await pool.acquire())
         let before = residentBytes()
-        let served = Locked<Int>(0)
+        let served = LockedValue<Int>(0)
         let group = Task {
             await withTaskGroup(of: Void.self) { group in
                 for _ in 0..<10_000 {
@@ -36,7 +37,7 @@ struct OverloadTests {
         #expect(during - before < 200 * 1_048_576, "RSS grew by \((during - before) / 1_048_576) MiB")
         holder.drop()
         await group.value
-        #expect(served.current == 10_000)
+        #expect(served.withLock { $0 } == 10_000)
         #expect(pool.metrics().waiting == 0)
         #expect(pool.metrics().acquiresAfterWaiting == 10_001)  // + the first acquire, which waited for its connection
         #expect(factory.connections.count == 1)
@@ -48,8 +49,8 @@ struct OverloadTests {
         let pool = try ConnectionPool(
             factory: MockFactory(), configuration: PoolConfiguration().maxSize(1).maxWaiters(1_000).acquireTimeout(.seconds(120)))
         let holder = LeaseHolder(try await pool.acquire())
-        let shed = Locked<Int>(0)
-        let served = Locked<Int>(0)
+        let shed = LockedValue<Int>(0)
+        let served = LockedValue<Int>(0)
         let group = Task {
             await withTaskGroup(of: Void.self) { group in
                 for _ in 0..<5_000 {
@@ -64,12 +65,12 @@ struct OverloadTests {
                 }
             }
         }
-        #expect(await eventually(timeout: .seconds(60)) { shed.current + pool.metrics().waiting == 5_000 })
+        #expect(await eventually(timeout: .seconds(60)) { shed.withLock { $0 } + pool.metrics().waiting == 5_000 })
         #expect(pool.metrics().waiting == 1_000)
-        #expect(shed.current == 4_000)
+        #expect(shed.withLock { $0 } == 4_000)
         holder.drop()
         await group.value
-        #expect(served.current == 1_000)
+        #expect(served.withLock { $0 } == 1_000)
         #expect(pool.metrics().shedWaiters == 4_000)
         await pool.shutdown()
     }

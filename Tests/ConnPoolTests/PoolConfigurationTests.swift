@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import Foundation
 import Testing
 @testable import ConnPool

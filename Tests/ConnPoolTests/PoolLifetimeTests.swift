@@ -1,3 +1,4 @@
+import ConnPoolTestSupport
 import Testing
 @testable import ConnPool
 

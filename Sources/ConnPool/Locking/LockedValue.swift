@@ -2,6 +2,10 @@
 /// modules of this package, which see it through `package` access); the pool's hot path uses
 /// ``PoolCore`` directly.
 ///
+/// Lock the state a critical section touches, not an empty value: with `LockedValue<Void>` used as a bare
+/// lock, ThreadSanitizer reported a race on the zero-sized `value` (its access is not kept inside the
+/// lock), although nothing was shared.
+///
 /// `@unchecked Sendable` is safe because `value` is only reachable through ``withLock(_:)``, which holds
 /// the mutex for the whole access, and the mutex itself is never moved or freed before `deinit`.
 package final class LockedValue<Value>: @unchecked Sendable {

@@ -16,7 +16,7 @@ import Darwin
 /// `__tsan_acquire` is looked up once with `dlsym`: it exists only in a process built with
 /// `-sanitize=thread`, so everywhere else this is a nil check.
 @usableFromInline
-enum ThreadSanitizerAnnotations {
+package enum ThreadSanitizerAnnotations {
     private typealias AcquireFunction = @convention(c) (UnsafeMutableRawPointer?) -> Void
 
     private static let acquireFunction: AcquireFunction? = {
@@ -26,7 +26,7 @@ enum ThreadSanitizerAnnotations {
 
     /// Tells TSan that whoever resumed the current task happened before what follows.
     @usableFromInline
-    static func acquireCurrentTask() {
+    package static func acquireCurrentTask() {
         guard let acquire = acquireFunction else { return }
         withUnsafeCurrentTask { task in
             guard let task else { return }
