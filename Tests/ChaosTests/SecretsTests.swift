@@ -1,7 +1,7 @@
-import ConnPoolTestSupport
 import ConnPool
 import ConnPoolPrometheus
 import ConnPoolRedis
+import ConnPoolTestSupport
 import Foundation
 import Logging
 import RedisServerLauncher

@@ -1,5 +1,5 @@
-import ConnPoolTestSupport
 import ConnPool
+import ConnPoolTestSupport
 import Testing
 
 // The samples of TuningHealthChecks.md, verbatim. They run on a ManualClock against the KV example

@@ -1,5 +1,5 @@
-import ConnPoolTestSupport
 import ConnPool
+import ConnPoolTestSupport
 import Foundation
 import Synchronization
 import Testing

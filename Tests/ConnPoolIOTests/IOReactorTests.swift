@@ -1,5 +1,5 @@
-import ConnPoolTestSupport
 import ConnPoolIO
+import ConnPoolTestSupport
 import Glibc
 import Testing
 

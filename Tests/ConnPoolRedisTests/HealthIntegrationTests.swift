@@ -1,6 +1,6 @@
-import ConnPoolTestSupport
 import ConnPool
 import ConnPoolRedis
+import ConnPoolTestSupport
 import Foundation
 import RedisServerLauncher
 import Synchronization

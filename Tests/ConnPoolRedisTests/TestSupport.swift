@@ -1,5 +1,5 @@
-import ConnPoolTestSupport
 import ConnPoolRedis
+import ConnPoolTestSupport
 import Foundation
 import RedisServerLauncher
 import Synchronization

@@ -1,6 +1,6 @@
-import ConnPoolTestSupport
 import ConnPoolIO
 import ConnPoolTCP
+import ConnPoolTestSupport
 import Foundation
 import Glibc
 import Testing

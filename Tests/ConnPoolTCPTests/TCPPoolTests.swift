@@ -1,6 +1,6 @@
-import ConnPoolTestSupport
 import ConnPool
 import ConnPoolTCP
+import ConnPoolTestSupport
 import Foundation
 import Testing
 
