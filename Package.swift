@@ -113,7 +113,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ConnPoolRedisTests",
-            dependencies: ["ConnPool", "ConnPoolRedis", "RedisServerLauncher", "ConnPoolTestSupport"],
+            dependencies: ["ConnPool", "ConnPoolRedis", "ConnPoolIO", "RedisServerLauncher", "ConnPoolTestSupport"],
             swiftSettings: strictSettings
         ),
         // Mock connections and polling helpers shared by the test targets (test targets cannot share files).

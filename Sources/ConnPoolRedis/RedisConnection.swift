@@ -364,7 +364,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     public func commandBlocking<each Argument: RedisArgumentConvertible>(
         _ arguments: repeat each Argument
     ) throws -> RedisReply {
-        try enter()
+        let alone = try enter()
         defer { leave() }
         scratch.reset()
         for argument in repeat each arguments {
@@ -373,7 +373,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         try appendScratch()
         let deadline = commandDeadline()
         try flushBlocking(deadline: deadline)
-        return try Self.throwingErrorReply(receiveBlocking(deadline: deadline))
+        return try Self.throwingErrorReply(receiveBlocking(deadline: deadline, alone: alone))
     }
 
     /// ``commandBlocking(_:)-(repeat each Argument)`` with the arguments in an array, for commands built
@@ -381,12 +381,12 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     ///
     /// - Throws: as ``commandBlocking(_:)-(repeat each Argument)``.
     public func commandBlocking(_ arguments: [RedisArgument]) throws -> RedisReply {
-        try enter()
+        let alone = try enter()
         defer { leave() }
         try appendCommand(arguments)
         let deadline = commandDeadline()
         try flushBlocking(deadline: deadline)
-        return try Self.throwingErrorReply(receiveBlocking(deadline: deadline))
+        return try Self.throwingErrorReply(receiveBlocking(deadline: deadline, alone: alone))
     }
 
     /// Sends several commands in one write and reads one reply per command (pipelining), on the calling
@@ -403,7 +403,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     /// Checks the connection with a PING on the calling thread: `true` when PONG comes back within
     /// `timeout`. A broken, closed or busy connection is not valid; a timeout breaks the connection.
     public func isValidBlocking(timeout: Duration) -> Bool {
-        guard (try? enter()) != nil else { return false }
+        guard let alone = try? enter() else { return false }
         defer { leave() }
         do {
             scratch.reset()
@@ -411,7 +411,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
             try appendScratch()
             let deadline = ContinuousClock.now.advanced(by: timeout)
             try flushBlocking(deadline: deadline, budget: timeout)
-            return try receiveBlocking(deadline: deadline, budget: timeout) == .status("PONG")
+            return try receiveBlocking(deadline: deadline, budget: timeout, alone: alone) == .status("PONG")
         } catch {
             return false
         }
@@ -427,14 +427,14 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func pipelineBlockingWithDeadline(
         _ commands: [[RedisArgument]], deadline: ContinuousClock.Instant?
     ) throws -> [RedisReply] {
-        try enter()
+        let alone = try enter()
         defer { leave() }
         guard !commands.isEmpty else { return [] }
         for command in commands { try appendCommand(command) }
         try flushBlocking(deadline: deadline)
         var replies = [RedisReply]()
         replies.reserveCapacity(commands.count)
-        for _ in commands { replies.append(try receiveBlocking(deadline: deadline)) }
+        for _ in commands { replies.append(try receiveBlocking(deadline: deadline, alone: alone)) }
         return replies
     }
 
@@ -446,11 +446,15 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         }
     }
 
-    private func receiveBlocking(deadline: ContinuousClock.Instant?, budget: Duration? = nil) throws(RedisError) -> RedisReply {
+    /// Reads until a whole reply is parsed. `alone` (from ``enter()``): poll for it briefly with
+    /// ``ReplySpin`` before sleeping in `poll()`.
+    private func receiveBlocking(
+        deadline: ContinuousClock.Instant?, budget: Duration? = nil, alone: Bool
+    ) throws(RedisError) -> RedisReply {
         var mayHaveMore = false
         while true {
             if let reply = try takeReply() { return reply }
-            if !mayHaveMore {
+            if !mayHaveMore, !(alone && ReplySpin.waitReadable(fd)) {
                 let ready: Bool
                 do { ready = try Sockets.poll(fd, events: Int16(POLLIN), deadline: deadline) } catch { throw breakWith(error) }
                 if !ready { throw breakWith(.timeout(budget ?? configuration.commandTimeout ?? .zero)) }
@@ -479,10 +483,8 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         _ arguments: repeat each Argument
     ) async throws -> RedisReply {
         try Task.checkCancellation()
-        try enter()
+        let alone = try enter()
         defer { leave() }
-        let alone = Self.beginAsyncOperation()
-        defer { Self.endAsyncOperation() }
         scratch.reset()
         for argument in repeat each arguments {
             argument.withRedisArgumentBytes { scratch.add($0) }
@@ -499,10 +501,8 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     /// - Throws: as ``command(_:)-(repeat each Argument)``.
     public func command(_ arguments: [RedisArgument]) async throws -> RedisReply {
         try Task.checkCancellation()
-        try enter()
+        let alone = try enter()
         defer { leave() }
-        let alone = Self.beginAsyncOperation()
-        defer { Self.endAsyncOperation() }
         try appendCommand(arguments)
         let deadline = commandDeadline()
         try await flush(deadline: deadline)
@@ -525,10 +525,8 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     /// ``IOReactor``; never throws. A broken, closed or busy connection is not valid; a timeout or
     /// cancellation breaks the connection.
     public func isValid(timeout: Duration) async -> Bool {
-        guard !Task.isCancelled, (try? enter()) != nil else { return false }
+        guard !Task.isCancelled, let alone = try? enter() else { return false }
         defer { leave() }
-        let alone = Self.beginAsyncOperation()
-        defer { Self.endAsyncOperation() }
         do {
             scratch.reset()
             "PING".withRedisArgumentBytes { scratch.add($0) }
@@ -551,11 +549,9 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         _ commands: [[RedisArgument]], deadline: ContinuousClock.Instant?
     ) async throws -> [RedisReply] {
         try Task.checkCancellation()
-        try enter()
+        let alone = try enter()
         defer { leave() }
         guard !commands.isEmpty else { return [] }
-        let alone = Self.beginAsyncOperation()
-        defer { Self.endAsyncOperation() }
         for command in commands { try appendCommand(command) }
         try await flush(deadline: deadline)
         var replies = [RedisReply]()
@@ -570,54 +566,19 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         }
     }
 
+    /// Reads until a whole reply is parsed. `alone` (from ``enter()``): poll for it briefly with
+    /// ``ReplySpin`` before suspending on the reactor.
     private func receive(
-        deadline: ContinuousClock.Instant?, budget: Duration? = nil, alone: Bool = false
+        deadline: ContinuousClock.Instant?, budget: Duration? = nil, alone: Bool
     ) async throws -> RedisReply {
         var mayHaveMore = false
         while true {
             if let reply = try takeReply() { return reply }
-            if !mayHaveMore {
-                if alone, spinForReply() {
-                    // The reply is here: read it without suspending.
-                } else {
-                    try await wait(writable: false, deadline: deadline, budget: budget)
-                }
+            if !mayHaveMore, !(alone && ReplySpin.waitReadable(fd)) {
+                try await wait(writable: false, deadline: deadline, budget: budget)
             }
             mayHaveMore = try readOnce() == Self.readChunk
         }
-    }
-
-    /// Async commands (and checks) under way in this process, over all connections, from before the
-    /// send to the last reply: the concurrency signal for ``spinForReply()``. Relaxed: a heuristic, read
-    /// once per command.
-    private static let asyncOperationsInFlight = Atomic<Int>(0)
-
-    /// Counts an async operation in; true if it is the only one in the process.
-    private static func beginAsyncOperation() -> Bool {
-        asyncOperationsInFlight.add(1, ordering: .relaxed).newValue == 1
-    }
-
-    private static func endAsyncOperation() {
-        asyncOperationsInFlight.subtract(1, ordering: .relaxed)
-    }
-
-    /// How long a reply is polled for before the task suspends on the reactor, when it is the only
-    /// async operation in the process (see ``spinForReply()``).
-    static let replySpin: Duration = .microseconds(30)
-
-    /// Polls for a reply for up to ``replySpin``; true if one arrived. Used only when no other async
-    /// command is under way in the process, i.e. at concurrency 1, where a loopback or LAN reply comes within
-    /// tens of microseconds and catching it here skips the reactor's round trip: arming epoll, the
-    /// reactor thread's wake-up, then a cooperative thread's (~1.9 context switches per request instead
-    /// of ~1). With other commands under way, spinning would hold a cooperative thread their tasks need
-    /// (measured: 10 % fewer PINGs/s at concurrency 8 when the spin looked only at pending replies), so
-    /// it is skipped. At most ``replySpin`` per wait, in `poll()` calls with a zero timeout.
-    private func spinForReply() -> Bool {
-        let until = ContinuousClock.now + Self.replySpin
-        repeat {
-            if Sockets.isReady(fd, events: Int16(POLLIN)) { return true }
-        } while ContinuousClock.now < until
-        return false
     }
 
     /// Suspends on the reactor until the socket is ready; maps its errors to ``RedisError`` and breaks the
@@ -663,23 +624,35 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         }
     }
 
-    private func enter() throws(RedisError) {
+    /// Claims the connection for one operation, and counts the operation in with ``ReplySpin``. Pair
+    /// with ``leave()``.
+    ///
+    /// - Returns: `true` when it is the only socket operation under way in the process: its replies may
+    ///   be waited for with ``ReplySpin/waitReadable(_:)`` first.
+    @discardableResult
+    private func enter() throws(RedisError) -> Bool {
         guard inUse.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
         else {
             if closeRequested.load(ordering: .sequentiallyConsistent) { throw .connectionClosedLocally }
             throw .concurrentUse
         }
         if closeRequested.load(ordering: .sequentiallyConsistent) {
-            leave()
+            unclaim()
             throw .connectionClosedLocally
         }
         if let brokenCause {
-            leave()
+            unclaim()
             throw .connectionBroken(cause: brokenCause)
         }
+        return ReplySpin.begin()
     }
 
     private func leave() {
+        ReplySpin.end()
+        unclaim()
+    }
+
+    private func unclaim() {
         inUse.store(false, ordering: .sequentiallyConsistent)
         if closeRequested.load(ordering: .sequentiallyConsistent) { freeIfIdle() }
     }
@@ -690,7 +663,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     }
 
     /// Takes the in-use flag for good (no operation can start afterwards) and frees the context once.
-    /// With `leave()` storing `inUse` before loading `closeRequested`, and `closeNow()` storing
+    /// With `unclaim()` storing `inUse` before loading `closeRequested`, and `closeNow()` storing
     /// `closeRequested` before this compare-exchange (all sequentially consistent), at least one of them
     /// sees the other, so the context is always freed once an in-progress operation ends.
     private func freeIfIdle() {

@@ -297,15 +297,15 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     ///   probe failed or did not finish within `timeout`; in all these cases but the first the
     ///   connection is now broken. Never throws.
     public func isValid(timeout: Duration) async -> Bool {
-        guard beginValidation() else { return false }
+        guard let alone = beginValidation() else { return false }
         defer { endUse() }
         guard let probe = configuration.validationProbe else { return true }
         let deadline = ContinuousClock.now + timeout
         do {
             var send = SendOperation(probe.request)
-            try await drive(&send, deadline: deadline, timeoutError: .writeTimedOut(timeout: timeout))
+            try await drive(&send, deadline: deadline, alone: alone, timeoutError: .writeTimedOut(timeout: timeout))
             var read = ReadExactlyOperation(count: probe.expectedResponse.count)
-            let response = try await drive(&read, deadline: deadline, timeoutError: .readTimedOut(timeout: timeout))
+            let response = try await drive(&read, deadline: deadline, alone: alone, timeoutError: .readTimedOut(timeout: timeout))
             return probeMatched(response, probe)
         } catch {
             return false  // already marked broken
@@ -315,15 +315,15 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     /// Blocking form of ``isValid(timeout:)``: the probe waits in `poll` on the calling thread, at most
     /// `timeout`.
     public func isValidBlocking(timeout: Duration) -> Bool {
-        guard beginValidation() else { return false }
+        guard let alone = beginValidation() else { return false }
         defer { endUse() }
         guard let probe = configuration.validationProbe else { return true }
         let deadline = ContinuousClock.now + timeout
         do {
             var send = SendOperation(probe.request)
-            try driveBlocking(&send, deadline: deadline, timeoutError: .writeTimedOut(timeout: timeout))
+            try driveBlocking(&send, deadline: deadline, alone: alone, timeoutError: .writeTimedOut(timeout: timeout))
             var read = ReadExactlyOperation(count: probe.expectedResponse.count)
-            let response = try driveBlocking(&read, deadline: deadline, timeoutError: .readTimedOut(timeout: timeout))
+            let response = try driveBlocking(&read, deadline: deadline, alone: alone, timeoutError: .readTimedOut(timeout: timeout))
             return probeMatched(response, probe)
         } catch {
             return false
@@ -355,9 +355,13 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         brokenFlag.store(true, ordering: .relaxed)
     }
 
-    /// Claims the connection for one call, or throws why it cannot be used.
+    /// Claims the connection for one call, or throws why it cannot be used, and counts the call in with
+    /// ``ReplySpin``. Pair with ``endUse()``.
+    ///
+    /// - Returns: `true` when it is the only socket operation under way in the process: a wait for
+    ///   readability may spin with ``ReplySpin/waitReadable(_:)`` first.
     @inline(__always)
-    private func beginUse() throws(TCPConnectionError) {
+    private func beginUse() throws(TCPConnectionError) -> Bool {
         if closedFlag.load(ordering: .relaxed) {
             throw .connectionClosed
         }
@@ -366,26 +370,32 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         }
         let (exchanged, _) = busy.compareExchange(expected: false, desired: true, ordering: .acquiring)
         precondition(exchanged, "TCPConnection: two calls at once on one connection (it serves one borrower at a time)")
+        return ReplySpin.begin()
     }
 
     @inline(__always)
     private func endUse() {
+        ReplySpin.end()
         busy.store(false, ordering: .releasing)
     }
 
     /// The first part of a validation: usable, claimed, and the peer has not closed.
-    private func beginValidation() -> Bool {
+    ///
+    /// - Returns: `nil` when the connection is not valid (nothing claimed); else whether the call is alone
+    ///   (see ``beginUse()``), with the connection claimed.
+    private func beginValidation() -> Bool? {
+        let alone: Bool
         do {
-            try beginUse()
+            alone = try beginUse()
         } catch {
-            return false
+            return nil
         }
         if SocketSupport.peerHasClosed(fd) {
             markBroken()
             endUse()
-            return false
+            return nil
         }
-        return true
+        return alone
     }
 
     private func probeMatched(_ response: [UInt8], _ probe: TCPValidationProbe) -> Bool {
@@ -401,9 +411,9 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         timeout: Duration,
         timeoutError: TCPConnectionError
     ) async throws -> Operation.Output {
-        try beginUse()
+        let alone = try beginUse()
         defer { endUse() }
-        return try await drive(&operation, deadline: ContinuousClock.now + timeout, timeoutError: timeoutError)
+        return try await drive(&operation, deadline: ContinuousClock.now + timeout, alone: alone, timeoutError: timeoutError)
     }
 
     private func runBlocking<Operation: SocketOperation>(
@@ -411,16 +421,17 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         timeout: Duration,
         timeoutError: TCPConnectionError
     ) throws(TCPConnectionError) -> Operation.Output {
-        try beginUse()
+        let alone = try beginUse()
         defer { endUse() }
-        return try driveBlocking(&operation, deadline: ContinuousClock.now + timeout, timeoutError: timeoutError)
+        return try driveBlocking(&operation, deadline: ContinuousClock.now + timeout, alone: alone, timeoutError: timeoutError)
     }
 
-    /// The async driver: steps the operation and waits for readiness through the shared reactor.
-    /// Any failure marks the connection broken.
+    /// The async driver: steps the operation and waits for readiness through the shared reactor (for
+    /// readability, when `alone`, after a ``ReplySpin``). Any failure marks the connection broken.
     private nonisolated(nonsending) func drive<Operation: SocketOperation>(
         _ operation: inout Operation,
         deadline: ContinuousClock.Instant,
+        alone: Bool,
         timeoutError: TCPConnectionError
     ) async throws -> Operation.Output {
         while true {
@@ -435,6 +446,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
             case .finished(let output):
                 return output
             case .waitFor(let interest):
+                if interest == .readable, alone, ReplySpin.waitReadable(fd) { continue }
                 do {
                     if interest == .readable {
                         try await IOReactor.shared.waitReadable(fd, deadline: deadline)
@@ -449,11 +461,12 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         }
     }
 
-    /// The blocking driver: steps the operation and waits for readiness in `poll`.
-    /// Any failure marks the connection broken.
+    /// The blocking driver: steps the operation and waits for readiness in `poll` (for readability,
+    /// when `alone`, after a ``ReplySpin``). Any failure marks the connection broken.
     private func driveBlocking<Operation: SocketOperation>(
         _ operation: inout Operation,
         deadline: ContinuousClock.Instant,
+        alone: Bool,
         timeoutError: TCPConnectionError
     ) throws(TCPConnectionError) -> Operation.Output {
         while true {
@@ -468,6 +481,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
             case .finished(let output):
                 return output
             case .waitFor(let interest):
+                if interest == .readable, alone, ReplySpin.waitReadable(fd) { continue }
                 let events = interest == .readable ? Int16(POLLIN) : Int16(POLLOUT)
                 switch SocketSupport.pollWait(fd, events: events, deadline: deadline) {
                 case .ready:
