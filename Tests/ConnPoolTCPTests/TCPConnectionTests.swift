@@ -253,13 +253,7 @@ struct TCPConnectionTests {
         let async = try await TCPConnection.connect(testConfiguration(server))
         defer { async.closeBlocking() }
         #expect(await eventually(timeout: .seconds(5), pollingEvery: .milliseconds(2)) { server.accepted >= 2 })
-        var valid = true
-        let deadline = ContinuousClock.now + .seconds(5)
-        while valid, ContinuousClock.now < deadline {
-            valid = await async.isValid(timeout: .seconds(1))
-            if valid { try await Task.sleep(for: .milliseconds(2)) }
-        }
-        #expect(!valid)
+        #expect(await eventually(timeout: .seconds(5), pollingEvery: .milliseconds(2)) { await !async.isValid(timeout: .seconds(1)) })
     }
 
     @Test("a live idle connection is valid without a probe; a closed one is not")

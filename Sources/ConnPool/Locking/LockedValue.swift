@@ -6,9 +6,10 @@
 /// lock, ThreadSanitizer reported a race on the zero-sized `value` (its access is not kept inside the
 /// lock), although nothing was shared.
 ///
-/// `@unchecked Sendable` is safe because `value` is only reachable through ``withLock(_:)``, which holds
-/// the mutex for the whole access, and the mutex itself is never moved or freed before `deinit`.
-package final class LockedValue<Value>: @unchecked Sendable {
+/// `@unchecked Sendable` (when `Value` is `Sendable`) is safe because `value` is only reachable through
+/// ``withLock(_:)``, which holds the mutex for the whole access, the mutex itself is never moved or freed
+/// before `deinit`, and whatever leaves the lock is a `Sendable` value, free to cross threads.
+package final class LockedValue<Value> {
     private let mutex = PThreadMutex()
     private var value: Value
 
@@ -26,3 +27,5 @@ package final class LockedValue<Value>: @unchecked Sendable {
         return try body(&value)
     }
 }
+
+extension LockedValue: @unchecked Sendable where Value: Sendable {}

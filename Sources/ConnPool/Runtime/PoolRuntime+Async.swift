@@ -81,14 +81,8 @@ extension PoolRuntime {
         let bypassWindow = configuration.validationBypassWindow.nanosecondsClamped
         while true {
             try Task.checkCancellation()
-            let now = clock.coarseNow()
-            core.mutex.lock()
-            if let token = core.state.pointee.leaseIdle() {
-                if tracksLeases { core.state.pointee.slots.stampLease(token.index, now: now, file: file, line: line) }
-                let needsCheck = configuration.validateOnAcquire
-                    && core.state.pointee.needsValidation(token, now: now, bypassWindow: bypassWindow)
-                let connection = connections[Int(token.index)].unsafelyUnwrapped
-                core.mutex.unlock()
+            switch leaseIdleOrReserveWaiter(bypassWindow: bypassWindow, file: file, line: line) {
+            case .idle(let token, let connection, let needsCheck):
                 if !needsCheck {
                     return ConnectionLease(pool: self, token: token, connection: connection)
                 }
@@ -98,13 +92,11 @@ extension PoolRuntime {
                 }
                 releaseFailedCheck(token)
                 if clock.now() >= deadline { throw timeoutError(after: timeout) }
-                continue
+            case .wait(let id):
+                // A connection handed over or newly opened was just known to work: no check needed.
+                let token = try await acquireWaiting(id: id, deadline: deadline, timeout: timeout)
+                return ConnectionLease(pool: self, token: token, connection: leasedConnection(token, file: file, line: line))
             }
-            let id = core.state.pointee.reserveWaiterID()
-            core.mutex.unlock()
-            // A connection handed over or newly opened was just known to work: no check needed.
-            let token = try await acquireWaiting(id: id, deadline: deadline, timeout: timeout)
-            return ConnectionLease(pool: self, token: token, connection: leasedConnection(token, file: file, line: line))
         }
     }
 

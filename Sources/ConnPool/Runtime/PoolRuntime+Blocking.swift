@@ -48,14 +48,8 @@ extension PoolRuntime {
         let deadline = later(clock.now(), by: timeout.nanosecondsClamped)
         let bypassWindow = configuration.validationBypassWindow.nanosecondsClamped
         while true {
-            let now = clock.coarseNow()
-            core.mutex.lock()
-            if let token = core.state.pointee.leaseIdle() {
-                if tracksLeases { core.state.pointee.slots.stampLease(token.index, now: now, file: file, line: line) }
-                let needsCheck = configuration.validateOnAcquire
-                    && core.state.pointee.needsValidation(token, now: now, bypassWindow: bypassWindow)
-                let connection = connections[Int(token.index)].unsafelyUnwrapped
-                core.mutex.unlock()
+            switch leaseIdleOrReserveWaiter(bypassWindow: bypassWindow, file: file, line: line) {
+            case .idle(let token, let connection, let needsCheck):
                 if !needsCheck {
                     return ConnectionLease(pool: self, token: token, connection: connection)
                 }
@@ -65,12 +59,10 @@ extension PoolRuntime {
                 }
                 releaseFailedCheck(token)
                 if clock.now() >= deadline { throw timeoutError(after: timeout) }
-                continue
+            case .wait(let id):
+                let token = try acquireBlockingWaiting(id: id, deadline: deadline, timeout: timeout)
+                return ConnectionLease(pool: self, token: token, connection: leasedConnection(token, file: file, line: line))
             }
-            let id = core.state.pointee.reserveWaiterID()
-            core.mutex.unlock()
-            let token = try acquireBlockingWaiting(id: id, deadline: deadline, timeout: timeout)
-            return ConnectionLease(pool: self, token: token, connection: leasedConnection(token, file: file, line: line))
         }
     }
 

@@ -81,13 +81,9 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     /// The periodic metrics handler. Guarded by `core.mutex`.
     private var metricsHandler: (@Sendable (PoolMetrics) -> Void)?
 
-    /// See ``ConnectionPool/init(factory:configuration:clock:logger:tracer:)``.
+    /// See ``ConnectionPool/init(factory:configuration:clock:logger:tracer:)``, whose defaults apply.
     init(
-        factory: Factory,
-        configuration: PoolConfiguration = PoolConfiguration(),
-        clock: PoolClock = .system,
-        logger: Logger = Logger(label: "connpool"),
-        tracer: (any Tracer)? = nil
+        factory: Factory, configuration: PoolConfiguration, clock: PoolClock, logger: Logger, tracer: (any Tracer)?
     ) throws(PoolConfigurationError) {
         try configuration.validate()
         self.factory = factory
@@ -431,6 +427,33 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         let connection = connections[Int(token.index)].unsafelyUnwrapped
         core.mutex.unlock()
         return connection
+    }
+
+    /// The locked first step of ``acquireChecked(timeout:file:line:)`` and
+    /// ``acquireBlockingChecked(timeout:file:line:)``: what the caller does next.
+    @usableFromInline
+    enum CheckedAcquireStep {
+        /// An idle connection is now leased (and stamped when leases are tracked); validate it first
+        /// when `needsCheck`.
+        case idle(LeaseToken, PooledConnection, needsCheck: Bool)
+        /// None is idle: wait, with this waiter ID.
+        case wait(id: UInt64)
+    }
+
+    /// Leases an idle connection, or reserves a waiter ID when there is none, under the mutex. Shared by
+    /// both interfaces' checked acquires, which differ only in how they validate and wait.
+    @usableFromInline
+    func leaseIdleOrReserveWaiter(bypassWindow: Int64, file: StaticString, line: UInt) -> CheckedAcquireStep {
+        let now = clock.coarseNow()
+        core.mutex.lock()
+        defer { core.mutex.unlock() }
+        guard let token = core.state.pointee.leaseIdle() else {
+            return .wait(id: core.state.pointee.reserveWaiterID())
+        }
+        if tracksLeases { core.state.pointee.slots.stampLease(token.index, now: now, file: file, line: line) }
+        let needsCheck = configuration.validateOnAcquire
+            && core.state.pointee.needsValidation(token, now: now, bypassWindow: bypassWindow)
+        return .idle(token, connections[Int(token.index)].unsafelyUnwrapped, needsCheck: needsCheck)
     }
 
     /// Records how long a served waiter waited.
