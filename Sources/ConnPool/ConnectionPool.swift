@@ -66,7 +66,18 @@ public final class ConnectionPool<Factory: ConnectionFactory>: Sendable {
         logger: Logger = Logger(label: "connpool"),
         tracer: (any Tracer)? = nil
     ) throws(PoolConfigurationError) {
-        runtime = try PoolRuntime(factory: factory, configuration: configuration, clock: clock, logger: logger, tracer: tracer)
+        runtime = try PoolRuntime(
+            factory: factory, configuration: configuration, clock: clock, logger: logger, tracer: tracer, taskExecutor: nil)
+    }
+
+    /// Creates a pool whose own tasks (connection attempts, closes, health checks) run on
+    /// `taskExecutor`: a deterministic test executor makes every interleaving reproducible.
+    init(
+        factory: Factory, configuration: PoolConfiguration, clock: PoolClock, logger: Logger = Logger(label: "connpool"),
+        taskExecutor: any TaskExecutor
+    ) throws(PoolConfigurationError) {
+        runtime = try PoolRuntime(
+            factory: factory, configuration: configuration, clock: clock, logger: logger, tracer: nil, taskExecutor: taskExecutor)
     }
 
     deinit {

@@ -18,8 +18,9 @@ extension PoolRuntime {
         }
         let id = core.state.pointee.reserveWaiterID()
         core.mutex.unlock()
-        let token = try await acquireWaiting(id: id, deadline: nil, timeout: timeout ?? configuration.acquireTimeout)
-        return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
+        let acquired = try await acquireWaiting(
+            id: id, deadline: nil, timeout: timeout ?? configuration.acquireTimeout, file: file, line: line)
+        return ConnectionLease(pool: self, token: acquired.token, connection: acquired.connection)
     }
 
     /// The acquire path with every optional feature: a tracing span around it, validation on
@@ -71,8 +72,10 @@ extension PoolRuntime {
     }
 
     /// Acquire with validation on acquire (when configured) and lease stamping: an idle connection
-    /// unused for longer than the bypass window is checked first; one that fails is closed and the
-    /// acquire moves on to the next idle one, or waits for a new one, within the same deadline.
+    /// unused for longer than the bypass window is checked first, however it was found (at once, or
+    /// while queueing); one that fails is closed and the acquire moves on to the next idle one, or waits
+    /// for a new one, within the same deadline. A connection handed over by a release or newly opened
+    /// was just known to work and is not checked.
     @usableFromInline
     nonisolated(nonsending) func acquireChecked(
         timeout: Duration, file: StaticString, line: UInt
@@ -81,63 +84,77 @@ extension PoolRuntime {
         let bypassWindow = configuration.validationBypassWindow.nanosecondsClamped
         while true {
             try Task.checkCancellation()
+            let candidate: (token: LeaseToken, connection: PooledConnection, needsCheck: Bool)
             switch leaseIdleOrReserveWaiter(bypassWindow: bypassWindow, file: file, line: line) {
             case .idle(let token, let connection, let needsCheck):
-                if !needsCheck {
-                    return ConnectionLease(pool: self, token: token, connection: connection)
-                }
-                if await connection.isValid(timeout: checkTimeout(until: deadline)) {
-                    recordCheck(token)
-                    return ConnectionLease(pool: self, token: token, connection: connection)
-                }
-                releaseFailedCheck(token)
-                if clock.now() >= deadline { throw timeoutError(after: timeout) }
+                candidate = (token, connection, needsCheck)
             case .wait(let id):
-                // A connection handed over or newly opened was just known to work: no check needed.
-                let token = try await acquireWaiting(id: id, deadline: deadline, timeout: timeout)
-                return ConnectionLease(pool: self, token: token, connection: leasedConnection(token, file: file, line: line))
+                let acquired = try await acquireWaiting(id: id, deadline: deadline, timeout: timeout, file: file, line: line)
+                candidate = (acquired.token, acquired.connection,
+                             acquired.fromIdle && needsValidation(acquired.token, bypassWindow: bypassWindow))
             }
+            if !candidate.needsCheck {
+                return ConnectionLease(pool: self, token: candidate.token, connection: candidate.connection)
+            }
+            if await candidate.connection.isValid(timeout: checkTimeout(until: deadline)) {
+                recordCheck(candidate.token)
+                return ConnectionLease(pool: self, token: candidate.token, connection: candidate.connection)
+            }
+            releaseFailedCheck(candidate.token)
+            if clock.now() >= deadline { throw timeoutError(after: timeout) }
         }
     }
 
     /// The waiting part of an acquire: queues a waiter and suspends until it is served, times out or
     /// is cancelled. Allocates nothing in steady state (the continuation lives in the task's own
     /// allocator; the waiter queue reuses its storage).
+    ///
+    /// - Returns: the lease's token and connection; `fromIdle` when the connection was idle (found while
+    ///   queueing) rather than handed over, so a checked acquire must check it.
+    /// - Throws: the waiter's error; `CancellationError`; ``ConnectionPoolError/shutDown`` when the
+    ///   connection handed over was closed by force (the grace period ended) before this task ran.
     @usableFromInline
-    nonisolated(nonsending) func acquireWaiting(id: UInt64, deadline: Int64?, timeout: Duration) async throws -> LeaseToken {
+    nonisolated(nonsending) func acquireWaiting(
+        id: UInt64, deadline: Int64?, timeout: Duration, file: StaticString, line: UInt
+    ) async throws -> (token: LeaseToken, connection: PooledConnection, fromIdle: Bool) {
         let start = clock.now()
         let deadline = deadline ?? later(start, by: timeout.nanosecondsClamped)
+        // Set when the enqueue itself finds an idle connection (then the continuation carries no token).
+        var direct: (LeaseToken, PooledConnection)?
         defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
         let raw = try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<UInt64, any Error>) in
                 let now = clock.now()
-                core.mutex.lock()
-                if Task.isCancelled {
-                    core.mutex.unlock()
-                    continuation.resume(throwing: CancellationError())
-                    return
-                }
-                // About to wait: close the fast lane and take back what is parked there (see IdleStack).
-                idleStack.setOpen(false)
-                let parked = drainIdleStackLocked()
                 let waiter = Waiter(id: id, deadline: deadline, handle: .async(continuation), timeout: timeout)
-                let action = core.state.pointee.enqueue(waiter, now: now)
-                syncGateLocked()
-                core.mutex.unlock()
-                run(parked)
-                switch action {
+                let (result, connection) = modifyState { state, effects -> (PoolStateMachine.EnqueueResult?, PooledConnection?) in
+                    if Task.isCancelled { return (nil, nil) }
+                    let result = state.enqueue(waiter, now: now, into: &effects)
+                    guard case .leased(let token) = result else { return (result, nil) }
+                    if tracksLeases { state.slots.stampLease(token.index, now: clock.coarseNow(), file: file, line: line) }
+                    return (result, connections[Int(token.index)])
+                }
+                switch result {
+                case nil:
+                    continuation.resume(throwing: CancellationError())
                 case .leased(let token):
-                    continuation.resume(returning: token.rawValue)
+                    direct = (token, connection.unsafelyUnwrapped)
+                    continuation.resume(returning: Self.directLease)
                 case .failed(let error):
                     continuation.resume(throwing: error)
-                case .waiting(let createSlot, let scheduleTimer):
-                    afterEnqueue(createSlot: createSlot, scheduleTimer: scheduleTimer)
+                case .waiting:
+                    break
                 }
             }
         } onCancel: {
             self.cancelWaiter(id: id)
         }
         recordWait(since: start)
-        return LeaseToken(rawValue: raw)
+        if raw == Self.directLease, let (token, connection) = direct { return (token, connection, true) }
+        let token = LeaseToken(rawValue: raw)
+        guard let connection = handedOverConnection(token, file: file, line: line) else {
+            returnStaleLease(token)
+            throw ConnectionPoolError.shutDown
+        }
+        return (token, connection, false)
     }
 }

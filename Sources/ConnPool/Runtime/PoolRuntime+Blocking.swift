@@ -23,8 +23,9 @@ extension PoolRuntime {
         }
         let id = core.state.pointee.reserveWaiterID()
         core.mutex.unlock()
-        let token = try acquireBlockingWaiting(id: id, deadline: nil, timeout: timeout ?? configuration.acquireTimeout)
-        return ConnectionLease(pool: self, token: token, connection: leasedConnection(token))
+        let acquired = try acquireBlockingWaiting(
+            id: id, deadline: nil, timeout: timeout ?? configuration.acquireTimeout, file: file, line: line)
+        return ConnectionLease(pool: self, token: acquired.token, connection: acquired.connection)
     }
 
     /// The blocking acquire path with every optional feature (see ``acquireFull(timeout:file:line:)``);
@@ -43,26 +44,31 @@ extension PoolRuntime {
         }
     }
 
+    /// The blocking form of ``acquireChecked(timeout:file:line:)``: the same rules, checks with
+    /// ``Connection/isValidBlocking(timeout:)``.
     @usableFromInline
     func acquireBlockingChecked(timeout: Duration, file: StaticString, line: UInt) throws(ConnectionPoolError) -> ConnectionLease<Factory> {
         let deadline = later(clock.now(), by: timeout.nanosecondsClamped)
         let bypassWindow = configuration.validationBypassWindow.nanosecondsClamped
         while true {
+            let candidate: (token: LeaseToken, connection: PooledConnection, needsCheck: Bool)
             switch leaseIdleOrReserveWaiter(bypassWindow: bypassWindow, file: file, line: line) {
             case .idle(let token, let connection, let needsCheck):
-                if !needsCheck {
-                    return ConnectionLease(pool: self, token: token, connection: connection)
-                }
-                if connection.isValidBlocking(timeout: checkTimeout(until: deadline)) {
-                    recordCheck(token)
-                    return ConnectionLease(pool: self, token: token, connection: connection)
-                }
-                releaseFailedCheck(token)
-                if clock.now() >= deadline { throw timeoutError(after: timeout) }
+                candidate = (token, connection, needsCheck)
             case .wait(let id):
-                let token = try acquireBlockingWaiting(id: id, deadline: deadline, timeout: timeout)
-                return ConnectionLease(pool: self, token: token, connection: leasedConnection(token, file: file, line: line))
+                let acquired = try acquireBlockingWaiting(id: id, deadline: deadline, timeout: timeout, file: file, line: line)
+                candidate = (acquired.token, acquired.connection,
+                             acquired.fromIdle && needsValidation(acquired.token, bypassWindow: bypassWindow))
             }
+            if !candidate.needsCheck {
+                return ConnectionLease(pool: self, token: candidate.token, connection: candidate.connection)
+            }
+            if candidate.connection.isValidBlocking(timeout: checkTimeout(until: deadline)) {
+                recordCheck(candidate.token)
+                return ConnectionLease(pool: self, token: candidate.token, connection: candidate.connection)
+            }
+            releaseFailedCheck(candidate.token)
+            if clock.now() >= deadline { throw timeoutError(after: timeout) }
         }
     }
 
@@ -73,14 +79,17 @@ extension PoolRuntime {
     /// connection it can only use once the kernel wakes it, while running threads find nothing idle and
     /// queue behind it (a lock convoy, measured at ~300,000 context switches per 2 M operations with
     /// 8 threads on 4 connections). Queued waiters keep their turn: a release goes to them first.
+    ///
+    /// Returns the lease's token with its connection, read in the same step (a connection read later
+    /// could have been closed by force meanwhile).
     @usableFromInline
-    func spinForIdle() -> LeaseToken? {
+    func spinForIdle(file: StaticString, line: UInt) -> (LeaseToken, PooledConnection)? {
         for _ in 0..<16 {
-            if idleStack.isOpen, let index = idleStack.pop() {
-                // The caller reads the connection from `connections`; the parked reference just goes.
+            if let index = idleStack.pop() {
                 idleStack.countLend(index)
-                return unpark(index).token
+                return unpark(index)
             }
+            let now = tracksLeases ? clock.coarseNow() : 0
             core.mutex.lock()
             let state = core.state
             guard state.pointee.waiters.isEmpty, state.pointee.slots.occupiedCount >= state.pointee.maxSize,
@@ -89,9 +98,11 @@ extension PoolRuntime {
                 core.mutex.unlock()
                 return nil
             }
-            if let token = core.state.pointee.leaseIdle() {
+            if let token = state.pointee.leaseIdle() {
+                if tracksLeases { state.pointee.slots.stampLease(token.index, now: now, file: file, line: line) }
+                let connection = connections[Int(token.index)].unsafelyUnwrapped
                 core.mutex.unlock()
-                return token
+                return (token, connection)
             }
             core.mutex.unlock()
             sched_yield()
@@ -101,12 +112,20 @@ extension PoolRuntime {
 
     /// The waiting part of ``acquireBlocking(timeout:file:line:)``. The thread waits on a condition
     /// variable in its own stack frame; the pool's timer fails it at its deadline.
+    ///
+    /// - Returns: the lease's token and connection; `fromIdle` when the connection was idle (found by
+    ///   the spin or while queueing) rather than handed over, so a checked acquire must check it.
+    /// - Throws: the waiter's error; ``ConnectionPoolError/shutDown`` when the connection handed over
+    ///   was closed by force (the grace period ended) before this thread woke.
     @usableFromInline
-    func acquireBlockingWaiting(id: UInt64, deadline: Int64?, timeout: Duration) throws(ConnectionPoolError) -> LeaseToken {
-        if let token = spinForIdle() { return token }
+    func acquireBlockingWaiting(
+        id: UInt64, deadline: Int64?, timeout: Duration, file: StaticString, line: UInt
+    ) throws(ConnectionPoolError) -> (token: LeaseToken, connection: PooledConnection, fromIdle: Bool) {
+        if let (token, connection) = spinForIdle(file: file, line: line) { return (token, connection, true) }
         let now = clock.now()
         let deadline = deadline ?? later(now, by: timeout.nanosecondsClamped)
-        let result: WaiterResult = withUnsafeTemporaryAllocation(of: BlockingWaitCell.self, capacity: 1) { buffer in
+        typealias Outcome = Result<(token: LeaseToken, connection: PooledConnection, fromIdle: Bool), ConnectionPoolError>
+        let outcome: Outcome = withUnsafeTemporaryAllocation(of: BlockingWaitCell.self, capacity: 1) { buffer in
             let cell = buffer.baseAddress!
             cell.initialize(to: BlockingWaitCell())
             pthread_cond_init(&cell.pointee.condition, nil)
@@ -114,37 +133,46 @@ extension PoolRuntime {
                 pthread_cond_destroy(&cell.pointee.condition)
                 cell.deinitialize(count: 1)
             }
-            core.mutex.lock()
-            // About to wait: close the fast lane and take back what is parked there (see IdleStack).
-            idleStack.setOpen(false)
-            let parked = drainIdleStackLocked()
             let waiter = Waiter(id: id, deadline: deadline, handle: .blocking(cell), timeout: timeout)
-            let action = core.state.pointee.enqueue(waiter, now: now)
-            syncGateLocked()
-            switch action {
+            let (result, connection) = modifyState { state, effects -> (PoolStateMachine.EnqueueResult, PooledConnection?) in
+                let result = state.enqueue(waiter, now: now, into: &effects)
+                guard case .leased(let token) = result else { return (result, nil) }
+                if tracksLeases { state.slots.stampLease(token.index, now: clock.coarseNow(), file: file, line: line) }
+                return (result, connections[Int(token.index)])
+            }
+            switch result {
             case .leased(let token):
-                core.mutex.unlock()
-                run(parked)
-                return .success(token.rawValue)
+                return .success((token, connection.unsafelyUnwrapped, true))
             case .failed(let error):
-                core.mutex.unlock()
-                run(parked)
                 return .failure(error)
-            case .waiting(let createSlot, let scheduleTimer):
-                core.mutex.unlock()
-                run(parked)
-                afterEnqueue(createSlot: createSlot, scheduleTimer: scheduleTimer)
+            case .waiting:
+                let stampTime = tracksLeases ? clock.coarseNow() : 0
                 core.mutex.lock()
+                // The result may already be there: the same change can hand the waiter a parked lease.
                 while cell.pointee.result == nil {
                     core.mutex.wait(on: &cell.pointee.condition)
                 }
-                let result = cell.pointee.result!
+                let outcome: Outcome
+                switch cell.pointee.result! {
+                case .failure(let error):
+                    outcome = .failure(error)
+                case .success(let raw):
+                    let token = LeaseToken(rawValue: raw)
+                    if let connection = handedOverConnectionLocked(token, now: stampTime, file: file, line: line) {
+                        outcome = .success((token, connection, false))
+                    } else {
+                        outcome = .failure(.shutDown)
+                        core.mutex.unlock()
+                        returnStaleLease(token)
+                        return outcome
+                    }
+                }
                 core.mutex.unlock()
-                return result
+                return outcome
             }
         }
-        let token = LeaseToken(rawValue: try result.get())
+        let acquired = try outcome.get()
         recordWait(since: now)
-        return token
+        return acquired
     }
 }

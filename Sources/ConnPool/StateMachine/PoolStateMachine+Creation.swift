@@ -19,32 +19,44 @@ extension PoolStateMachine {
         return .create(token)
     }
 
-    /// The creation decision, with a retry time turned into a timer request (nil when already armed).
-    mutating func nextCreation(now: Int64) -> CreationDecision {
-        let decision = creationDecision(now: now)
-        if case .retryAt(let deadline) = decision {
-            return requestTimer(at: deadline).map { .retryAt($0) } ?? .none
+    /// Starts one more connection attempt if the pool wants one, or arms the timer for the end of the
+    /// backoff.
+    mutating func startCreationIfWanted(now: Int64, into effects: inout Effects) {
+        switch creationDecision(now: now) {
+        case .none: break
+        case .create(let token): effects.creations.append(token)
+        case .retryAt(let deadline): requestTimer(at: deadline)
         }
-        return decision
     }
 
     /// Reserves a slot for an explicit warm-up, ignoring the backoff (the caller asked for it now)
-    /// but not the concurrency bound. Nil when `minSize` is reached or covered by attempts under way.
-    mutating func reserveForWarmUp(now: Int64) -> LeaseToken? {
+    /// but not the concurrency bound, and starts the attempt. Nil when `minSize` is reached or covered
+    /// by attempts under way.
+    mutating func reserveForWarmUp(now: Int64, into effects: inout Effects) -> LeaseToken? {
         guard lifecycle == .running,
               slots.liveCount + slots.connectingCount < minSize,
               slots.connectingCount < maxConcurrentConnects,
-              slots.occupiedCount < maxSize
+              slots.occupiedCount < maxSize,
+              let token = slots.reserveEmpty(deadline: later(now, by: connectTimeout))
         else { return nil }
-        return slots.reserveEmpty(deadline: later(now, by: connectTimeout))
+        effects.creations.append(token)
+        return token
     }
 
-    /// A connection was opened in `index`: resets the backoff, closes the breaker, stamps its
-    /// lifetime, and lends or parks it.
-    mutating func creationSucceeded(_ token: LeaseToken, now: Int64) -> AvailableAction {
+    /// Whether the attempt named by `token` is still under way (not finished, failed or given up on).
+    func isConnecting(_ token: LeaseToken) -> Bool {
+        slots.states[Int(token.index)] == .connecting && slots.isCurrent(token)
+    }
+
+    /// A connection was opened in `index`, and the runtime installed it in the slot: resets the
+    /// backoff, closes the breaker, stamps its lifetime, and lends it, parks it, or closes it (shutting
+    /// down, or over the maximum). Returns false if the attempt was given up on meanwhile: the
+    /// connection is not the pool's, and the caller closes it without touching any slot.
+    mutating func creationSucceeded(_ token: LeaseToken, now: Int64, into effects: inout Effects) -> Bool {
         let index = token.index
         // An attempt that outlived `connectTimeout` was given up on: its connection is not ours.
-        guard slots.states[Int(index)] == .connecting, slots.isCurrent(token) else { return .discard }
+        guard isConnecting(token) else { return false }
+        attemptsEnded += 1
         counters.created += 1
         backoff.reset()
         retryNotBefore = .min
@@ -56,10 +68,13 @@ extension PoolStateMachine {
         slots.lastChecked[slot] = now
         slots.expiresAt[slot] = expiry(createdAt: now)
         if lifecycle != .running {
-            return .close(slots.markClosing(index, reason: .shutdown, deadline: later(now, by: closeTimeout)), .shutdown)
+            effects.closes.append(slots.markClosing(index, reason: .shutdown, deadline: later(now, by: closeTimeout)))
+            return true
         }
         slots.connectingCount -= 1
-        return makeAvailable(index, now: now)
+        makeAvailable(index, now: now, into: &effects)
+        startCreationIfWanted(now: now, into: &effects)
+        return true
     }
 
     /// The moment a connection created at `createdAt` reaches its lifetime, shortened by a random
@@ -73,19 +88,25 @@ extension PoolStateMachine {
     }
 
     /// Frees the slot of a failed attempt, sets the retry backoff and opens the breaker after
-    /// `breakerThreshold` consecutive failures. Returns what to do next.
-    mutating func creationFailed(_ token: LeaseToken, error: any Error, now: Int64) -> CreationDecision {
-        let index = token.index
+    /// `breakerThreshold` consecutive failures (then waiters that nothing can serve fail at once).
+    mutating func creationFailed(_ token: LeaseToken, error: any Error, now: Int64, into effects: inout Effects) {
         // An attempt given up on was already counted as failed when it was abandoned.
-        guard slots.states[Int(index)] == .connecting, slots.isCurrent(token) else { return .none }
+        guard isConnecting(token) else { return }
+        attemptsEnded += 1
+        slots.markEmpty(token.index)
+        recordConnectFailure(error, now: now)
+        effects.events.append(.connectFailed(
+            error: error, consecutiveFailures: backoff.consecutiveFailures, failingFast: breakerOpen))
+        startCreationIfWanted(now: now, into: &effects)
+        failFastWaiters(into: &effects)
+    }
+
+    /// Counts a failed attempt: the last error, the backoff, and the breaker.
+    mutating func recordConnectFailure(_ error: any Error, now: Int64) {
         counters.creationFailures += 1
         lastConnectError = error
-        slots.markEmpty(index)
         retryNotBefore = later(now, by: backoff.nextDelay())
-        if let breakerThreshold, backoff.consecutiveFailures >= breakerThreshold {
-            breakerOpen = true
-        }
-        return nextCreation(now: now)
+        if let breakerThreshold, backoff.consecutiveFailures >= breakerThreshold { breakerOpen = true }
     }
 
     /// The error an acquire gets at once while the breaker is open and no open connection exists
@@ -95,10 +116,11 @@ extension PoolStateMachine {
         return .connectFailing(lastConnectError: lastConnectError, consecutiveFailures: backoff.consecutiveFailures)
     }
 
-    /// Removes the next waiter that must fail fast (breaker open, nothing open to serve it).
-    mutating func popWaiterForFailFast() -> (Waiter, ConnectionPoolError)? {
-        guard let error = failFastError(), let waiter = waiters.popFirst() else { return nil }
-        counters.failedFast += 1
-        return (waiter, error)
+    /// Fails every waiter that must fail fast (breaker open, nothing open to serve it).
+    mutating func failFastWaiters(into effects: inout Effects) {
+        while let error = failFastError(), let waiter = waiters.popFirst() {
+            counters.failedFast += 1
+            effects.wakeups.append(Wakeup(waiter: waiter, result: .failure(error)))
+        }
     }
 }

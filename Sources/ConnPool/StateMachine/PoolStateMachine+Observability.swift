@@ -1,28 +1,19 @@
 /// Runtime resize, leak detection and the metrics handler's schedule.
 extension PoolStateMachine {
-    /// What a resize must do outside the lock.
-    struct ResizeAction {
-        /// Idle connections to close now (the pool holds more than the new maximum).
-        var close: [LeaseToken] = []
-        /// Slots reserved to open connections for waiters (the maximum grew).
-        var create: [LeaseToken] = []
-    }
-
     /// Sets a new maximum. Growing past the slot array's capacity reallocates it (the caller grows
-    /// the connection buffer to match first). Shrinking closes idle extras now; leased ones close when
-    /// they come back and ones being opened when they open; from then on the new maximum holds.
-    mutating func resize(maxSize newMaxSize: Int, now: Int64) -> ResizeAction {
+    /// the connection buffer to match first) and serves waiters with new connections. Shrinking closes
+    /// idle extras now (least recently used first); leased ones close when they come back and ones
+    /// being opened when they open; from then on the new maximum holds. Closes already under way do not
+    /// count: they are on their way out.
+    mutating func resize(maxSize newMaxSize: Int, now: Int64, into effects: inout Effects) {
         precondition(newMaxSize >= 1)
         if newMaxSize > slots.capacity { slots.grow(to: newMaxSize) }
         maxSize = newMaxSize
-        var action = ResizeAction()
-        while slots.occupiedCount > maxSize, !slots.idle.isEmpty {
-            // The least recently used goes first.
+        while slots.heldCount > maxSize, !slots.idle.isEmpty {
             let index = slots.idle.element(at: 0)
-            action.close.append(slots.markClosing(index, reason: .resize, deadline: later(now, by: closeTimeout)))
+            effects.closes.append(slots.markClosing(index, reason: .resize, deadline: later(now, by: closeTimeout)))
         }
-        while case .create(let token) = creationDecision(now: now) { action.create.append(token) }
-        return action
+        while case .create(let token) = creationDecision(now: now) { effects.creations.append(token) }
     }
 
     /// A lease held past the leak threshold, reported once per lease.
@@ -47,15 +38,15 @@ extension PoolStateMachine {
         return reports
     }
 
-    /// Starts (or stops, with nil) the periodic metrics report; returns a timer deadline to arm.
-    mutating func setMetricsInterval(_ interval: Int64?, now: Int64) -> Int64? {
+    /// Starts (or stops, with nil) the periodic metrics report.
+    mutating func setMetricsInterval(_ interval: Int64?, now: Int64) {
         metricsInterval = interval
         guard let interval else {
             nextMetricsAt = .max
-            return nil
+            return
         }
         nextMetricsAt = later(now, by: interval)
-        return requestTimer(at: nextMetricsAt)
+        requestTimer(at: nextMetricsAt)
     }
 
     /// Whether the metrics handler is due; if so, schedules the next report.

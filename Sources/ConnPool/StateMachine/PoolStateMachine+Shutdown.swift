@@ -1,27 +1,34 @@
 /// Graceful shutdown: stop lending, fail waiters, close idle connections now and leased ones as they
 /// return, and close by force whatever is still out when the grace period ends.
 extension PoolStateMachine {
-    /// Stops lending. Returns the timer deadline for the end of the grace period, if one must be
-    /// armed. Afterwards drain ``popWaiterForShutdown()`` and ``takeIdleForClosing()``.
-    mutating func beginShutdown(now: Int64, gracePeriod: Int64?) -> Int64? {
+    /// Stops lending: fails every waiter, closes every idle connection now, and arms the end of the
+    /// grace period (nil: wait for every lease to come back). Leased connections close as they return.
+    mutating func beginShutdown(now: Int64, gracePeriod: Int64?, into effects: inout Effects) {
+        guard lifecycle == .running else { return }
         lifecycle = .shuttingDown
         nextMaintenanceAt = .max
-        guard let gracePeriod else { return nil }
-        shutdownDeadline = min(shutdownDeadline, later(now, by: gracePeriod))
-        return requestTimer(at: shutdownDeadline)
+        while let waiter = waiters.popFirst() {
+            shutdownReport.failedWaiters += 1
+            effects.wakeups.append(Wakeup(waiter: waiter, result: .failure(.shutDown)))
+        }
+        while !slots.idle.isEmpty {
+            let index = slots.idle.element(at: slots.idle.count - 1)
+            // markClosing also removes it from the idle ring.
+            effects.closes.append(slots.markClosing(index, reason: .shutdown, deadline: later(now, by: closeTimeout)))
+            shutdownReport.closedIdle += 1
+        }
+        if let gracePeriod {
+            shutdownDeadline = min(shutdownDeadline, later(now, by: gracePeriod))
+            requestTimer(at: shutdownDeadline)
+        }
+        completeShutdownIfDrained()
     }
 
-    mutating func popWaiterForShutdown() -> Waiter? {
-        guard lifecycle == .shuttingDown else { return nil }
-        return waiters.popFirst()
-    }
-
-    /// Moves one idle slot to closing and returns it.
-    mutating func takeIdleForClosing(now: Int64) -> LeaseToken? {
-        guard !slots.idle.isEmpty else { return nil }
-        let index = slots.idle.element(at: slots.idle.count - 1)
-        // markClosing also removes it from the idle ring.
-        return slots.markClosing(index, reason: .shutdown, deadline: later(now, by: closeTimeout))
+    /// Marks the shutdown complete once every slot is empty.
+    mutating func completeShutdownIfDrained() {
+        guard lifecycle == .shuttingDown, !shutdownComplete, isDrained else { return }
+        shutdownComplete = true
+        shutdownReport.stillInFlight = 0
     }
 
     /// Whether the grace period is over.
@@ -29,16 +36,21 @@ extension PoolStateMachine {
         lifecycle == .shuttingDown && now >= shutdownDeadline
     }
 
-    /// At the end of the grace period: moves every leased slot to closing and returns them. Their
-    /// leases become stale: returning them later does nothing.
-    mutating func takeLeasedForForcedClose(now: Int64) -> [LeaseToken] {
+    /// At the end of the grace period: closes every leased slot by force (their leases become stale:
+    /// returning them later does nothing) and completes the shutdown, reporting what is still in flight.
+    mutating func takeLeasedForForcedClose(now: Int64, into effects: inout Effects) {
         shutdownDeadline = .max
-        var forced: [LeaseToken] = []
+        var forced = 0
         for slot in 0..<slots.capacity where slots.states[slot] == .leased {
-            forced.append(slots.markClosing(Int32(slot), reason: .shutdown, deadline: later(now, by: closeTimeout)))
+            effects.closes.append(slots.markClosing(Int32(slot), reason: .shutdown, deadline: later(now, by: closeTimeout)))
+            forced += 1
         }
-        forcedLeasesOutstanding += forced.count
-        return forced
+        forcedLeasesOutstanding += forced
+        shutdownReport.forceClosed += forced
+        if !shutdownComplete {
+            shutdownComplete = true
+            shutdownReport.stillInFlight = slots.connectingCount + slots.closingCount + slots.validatingCount
+        }
     }
 
     /// True once every slot is empty.

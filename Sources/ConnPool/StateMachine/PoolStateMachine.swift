@@ -3,13 +3,15 @@
 /// maintenance task must do, and when the timer must fire.
 ///
 /// It performs no I/O, takes no lock, resumes no continuation and reads no clock: every method takes
-/// the current time and returns an action that ``ConnectionPool`` carries out (outside the lock,
-/// except signalling a blocked thread, which must happen under it). That keeps every rule testable by
-/// feeding it inputs and asserting the exact action.
+/// the current time, and every method that changes more than the hot path's counters appends what
+/// follows from the change to an ``Effects`` value, which the runtime's one executor carries out
+/// (outside the lock, except signalling a blocked thread, which must happen under it). That keeps every
+/// rule testable by feeding it inputs and asserting the exact effects.
 ///
 /// Non-generic: the connections live in the generic pool's buffer, indexed like ``SlotTable``.
 /// The rules are split by concern: creation and the circuit breaker in `+Creation`, maintenance in
-/// `+Maintenance`, shutdown in `+Shutdown`, the action types in `+Actions`.
+/// `+Maintenance`, shutdown in `+Shutdown`, the timer in `+Timer`, the action types in `+Actions` and
+/// the effects in `+Effects`.
 @usableFromInline
 struct PoolStateMachine {
     @usableFromInline
@@ -61,6 +63,16 @@ struct PoolStateMachine {
 
     /// The earliest deadline handed to the timer that has not fired yet.
     var timerDeadline: Int64 = .max
+    /// A deadline requested since the executor last took it (see ``takeTimerRequest()``); `.max`: none.
+    var timerRequest: Int64 = .max
+    /// Connection attempts that ended (opened, failed or given up on), ever: ``ConnectionPool/warm()``
+    /// waits for this to move.
+    var attemptsEnded = 0
+
+    /// What the shutdown did so far; final once `shutdownComplete`.
+    var shutdownReport = ShutdownReport()
+    /// Whether the shutdown is over: every slot emptied, or the grace period ended.
+    var shutdownComplete = false
 
     /// Event counters, read by ``ConnectionPool/metrics()``.
     @usableFromInline var counters = PoolCounters()
@@ -123,7 +135,7 @@ struct PoolStateMachine {
     /// Whether released connections may be parked on the lock-free idle stack (see `IdleStack`): the
     /// pool runs, nobody waits, and it holds no more connections than its maximum.
     @inlinable
-    var fastLaneAllowed: Bool { lifecycle == .running && waiters.isEmpty && slots.occupiedCount <= maxSize }
+    var fastLaneAllowed: Bool { lifecycle == .running && waiters.isEmpty && slots.heldCount <= maxSize }
 
     /// Returns a healthy connection to the idle set when nobody waits and it has not outlived
     /// `maxLifetime`. Returns `false` when the release needs the slow path (waiters, expiry, shutdown,
@@ -133,7 +145,7 @@ struct PoolStateMachine {
         let index = Int(token.index)
         guard waiters.isEmpty, lifecycle == .running,
               slots.states[index] == .leased, slots.generations[index] == token.generation,
-              now < slots.expiresAt[index], slots.occupiedCount <= maxSize
+              now < slots.expiresAt[index], slots.heldCount <= maxSize
         else { return false }
         slots.states[index] = .idle
         slots.lastUsed[index] = now
@@ -160,9 +172,10 @@ struct PoolStateMachine {
         return id
     }
 
-    /// Queues `waiter` unless it can be served or must fail at once.
+    /// Queues `waiter` unless it can be served or must fail at once. A queued waiter may get a new
+    /// connection attempt (in `effects`) and arms the timer for its deadline.
     @usableFromInline
-    mutating func enqueue(_ waiter: Waiter, now: Int64) -> EnqueueAction {
+    mutating func enqueue(_ waiter: Waiter, now: Int64, into effects: inout Effects) -> EnqueueResult {
         guard lifecycle == .running else { return .failed(.shutDown) }
         if let token = leaseIdle() { return .leased(token) }
         if let error = failFastError() {
@@ -174,21 +187,17 @@ struct PoolStateMachine {
             return .failed(.tooManyWaiters(limit: maxWaiters))
         }
         waiters.insert(waiter)
-        var timer = requestTimer(at: waiter.deadline)
-        var createSlot: LeaseToken?
-        switch creationDecision(now: now) {
-        case .create(let token): createSlot = token
-        case .retryAt(let deadline): timer = min(timer ?? .max, requestTimer(at: deadline) ?? .max)
-        case .none: break
-        }
-        return .waiting(createSlot: createSlot, scheduleTimer: timer == .max ? nil : timer)
+        requestTimer(at: waiter.deadline)
+        startCreationIfWanted(now: now, into: &effects)
+        return .waiting
     }
 
-    /// Removes a waiter that gave up (cancelled). Returns it if it was still queued.
-    mutating func cancelWaiter(id: UInt64) -> Waiter? {
-        guard let waiter = waiters.remove(id: id) else { return nil }
+    /// Removes a waiter that gave up (cancelled); if it was still queued, it is resumed with
+    /// `CancellationError`.
+    mutating func cancelWaiter(id: UInt64, into effects: inout Effects) {
+        guard let waiter = waiters.remove(id: id) else { return }
         counters.cancelledWaiters += 1
-        return waiter
+        effects.cancelled.append(waiter)
     }
 
     /// The error a timed-out waiter receives.
@@ -198,108 +207,100 @@ struct PoolStateMachine {
 
     // MARK: Release (slow path)
 
+    /// Takes back a leased connection that could not simply go idle: hands it to the oldest waiter,
+    /// closes it (broken, expired, over the maximum, shutting down) or puts it in the idle ring. A stale
+    /// token (its slot was closed by force at the end of a shutdown's grace period) only counts the
+    /// lease as returned.
     @usableFromInline
     mutating func release(
-        _ token: LeaseToken, broken: Bool, now: Int64, brokenReason: CloseReason = .broken
-    ) -> ReleaseAction {
+        _ token: LeaseToken, broken: Bool, now: Int64, brokenReason: CloseReason = .broken, into effects: inout Effects
+    ) {
         let index = token.index
         guard slots.states[Int(index)] == .leased, slots.generations[Int(index)] == token.generation else {
             // Only a slot closed by force takes a lease's slot back before the lease returns.
             if forcedLeasesOutstanding > 0 { forcedLeasesOutstanding -= 1 }
-            return .stale
+            return
         }
         let reason: CloseReason?
         if lifecycle != .running {
             reason = .shutdown
+            shutdownReport.closedOnReturn += 1
         } else if broken {
             reason = brokenReason
             if brokenReason == .health { counters.healthCheckFailures += 1 }
         } else if now >= slots.expiresAt[Int(index)] {
             reason = .lifetime
-        } else if slots.occupiedCount > maxSize {
+        } else if slots.heldCount > maxSize {
             reason = .resize
         } else {
             reason = nil
         }
         if let reason {
-            return .close(slots.markClosing(index, reason: reason, deadline: later(now, by: closeTimeout)), reason)
+            effects.closes.append(slots.markClosing(index, reason: reason, deadline: later(now, by: closeTimeout)))
+            startCreationIfWanted(now: now, into: &effects)
+            return
         }
         slots.lastUsed[Int(index)] = now
         if let waiter = waiters.popFirst() {
             counters.waitedAcquires += 1
-            return .handOff(waiter, grant(index))
+            effects.wakeups.append(Wakeup(waiter: waiter, result: .success(grant(index).rawValue)))
+            return
         }
         slots.states[Int(index)] = .idle
         slots.leasedCount -= 1
         slots.idle.pushBack(index)
-        return .idle
     }
 
     /// Hands a connection that became available in `index` (created, validated) to the oldest waiter,
-    /// or puts it in the idle set.
-    mutating func makeAvailable(_ index: Int32, now: Int64) -> AvailableAction {
-        if slots.occupiedCount > maxSize {
+    /// or puts it in the idle ring; closes it if the pool holds more than its maximum.
+    mutating func makeAvailable(_ index: Int32, now: Int64, into effects: inout Effects) {
+        if slots.heldCount > maxSize {
             slots.states[Int(index)] = .leased  // counted here, so markClosing can uncount it
             slots.leasedCount += 1
-            return .close(slots.markClosing(index, reason: .resize, deadline: later(now, by: closeTimeout)), .resize)
+            effects.closes.append(slots.markClosing(index, reason: .resize, deadline: later(now, by: closeTimeout)))
+            return
         }
         if let waiter = waiters.popFirst() {
             counters.waitedAcquires += 1
             slots.leasedCount += 1
-            return .handOff(waiter, grant(index))
+            effects.wakeups.append(Wakeup(waiter: waiter, result: .success(grant(index).rawValue)))
+            return
         }
         slots.states[Int(index)] = .idle
         slots.idle.pushBack(index)
-        return .idle
     }
 
-    /// A connection in `index` finished closing: the slot is free again. Returns what to create next
-    /// and how long the connection lived (nanoseconds; nil if it never opened).
-    mutating func closeFinished(_ token: LeaseToken, now: Int64) -> (next: CreationDecision, lifetime: Int64?) {
+    /// A connection in `index` finished closing: the slot is free again, and may be used for a new
+    /// attempt. Returns how long the connection lived (nanoseconds; nil if it never opened or the close
+    /// was already given up on).
+    mutating func closeFinished(_ token: LeaseToken, now: Int64, into effects: inout Effects) -> Int64? {
         let index = token.index
         let slot = Int(index)
         // A close that outlived its deadline was already given up on (counted and freed).
-        guard slots.states[slot] == .closing, slots.isCurrent(token) else { return (.none, nil) }
+        guard slots.states[slot] == .closing, slots.isCurrent(token) else { return nil }
         counters.countClose(slots.closeReasons[slot])
         let lifetime = slots.createdAt[slot] != .min ? now &- slots.createdAt[slot] : nil
         slots.createdAt[slot] = .min
         slots.markEmpty(index)
-        return (nextCreation(now: now), lifetime)
+        startCreationIfWanted(now: now, into: &effects)
+        failFastWaiters(into: &effects)
+        return lifetime
     }
 
     // MARK: Timer
 
-    /// Records that the timer must fire at `deadline`; returns it if the timer must be (re)armed.
-    mutating func requestTimer(at deadline: Int64) -> Int64? {
-        guard deadline < timerDeadline else { return nil }
+    /// Asks for the timer to fire at `deadline`; the executor arms it (``takeTimerRequest()``) unless an
+    /// earlier deadline is armed already.
+    mutating func requestTimer(at deadline: Int64) {
+        guard deadline < timerDeadline else { return }
         timerDeadline = deadline
-        return deadline
+        timerRequest = min(timerRequest, deadline)
     }
 
-    /// Marks the armed deadline as fired. Call first when the timer fires.
-    mutating func timerFired() {
-        timerDeadline = .max
-    }
-
-    /// Removes the next waiter whose deadline has passed.
-    mutating func popExpiredWaiter(now: Int64) -> Waiter? {
-        guard let waiter = waiters.removeFirstExpired(now: now) else { return nil }
-        counters.acquireTimeouts += 1
-        return waiter
-    }
-
-    /// The next deadline the timer must wake for, recorded as requested.
-    mutating func nextTimerDeadline() -> Int64? {
-        var next = min(waiters.earliestDeadline, nextMaintenanceAt, shutdownDeadline, nextMetricsAt)
-        if lifecycle == .shuttingDown {
-            // No maintenance rounds any more: wake for stuck operations so shutdown can finish.
-            for slot in 0..<slots.capacity where slots.states[slot] != .empty {
-                next = min(next, slots.operationDeadlines[slot])
-            }
-        }
-        if retryNotBefore != .min, creationWanted { next = min(next, retryNotBefore) }
-        guard next != .max else { return nil }
-        return requestTimer(at: next)
+    /// The deadline to arm the timer at, if any was requested since the last call.
+    mutating func takeTimerRequest() -> Int64? {
+        defer { timerRequest = .max }
+        return timerRequest == .max ? nil : timerRequest
     }
 
     // MARK: Inspection

@@ -41,36 +41,41 @@ struct ParkedSlot: ~Copyable {
 /// next borrower; pushing it parks it again. The state machine therefore never sees the fast lane's
 /// traffic, and its invariants and lease tokens stay exact. Whenever the locked side needs to see the
 /// idle connections (a caller is about to wait, a maintenance round, a metrics snapshot, a resize,
-/// shutdown) it first *drains* the stack under the mutex, returning each parked lease through the
-/// ordinary release path (to the idle ring, to a waiter, or to be closed).
+/// shutdown) it *closes* the stack, which takes every parked lease in the same atomic step, and returns
+/// each through the ordinary release path (to the idle ring, to a waiter, or to be closed).
 ///
-/// ## The gate
-/// `gate` is 0 while the fast lane may be used and 1 while it must not: when callers wait (a released
-/// connection must go to the oldest of them, not be parked), while shutting down, and while the pool
-/// holds more connections than its maximum after a shrinking resize. The locked side writes it.
+/// ## The closed bit
+/// The stack is closed while the fast lane must not be used: when callers wait (a released connection
+/// must go to the oldest of them, not be parked), while shutting down, while the pool holds more
+/// connections than its maximum after a shrinking resize, and for pools whose acquires need the locked
+/// path. Closed is a bit of the same word as the top of the stack, so:
+/// - a push onto a closed stack fails, and the releaser keeps its lease and takes the locked path: a
+///   connection can never be parked while someone waits for one, and a releaser never touches the
+///   pool again after a successful push (the pool may be finished and freed right after it);
+/// - a pop from a closed stack finds nothing;
+/// - closing and taking everything parked is one compare-and-swap (``closeAndTakeAll()``), so no push
+///   can slip in between the close and the drain.
+/// Only the locked side closes and opens it.
 ///
 /// ## Memory ordering, and why each choice is safe
 /// - **Parked data** (the slot's lease generation, release time, expiry and connection, the plain
 ///   fields of its ``ParkedSlot``) is plain memory written only by the slot's
-///   one owner before ``push(_:)``, and read only by the one thread whose ``pop()`` took the slot. The
-///   push's successful compare-and-swap *releases* and the pop's *acquires* the same `head`, so the
-///   writes happen before the reads (and ThreadSanitizer sees that edge).
+///   one owner before ``push(_:)``, and read only by the one thread whose ``pop()`` or
+///   ``closeAndTakeAll()`` took the slot. The push's successful compare-and-swap *releases* and the
+///   pop's or the close's *acquires* the same `head`, so the writes happen before the reads (and
+///   ThreadSanitizer sees that edge).
 /// - **`next`** links are atomics read `relaxed`: a popper reads the link of the top slot it saw, and
 ///   that slot may meanwhile be popped and pushed again by others, rewriting the link. The value read
 ///   then may be stale, but the pop's compare-and-swap fails, because…
-/// - **ABA**: `head` packs the top slot (index + 1, 0 when empty) with a 32-bit tag that every
-///   successful push and pop increments, so a compare-and-swap against a head that was popped and
-///   pushed back in between fails. Wrapping the tag needs 2³² operations inside one pop's window.
-/// - **Gate vs. parking (no lost wake-up)**: a releaser *pushes, then reads the gate*; the locked side
-///   *closes the gate, then drains*. Both are sequentially consistent, so at least one of them sees the
-///   other: either the drain finds the parked slot, or the releaser sees the gate closed and drains it
-///   itself. A connection can therefore never be parked while someone waits for one.
-/// - **Gate vs. lending**: an acquirer reads the gate `relaxed` before popping. Reading it open just as
-///   it closes lets the acquirer take a parked connection a waiter's drain would have found: that is
-///   the acquirer arriving first, which is allowed; waiters themselves are still served in order.
+/// - **ABA**: `head` packs the top slot (index + 1, 0 when empty) and the closed bit with a 31-bit tag
+///   that every successful push, pop, close and open increments, so a compare-and-swap against a head
+///   that was popped and pushed back in between fails. Wrapping the tag needs 2³¹ operations inside
+///   one pop's window.
+/// - **Closing vs. lending**: a pop that succeeds before the close is an acquirer arriving first, which
+///   is allowed; waiters themselves are still served in order, by the locked side.
 @usableFromInline
 final class IdleStack: @unchecked Sendable {
-    // @unchecked Sendable: the shared words are atomics; each `ParkedSlot`'s plain fields are touched
+    // @unchecked Sendable: the shared word is an atomic; each `ParkedSlot`'s plain fields are touched
     // only by the one owner of the slot, handed over by `head`'s release/acquire (see "Memory
     // ordering" above); `drainOrder` only with the pool's mutex held. All buffers live from `init` to
     // `deinit`.
@@ -78,29 +83,28 @@ final class IdleStack: @unchecked Sendable {
     /// Slots `0..<capacity` may be parked (the pool's size at creation; slots added by a resize use
     /// the locked path only).
     @usableFromInline let capacity: Int
-    /// One cache line each for `head` and `gate` (`head` is written by every operation, `gate` read by
-    /// every operation and rarely written: apart, a write to one does not evict the other).
+    /// One cache line for `head`, written by every operation.
     private let words: UnsafeMutableRawPointer
-    /// Top of the stack: the slot index + 1 (0: empty) in the low 32 bits, the ABA tag in the high 32.
+    /// Top of the stack: the slot index + 1 (0: empty) in the low 32 bits, the closed bit (bit 32),
+    /// the ABA tag in the high 31 bits.
     @usableFromInline let head: UnsafeMutablePointer<Atomic<UInt64>>
-    /// 0 while the fast lane is open, 1 while it is closed (see "The gate").
-    @usableFromInline let gate: UnsafeMutablePointer<Atomic<Int>>
     /// Each slot's data, one cache line each.
     @usableFromInline let slots: UnsafeMutablePointer<ParkedSlot>
     /// Scratch space for a drain, used only with the pool's mutex held.
     private let drainOrder: UnsafeMutablePointer<Int>
 
     static let cacheLine = 64
+    @usableFromInline static let closedBit: UInt64 = 1 << 32
+    @usableFromInline static let tagUnit: UInt64 = 1 << 33
 
+    /// Creates a closed, empty stack.
     init(capacity: Int) {
         precondition(capacity > 0 && capacity < Int(UInt32.max))
         precondition(MemoryLayout<ParkedSlot>.stride == Self.cacheLine, "ParkedSlot must fill one cache line")
         self.capacity = capacity
-        words = .allocate(byteCount: 2 * Self.cacheLine, alignment: Self.cacheLine)
+        words = .allocate(byteCount: Self.cacheLine, alignment: Self.cacheLine)
         head = words.bindMemory(to: Atomic<UInt64>.self, capacity: 1)
-        head.initialize(to: Atomic(0))
-        gate = (words + Self.cacheLine).bindMemory(to: Atomic<Int>.self, capacity: 1)
-        gate.initialize(to: Atomic(1))
+        head.initialize(to: Atomic(Self.closedBit))
         slots = UnsafeMutableRawPointer.allocate(byteCount: capacity * Self.cacheLine, alignment: Self.cacheLine)
             .bindMemory(to: ParkedSlot.self, capacity: capacity)
         for index in 0..<capacity { (slots + index).initialize(to: ParkedSlot()) }
@@ -111,57 +115,50 @@ final class IdleStack: @unchecked Sendable {
         slots.deinitialize(count: capacity)
         UnsafeMutableRawPointer(slots).deallocate()
         head.deinitialize(count: 1)
-        gate.deinitialize(count: 1)
         words.deallocate()
         drainOrder.deallocate()
     }
 
-    /// Whether the fast lane is open. A hint, read before trying it (see "Gate vs. lending").
+    /// The word after `old` with a new top and closed bit, and the tag moved on.
     @inlinable
-    var isOpen: Bool { gate.pointee.load(ordering: .relaxed) == 0 }
-
-    /// Opens or closes the gate. Called by the locked side; closing is followed by a drain.
-    func setOpen(_ open: Bool) {
-        let value = open ? 0 : 1
-        if gate.pointee.load(ordering: .relaxed) != value { gate.pointee.store(value, ordering: .sequentiallyConsistent) }
+    static func next(after old: UInt64, top: UInt64, closed: Bool) -> UInt64 {
+        ((old & ~(tagUnit - 1)) &+ tagUnit) | (closed ? closedBit : 0) | top
     }
 
-    /// Re-reads the gate after a push (see "Gate vs. parking"): true if the pusher must drain.
+    /// Whether the fast lane is open: a hint (the answer may change at once), for a releaser deciding
+    /// whether to try a push and for inspection.
     @inlinable
-    var closedAfterPush: Bool { gate.pointee.load(ordering: .sequentiallyConsistent) != 0 }
+    var isOpen: Bool { head.pointee.load(ordering: .relaxed) & Self.closedBit == 0 }
 
-    /// Whether anything is parked; sequentially consistent, for the drain after closing the gate.
-    var isEmpty: Bool { UInt32(truncatingIfNeeded: head.pointee.load(ordering: .sequentiallyConsistent)) == 0 }
-
-    /// Parks slot `index`, whose owner has written its parked data.
+    /// Parks slot `index`, whose owner has written its parked data. Returns false, and parks nothing,
+    /// if the stack is closed: the caller still owns the slot and its parked data.
     ///
     /// - Precondition: the caller owns the slot (it holds the slot's lease) and `index < capacity`.
     @inlinable
-    func push(_ index: Int) {
+    func push(_ index: Int) -> Bool {
         var old = head.pointee.load(ordering: .relaxed)
         while true {
+            if old & Self.closedBit != 0 { return false }
             slots[index].next.store(UInt32(truncatingIfNeeded: old), ordering: .relaxed)
-            let new = ((old >> 32) &+ 1) << 32 | UInt64(index + 1)
-            // Releasing (publishes the parked data) and sequentially consistent (orders the push before
-            // the caller's re-read of the gate).
+            let new = Self.next(after: old, top: UInt64(index + 1), closed: false)
+            // Releasing: publishes the parked data to whoever takes the slot.
             let (exchanged, original) = head.pointee.weakCompareExchange(
-                expected: old, desired: new,
-                successOrdering: .sequentiallyConsistent, failureOrdering: .relaxed)
-            if exchanged { return }
+                expected: old, desired: new, successOrdering: .releasing, failureOrdering: .relaxed)
+            if exchanged { return true }
             old = original
         }
     }
 
-    /// Takes the most recently parked slot, or nil if none is parked. The caller then owns the slot
-    /// and its parked data.
+    /// Takes the most recently parked slot, or nil if none is parked or the stack is closed. The caller
+    /// then owns the slot and its parked data.
     @inlinable
     func pop() -> Int? {
         var old = head.pointee.load(ordering: .acquiring)
         while true {
             let top = Int(UInt32(truncatingIfNeeded: old))
-            if top == 0 { return nil }
+            if top == 0 { return nil }  // a closed stack is always empty
             let below = slots[top - 1].next.load(ordering: .relaxed)
-            let new = ((old >> 32) &+ 1) << 32 | UInt64(below)
+            let new = Self.next(after: old, top: UInt64(below), closed: false)
             // Acquiring on success: the parked data written before the push is visible.
             let (exchanged, original) = head.pointee.weakCompareExchange(
                 expected: old, desired: new,
@@ -171,18 +168,43 @@ final class IdleStack: @unchecked Sendable {
         }
     }
 
-    /// Pops every parked slot and returns them least recently parked first, so that returning them to
-    /// the idle ring in this order keeps LIFO reuse (the most recently used ends up on top). The
-    /// buffer is valid until the next drain. Call with the pool's mutex held.
-    func popAllOldestFirst() -> UnsafeBufferPointer<Int> {
+    /// Closes the stack and takes every parked slot in one step; returns them least recently parked
+    /// first, so that returning them to the idle ring in this order keeps LIFO reuse (the most recently
+    /// used ends up on top). The buffer is valid until the next call. Call with the pool's mutex held.
+    func closeAndTakeAll() -> UnsafeBufferPointer<Int> {
+        var old = head.pointee.load(ordering: .relaxed)
+        while true {
+            if old & Self.closedBit != 0 { return UnsafeBufferPointer(start: drainOrder, count: 0) }
+            let new = Self.next(after: old, top: 0, closed: true)
+            // Acquiring: the parked data of every slot taken is visible.
+            let (exchanged, original) = head.pointee.weakCompareExchange(
+                expected: old, desired: new, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
+            if exchanged { break }
+            old = original
+        }
+        // The whole list is ours now: nobody else can pop or push these slots.
         var count = 0
-        while let index = pop() {
-            drainOrder[count] = index
+        var top = Int(UInt32(truncatingIfNeeded: old))
+        while top != 0 {
+            drainOrder[count] = top - 1
             count += 1
+            top = Int(slots[top - 1].next.load(ordering: .relaxed))
         }
         var order = UnsafeMutableBufferPointer(start: drainOrder, count: count)
         order.reverse()
         return UnsafeBufferPointer(start: drainOrder, count: count)
+    }
+
+    /// Opens a closed stack (it is empty). Call with the pool's mutex held.
+    func open() {
+        var old = head.pointee.load(ordering: .relaxed)
+        while old & Self.closedBit != 0 {
+            let (exchanged, original) = head.pointee.weakCompareExchange(
+                expected: old, desired: Self.next(after: old, top: 0, closed: false),
+                successOrdering: .releasing, failureOrdering: .relaxed)
+            if exchanged { return }
+            old = original
+        }
     }
 
     /// Counts one fast lend of `index`, by the slot's owner.

@@ -134,6 +134,10 @@ struct SlotTable {
     /// Slots that hold or are about to hold a connection: idle + leased + connecting + closing + validating.
     @inlinable var occupiedCount: Int { capacity - emptyCount }
 
+    /// Slots counted against `maxSize`: every occupied slot but those closing (a closing connection is
+    /// on its way out; counting it would make every return during a shrink's close look excess too).
+    @inlinable var heldCount: Int { occupiedCount - closingCount }
+
     /// Connections that are open and not on their way out: idle + leased + validating.
     @inlinable var liveCount: Int { idleCount + leasedCount + validatingCount }
 

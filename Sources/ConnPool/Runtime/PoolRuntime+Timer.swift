@@ -1,0 +1,28 @@
+/// The timer's handler and the maintenance round's health checks.
+extension PoolRuntime {
+    /// Fails waiters past their deadline, gives up on stuck operations, ends a shutdown's grace period,
+    /// runs a due maintenance round, retries creation after a backoff and reports metrics (see
+    /// `PoolStateMachine.timerFired`). Runs on the timer thread (or the thread advancing a manual
+    /// clock), which holds the runtime strongly. Returns the next deadline.
+    func timerFired(now: Int64) -> Int64? {
+        let leakClock = clock.coarseNow()
+        core.mutex.lock()
+        // Maintenance, shutdown and metrics see parked connections as the idle ones they are.
+        var effects = PoolStateMachine.Effects()
+        returnParkedLocked(into: &effects)
+        let attemptsBefore = core.state.pointee.attemptsEnded
+        core.state.pointee.timerFired(now: now, leakClock: leakClock, into: &effects)
+        var work = finishLocked(effects, attemptsBefore: attemptsBefore)
+        core.mutex.unlock()
+        return perform(&work, armingTimer: false)
+    }
+
+    /// The maintenance round's health checks: each idle connection in turn, outside the lock.
+    func validate(_ batch: [(PooledConnection, LeaseToken)]) async {
+        for (connection, checking) in batch {
+            let valid = await connection.isValid(timeout: configuration.healthCheckTimeout)
+            let now = clock.now()
+            modifyState { state, effects in state.validationFinished(checking, valid: valid, now: now, into: &effects) }
+        }
+    }
+}
