@@ -24,15 +24,17 @@ public import Tracing
 ///   closed (or, for an attempt, check or close that hangs, after ``PoolConfiguration/connectTimeout``,
 ///   ``PoolConfiguration/healthCheckTimeout`` or ``PoolConfiguration/closeTimeout``). A connection
 ///   created for a waiter that gave up becomes idle, never lost.
-/// - **One timer** per pool (a thread, or a ``ManualClock`` in tests) fails waiters at their deadline,
-///   retries failed connection attempts after their backoff, and runs maintenance (lifetime, idle
-///   timeout, health checks, `minSize`), so sync-only users get all of it without writing async code.
+/// - **One timer** per pool fails waiters at their deadline, retries failed connection attempts after
+///   their backoff, and runs maintenance (lifetime, idle timeout, health checks, `minSize`), so
+///   sync-only users get all of it without writing async code. On the system clock the timers of every
+///   pool of the process share one thread (`connpool-timer`, started with the first pool, gone after the
+///   last); on a ``ManualClock`` they fire on the thread that advances it.
 ///
 /// ## Lifetime
 /// Call ``shutdown(gracePeriod:)`` (or run the pool in a `ServiceGroup`) when you are done. A pool
 /// released without it logs a warning and shuts itself down without a grace period: idle connections
-/// close at once, leased ones when their leases end, and the pool's memory and timer thread go away
-/// after the last one.
+/// close at once, leased ones when their leases end, and the pool's memory and timer go away after the
+/// last one.
 public final class ConnectionPool<Factory: ConnectionFactory>: Sendable {
     /// The type of the pooled connections.
     public typealias PooledConnection = Factory.PooledConnectionType
@@ -217,9 +219,9 @@ public final class ConnectionPool<Factory: ConnectionFactory>: Sendable {
         runtime.metrics()
     }
 
-    /// Calls `handler` with a fresh ``metrics()`` snapshot every `interval`, on the pool's timer
-    /// thread, until the pool shuts down or another handler (or `nil`) replaces it. Keep the handler
-    /// short: it delays the pool's timer while it runs.
+    /// Calls `handler` with a fresh ``metrics()`` snapshot every `interval`, on the timer thread,
+    /// until the pool shuts down or another handler (or `nil`) replaces it. Keep the handler short:
+    /// the timer thread is shared by every pool of the process, and their timeouts wait while it runs.
     ///
     /// - Precondition: `interval` is positive.
     public func setMetricsHandler(every interval: Duration, _ handler: (@Sendable (PoolMetrics) -> Void)?) {

@@ -25,7 +25,8 @@ public struct PoolClock: Sendable {
     @usableFromInline
     let source: Source
 
-    /// The system's monotonic clock. Deadlines are enforced by one timer thread per pool.
+    /// The system's monotonic clock. Deadlines are enforced by one timer thread shared by every pool
+    /// of the process, started on first use.
     public static var system: PoolClock { PoolClock(source: .system) }
 
     /// A clock that only moves when `clock` is advanced; timers fire on the advancing thread.
@@ -63,10 +64,11 @@ public struct PoolClock: Sendable {
     }
 
     /// Makes the pool's single timer. `handler` gets the current time and returns the next deadline
-    /// it wants, if any.
+    /// it wants, if any. On the system clock it runs on the process-wide timer thread, with the
+    /// handlers of every other pool, so it must be short.
     func makeTimer(handler: @escaping @Sendable (Int64) -> Int64?) -> PoolTimer {
         switch source {
-        case .system: return PoolTimer(.thread(TimerThread(handler: handler)))
+        case .system: return PoolTimer(.shared(TimerScheduler.shared.register(handler: handler)))
         case .manual(let clock): return PoolTimer(.manual(clock.register(handler: handler)))
         }
     }

@@ -3,10 +3,14 @@
 /// `schedule(at:)` only ever moves the deadline earlier; after firing, the handler's return value is the
 /// next deadline. A deadline that turns out to be early is harmless: the handler finds nothing due and
 /// returns the real next deadline.
+///
+/// On the system clock the timer is one entry of the process-wide ``TimerScheduler``, whose single
+/// thread fires the timers of every pool; on a ``ManualClock`` it fires on the thread that advances the
+/// clock. Either way the handler may call ``schedule(at:)`` and ``stop()`` itself.
 @usableFromInline
 final class PoolTimer: Sendable {
     enum Driver: Sendable {
-        case thread(TimerThread)
+        case shared(SharedTimer)
         case manual(ManualClock.Registration)
     }
 
@@ -19,15 +23,16 @@ final class PoolTimer: Sendable {
     /// Asks for the handler to run at or after `deadline` (monotonic nanoseconds).
     func schedule(at deadline: Int64) {
         switch driver {
-        case .thread(let thread): thread.schedule(at: deadline)
+        case .shared(let timer): timer.schedule(at: deadline)
         case .manual(let registration): registration.schedule(at: deadline)
         }
     }
 
-    /// Stops the timer for good; the handler is not called again.
+    /// Stops the timer for good; the handler is not called again (a call already under way may finish)
+    /// and is released, outside any lock.
     func stop() {
         switch driver {
-        case .thread(let thread): thread.stop()
+        case .shared(let timer): timer.stop()
         case .manual(let registration): registration.stop()
         }
     }
