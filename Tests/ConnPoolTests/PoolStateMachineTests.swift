@@ -154,10 +154,10 @@ struct PoolStateMachineTests {
         var machine = Self.machine(PoolConfiguration().maxSize(1).maxWaiters(2))
         defer { machine.deallocate() }
         for _ in 0..<2 { _ = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0) }
-        guard case .failed(.tooManyWaiters(let limit)) = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0) else {
+        guard case .failed(let error) = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0), error.code == .tooManyWaiters else {
             Issue.record("expected shed"); return
         }
-        #expect(limit == 2)
+        #expect(error.limit == 2)
     }
 
     @Test("LIFO and FIFO reuse orders")
@@ -186,7 +186,9 @@ struct PoolStateMachineTests {
         do { let value = machine.releaseToIdle(token, now: 0); #expect(value) }
         _ = machine.beginShutdown(now: 0, gracePeriod: nil)
         do { let value = machine.leaseIdle(); #expect(value == nil) }
-        guard case .failed(.shutDown) = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0) else { Issue.record("shut down"); return }
+        guard case .failed(let error) = machine.enqueue(Self.waiter(machine.reserveWaiterID()), now: 0), error.code == .shutDown else {
+            Issue.record("shut down"); return
+        }
         let closing = machine.takeIdleForClosing(now: 0)
         #expect(closing?.index == 0)
         do { let value = machine.takeIdleForClosing(now: 0); #expect(value == nil) }
@@ -238,5 +240,6 @@ struct PoolStateMachineTests {
         #expect(machine.counters.creationFailures == 1)
         #expect(machine.counters.healthCheckFailures == 1)
         #expect((machine.lastConnectError as? ConnectionPoolError).map { "\($0)" }?.contains("connectTimeout") == true)
+        #expect((machine.lastConnectError as? ConnectionPoolError)?.code == .connectTimedOut)
     }
 }
