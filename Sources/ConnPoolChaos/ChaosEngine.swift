@@ -191,7 +191,7 @@ public final class ChaosEngine: Sendable {
         report.poolAcquireTimeouts = afterShutdown.acquireTimeouts
         report.poolFailedFast = afterShutdown.failedFast
         report.poolClosedByReason = Dictionary(
-            uniqueKeysWithValues: afterShutdown.closedByReason.map { ("\($0.key)", $0.value) })
+            uniqueKeysWithValues: afterShutdown.closedByReason.map { ($0.key.rawValue, $0.value) })
         report.elapsedSeconds = elapsed.seconds
         report.poolSize = options.poolSize
         report.concurrency = options.concurrency
