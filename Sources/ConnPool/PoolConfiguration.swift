@@ -145,6 +145,12 @@ public struct PoolConfiguration: Sendable, Hashable {
     /// Creates a configuration with every default.
     public init() {}
 
+    // MARK: Fluent modifiers
+    //
+    // One per stored property, in declaration order, each returning a copy with that property set;
+    // then the combined ones that set related properties together. A modifier does not check its
+    // argument: ``validate()`` does, when the pool is created.
+
     /// Returns a copy with ``minSize`` set.
     public func minSize(_ value: Int) -> Self { with { $0.minSize = value } }
     /// Returns a copy with ``maxSize`` set.
@@ -155,18 +161,55 @@ public struct PoolConfiguration: Sendable, Hashable {
     public func idleTimeout(_ value: Duration?) -> Self { with { $0.idleTimeout = value } }
     /// Returns a copy with ``reuseOrder`` set.
     public func reuseOrder(_ value: ReuseOrder) -> Self { with { $0.reuseOrder = value } }
+    /// Returns a copy with ``connectRetryInitialBackoff`` set.
+    public func connectRetryInitialBackoff(_ value: Duration) -> Self { with { $0.connectRetryInitialBackoff = value } }
+    /// Returns a copy with ``connectRetryMultiplier`` set.
+    public func connectRetryMultiplier(_ value: Double) -> Self { with { $0.connectRetryMultiplier = value } }
+    /// Returns a copy with ``connectRetryMaxBackoff`` set.
+    public func connectRetryMaxBackoff(_ value: Duration) -> Self { with { $0.connectRetryMaxBackoff = value } }
+    /// Returns a copy with ``connectRetryJitter`` set.
+    public func connectRetryJitter(_ value: Double) -> Self { with { $0.connectRetryJitter = value } }
     /// Returns a copy with ``maxWaiters`` set (`nil` means unlimited).
     public func maxWaiters(_ value: Int?) -> Self { with { $0.maxWaiters = value } }
+    /// Returns a copy with ``maintenanceInterval`` set.
+    public func maintenanceInterval(_ value: Duration) -> Self { with { $0.maintenanceInterval = value } }
+    /// Returns a copy with ``healthCheckInterval`` set (`nil` disables background checks).
+    public func healthCheckInterval(_ value: Duration?) -> Self { with { $0.healthCheckInterval = value } }
+    /// Returns a copy with ``healthCheckTimeout`` set.
+    public func healthCheckTimeout(_ value: Duration) -> Self { with { $0.healthCheckTimeout = value } }
+    /// Returns a copy with ``maxLifetime`` set (`nil` means no limit), leaving ``maxLifetimeJitter``
+    /// as it is.
+    public func maxLifetime(_ value: Duration?) -> Self { with { $0.maxLifetime = value } }
+    /// Returns a copy with ``maxLifetimeJitter`` set.
+    public func maxLifetimeJitter(_ value: Double) -> Self { with { $0.maxLifetimeJitter = value } }
+    /// Returns a copy with ``validateOnAcquire`` set, leaving ``validationBypassWindow`` as it is.
+    public func validateOnAcquire(_ value: Bool) -> Self { with { $0.validateOnAcquire = value } }
+    /// Returns a copy with ``validationBypassWindow`` set.
+    public func validationBypassWindow(_ value: Duration) -> Self { with { $0.validationBypassWindow = value } }
+    /// Returns a copy with ``warmUpOnInit`` set.
+    public func warmUpOnInit(_ value: Bool) -> Self { with { $0.warmUpOnInit = value } }
+    /// Returns a copy with ``maxConcurrentConnects`` set.
+    public func maxConcurrentConnects(_ value: Int) -> Self { with { $0.maxConcurrentConnects = value } }
+    /// Returns a copy with ``circuitBreakerThreshold`` set (`nil` never fails fast).
+    public func circuitBreakerThreshold(_ value: Int?) -> Self { with { $0.circuitBreakerThreshold = value } }
+    /// Returns a copy with ``connectTimeout`` set.
+    public func connectTimeout(_ value: Duration) -> Self { with { $0.connectTimeout = value } }
+    /// Returns a copy with ``closeTimeout`` set.
+    public func closeTimeout(_ value: Duration) -> Self { with { $0.closeTimeout = value } }
+    /// Returns a copy with ``shutdownGracePeriod`` set.
+    public func shutdownGracePeriod(_ value: Duration) -> Self { with { $0.shutdownGracePeriod = value } }
     /// Returns a copy with ``name`` set.
     public func name(_ value: String) -> Self { with { $0.name = value } }
     /// Returns a copy with ``leakDetectionThreshold`` set (`nil` turns leak detection off).
     public func leakDetectionThreshold(_ value: Duration?) -> Self { with { $0.leakDetectionThreshold = value } }
     /// Returns a copy with ``recordsLeaseHoldTime`` set.
     public func recordsLeaseHoldTime(_ value: Bool) -> Self { with { $0.recordsLeaseHoldTime = value } }
-    /// Returns a copy with ``maintenanceInterval`` set.
-    public func maintenanceInterval(_ value: Duration) -> Self { with { $0.maintenanceInterval = value } }
+
+    // Combined modifiers. A defaulted argument sets its property to that default, replacing any
+    // earlier value.
+
     /// Returns a copy with ``healthCheckInterval`` (`nil` disables background checks) and
-    /// ``healthCheckTimeout`` set.
+    /// ``healthCheckTimeout`` set; `timeout` defaults to 2 s, replacing any earlier value.
     public func healthCheck(interval: Duration?, timeout: Duration = .seconds(2)) -> Self {
         with {
             $0.healthCheckInterval = interval
@@ -174,35 +217,30 @@ public struct PoolConfiguration: Sendable, Hashable {
         }
     }
     /// Returns a copy with ``maxLifetime`` (`nil` means no limit) and ``maxLifetimeJitter`` set.
-    public func maxLifetime(_ value: Duration?, jitter: Double = 0.05) -> Self {
+    public func maxLifetime(_ value: Duration?, jitter: Double) -> Self {
         with {
             $0.maxLifetime = value
             $0.maxLifetimeJitter = jitter
         }
     }
     /// Returns a copy with ``validateOnAcquire`` and ``validationBypassWindow`` set.
-    public func validateOnAcquire(_ value: Bool, bypassWindow: Duration = .milliseconds(500)) -> Self {
+    public func validateOnAcquire(_ value: Bool, bypassWindow: Duration) -> Self {
         with {
             $0.validateOnAcquire = value
             $0.validationBypassWindow = bypassWindow
         }
     }
-    /// Returns a copy with ``warmUpOnInit`` set.
-    public func warmUpOnInit(_ value: Bool) -> Self { with { $0.warmUpOnInit = value } }
-    /// Returns a copy with ``maxConcurrentConnects`` set.
-    public func maxConcurrentConnects(_ value: Int) -> Self { with { $0.maxConcurrentConnects = value } }
-    /// Returns a copy with ``circuitBreakerThreshold`` set (`nil` never fails fast).
-    public func circuitBreakerThreshold(_ value: Int?) -> Self { with { $0.circuitBreakerThreshold = value } }
-    /// Returns a copy with ``connectTimeout`` and ``closeTimeout`` set.
+    /// Returns a copy with ``connectTimeout`` and ``closeTimeout`` set; `close` defaults to 10 s,
+    /// replacing any earlier value.
     public func operationTimeouts(connect: Duration, close: Duration = .seconds(10)) -> Self {
         with {
             $0.connectTimeout = connect
             $0.closeTimeout = close
         }
     }
-    /// Returns a copy with ``shutdownGracePeriod`` set.
-    public func shutdownGracePeriod(_ value: Duration) -> Self { with { $0.shutdownGracePeriod = value } }
-    /// Returns a copy with the connection retry backoff set.
+    /// Returns a copy with the four `connectRetry…` properties set: ``connectRetryInitialBackoff``,
+    /// ``connectRetryMultiplier`` (default 2), ``connectRetryMaxBackoff`` and ``connectRetryJitter``
+    /// (default 0.2); a defaulted argument replaces any earlier value.
     public func connectRetryBackoff(
         initial: Duration, multiplier: Double = 2, max: Duration, jitter: Double = 0.2
     ) -> Self {

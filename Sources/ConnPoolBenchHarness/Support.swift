@@ -1,3 +1,5 @@
+import ConnPool
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -35,11 +37,13 @@ public enum ResidentMemory {
 /// How a failed request is counted: a short category for an error.
 public enum BenchErrorCategory {
     /// The error's type name, followed by its enum case when the case carries a payload
-    /// (`RedisError.io`, `ConnectionPoolError.acquireTimeout`); `CancellationError` for cancellation.
+    /// (`RedisError.io`), or for a ``ConnPool/ConnectionPoolError`` by its code
+    /// (`ConnectionPoolError.acquireTimeout`); `CancellationError` for cancellation.
     ///
     /// A case without payload cannot be named without its own `description` (which may be long): give
     /// the harness a categorizer of your own for such enums.
     public static func `default`(_ error: any Error) -> String {
+        if let poolError = error as? ConnectionPoolError { return "ConnectionPoolError.\(poolError.code)" }
         let typeName = String(describing: type(of: error))
         let mirror = Mirror(reflecting: error)
         if mirror.displayStyle == .enum, let label = mirror.children.first?.label {

@@ -191,7 +191,7 @@ public final class ChaosEngine: Sendable {
         report.poolAcquireTimeouts = afterShutdown.acquireTimeouts
         report.poolFailedFast = afterShutdown.failedFast
         report.poolClosedByReason = Dictionary(
-            uniqueKeysWithValues: afterShutdown.closedByReason.map { ("\($0.key)", $0.value) })
+            uniqueKeysWithValues: afterShutdown.closedByReason.map { ($0.key.rawValue, $0.value) })
         report.elapsedSeconds = elapsed.seconds
         report.poolSize = options.poolSize
         report.concurrency = options.concurrency
@@ -238,8 +238,8 @@ public final class ChaosEngine: Sendable {
         }
     }
 
-    /// A short name for an error: its type and enum case (`RedisError.timeout`,
-    /// `ConnectionPoolError.acquireTimeout`).
+    /// A short name for an error: its type and enum case (`RedisError.timeout`), or code
+    /// (`ConnectionPoolError.acquireTimeout`).
     public static func category(of error: any Error) -> String {
         if let redis = error as? RedisError {
             switch redis {
@@ -250,7 +250,7 @@ public final class ChaosEngine: Sendable {
             default: break
             }
         }
-        if case ConnectionPoolError.shutDown = error { return "ConnectionPoolError.shutDown" }
+        if let poolError = error as? ConnectionPoolError { return "ConnectionPoolError.\(poolError.code)" }
         let typeName = String(describing: type(of: error))
         let mirror = Mirror(reflecting: error)
         if mirror.displayStyle == .enum, let label = mirror.children.first?.label {

@@ -184,7 +184,7 @@ public final class PoolMetricsExporter: Sendable {
 
     /// The value replayed for bucket `index` of `snapshot` (see the type's documentation).
     static func representativeNanoseconds(bucket index: Int, of snapshot: HistogramSnapshot) -> UInt64 {
-        let bounds = LatencyHistogram.upperBounds
+        let bounds = HistogramSnapshot.upperBounds
         if index == 0 { return 0 }
         guard index < bounds.count else { return max(snapshot.maxNanoseconds, bounds[bounds.count - 1]) }
         let lower = bounds[index - 1]

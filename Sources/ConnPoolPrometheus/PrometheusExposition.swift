@@ -136,12 +136,12 @@ public enum PrometheusExposition {
 
     // MARK: Pieces
 
-    /// The indices into ``ConnPool/LatencyHistogram/upperBounds`` rendered as `le` bounds.
+    /// The indices into ``ConnPool/HistogramSnapshot/upperBounds`` rendered as `le` bounds.
     static func bucketBounds(_ layout: BucketLayout) -> [Int] {
-        let all = Array(LatencyHistogram.upperBounds.indices)
+        let all = Array(HistogramSnapshot.upperBounds.indices)
         switch layout {
         case .all: return all
-        case .octaves: return all.filter { LatencyHistogram.upperBounds[$0].nonzeroBitCount == 1 }
+        case .octaves: return all.filter { HistogramSnapshot.upperBounds[$0].nonzeroBitCount == 1 }
         }
     }
 
@@ -156,7 +156,7 @@ public enum PrometheusExposition {
                 cumulative += snapshot.counts[next]
                 next += 1
             }
-            let le = seconds(nanoseconds: LatencyHistogram.upperBounds[index])
+            let le = seconds(nanoseconds: HistogramSnapshot.upperBounds[index])
             out += "\(name)_bucket{\(label),le=\"\(le)\"} \(cumulative)\n"
         }
         let total = snapshot.counts.reduce(0, +)

@@ -259,8 +259,7 @@ enum ErrorCategories {
             default: return BenchErrorCategory.default(error)
             }
         case let error as ConnectionPoolError:
-            if case .shutDown = error { return "ConnectionPoolError.shutDown" }
-            return BenchErrorCategory.default(error)
+            return "ConnectionPoolError.\(error.code)"
         case is UnexpectedReply:
             return "UnexpectedReply"
         case is ServerErrorReply:

@@ -93,8 +93,7 @@ struct SecretsTests {
         mutating func addError(_ source: String, _ error: any Error) {
             addAllForms("\(source) error", error)
             add("\(source) error localizedDescription", error.localizedDescription)
-            if case ConnectionPoolError.acquireTimeout(_, let last?) = error { addAllForms("\(source) lastConnectError", last) }
-            if case ConnectionPoolError.connectFailing(let last, _) = error { addAllForms("\(source) lastConnectError", last) }
+            if let last = (error as? ConnectionPoolError)?.lastConnectError { addAllForms("\(source) lastConnectError", last) }
         }
 
         mutating func addPool(_ source: String, _ pool: Pool) throws {

@@ -528,5 +528,9 @@ struct SupportTests {
         #expect(BenchErrorCategory.default(MemoryError.timeout(after: 3)) == "MemoryError.timeout")
         #expect(BenchErrorCategory.default(OtherFailure()) == "OtherFailure")
         #expect(BenchErrorCategory.default(CancellationError()) == "CancellationError")
+        #expect(BenchErrorCategory.default(ConnectionPoolError.shutDown) == "ConnectionPoolError.shutDown")
+        #expect(
+            BenchErrorCategory.default(ConnectionPoolError.acquireTimeout(after: .seconds(1), lastConnectError: nil))
+                == "ConnectionPoolError.acquireTimeout")
     }
 }

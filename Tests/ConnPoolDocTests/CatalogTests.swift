@@ -193,7 +193,6 @@ struct CatalogTests {
         String(describing: PoolMetrics.self),
         String(describing: PoolStatus.self),
         String(describing: CloseReason.self),
-        String(describing: LatencyHistogram.self),
         String(describing: HistogramSnapshot.self),
         String(describing: PoolClock.self),
         String(describing: ManualClock.self),

@@ -45,7 +45,12 @@ func handleTimeouts(pool: ConnectionPool<RedisConnectionFactory>, logger: Logger
     } catch let error as ConnectionPoolError {
         // "connection pool: acquire timed out after 250 ms; last connect error: ..." and the like:
         // the description says what happened and, for a timeout, why no connection came.
-        logger.warning("no Redis connection: \(error)")
+        switch error.code {
+        case .acquireTimeout, .connectFailing:
+            logger.warning("no Redis connection: \(error)")
+        default:  // .shutDown, .tooManyWaiters, and codes added in later releases
+            logger.info("no Redis connection: \(error)")
+        }
         throw error
     }
 }

@@ -82,9 +82,9 @@ func circuitBreakerOpensAndCloses(server: FakeKVServer) async throws {
     do {
         try await pool.withConnection { _ in }
         Issue.record("expected the acquire to fail fast")
-    } catch ConnectionPoolError.connectFailing(let lastConnectError, let consecutiveFailures) {
-        #expect(consecutiveFailures == 3)
-        #expect(lastConnectError is KVError)
+    } catch let error as ConnectionPoolError where error.code == .connectFailing {
+        #expect(error.consecutiveFailures == 3)
+        #expect(error.lastConnectError is KVError)
     }
     #expect(pool.status().health == .failing)
 

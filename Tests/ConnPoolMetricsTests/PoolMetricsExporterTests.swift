@@ -206,13 +206,13 @@ struct PoolMetricsExporterTests {
         var huge = HistogramSnapshot.empty
         for index in huge.counts.indices { huge.counts[index] = UInt64(index + 1) * 1_000_000_000 }
         counts = PoolMetricsExporter.replayCounts(huge, previous: nil, maxSamples: 1_000)
-        #expect(counts.reduce(0, +) <= 1_000 + UInt64(LatencyHistogram.bucketCount))
+        #expect(counts.reduce(0, +) <= 1_000 + UInt64(HistogramSnapshot.bucketCount))
         #expect(counts.allSatisfy { $0 >= 1 })
         // Representative values: 0 for the first bucket, the max for the overflow bucket.
         var snapshot = HistogramSnapshot.empty
         snapshot.maxNanoseconds = 100_000_000_000
         #expect(PoolMetricsExporter.representativeNanoseconds(bucket: 0, of: snapshot) == 0)
-        #expect(PoolMetricsExporter.representativeNanoseconds(bucket: LatencyHistogram.bucketCount - 1, of: snapshot)
+        #expect(PoolMetricsExporter.representativeNanoseconds(bucket: HistogramSnapshot.bucketCount - 1, of: snapshot)
             == 100_000_000_000)
         #expect(PoolMetricsExporter.representativeNanoseconds(bucket: 1, of: snapshot) == 1_024 + 128)
     }
@@ -264,6 +264,6 @@ struct PoolMetricsExporterTests {
 
     /// The bucket index of a value, from the public bounds.
     static func bucket(of nanoseconds: UInt64) -> Int {
-        LatencyHistogram.upperBounds.firstIndex { nanoseconds < $0 } ?? LatencyHistogram.upperBounds.count
+        HistogramSnapshot.upperBounds.firstIndex { nanoseconds < $0 } ?? HistogramSnapshot.upperBounds.count
     }
 }

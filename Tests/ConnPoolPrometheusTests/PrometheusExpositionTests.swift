@@ -201,7 +201,7 @@ struct PrometheusExpositionTests {
                     } else {
                         // The snapshot's count of values below the bound.
                         let bound = nanoseconds(fromSeconds: String(le))!
-                        let index = LatencyHistogram.upperBounds.firstIndex(of: bound)
+                        let index = HistogramSnapshot.upperBounds.firstIndex(of: bound)
                         #expect(index != nil, "\(le) is not a bucket bound")
                         let expected = snapshot.counts[...(index ?? 0)].reduce(0, +)
                         #expect(value == expected, "\(line): expected \(expected)")

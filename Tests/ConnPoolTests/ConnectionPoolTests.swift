@@ -109,10 +109,10 @@ struct ConnectionPoolTests {
         }
         clock.advance(by: .seconds(2))
         let error = await #expect(throws: ConnectionPoolError.self) { try await task.value }
-        guard case .acquireTimeout(let after, let cause)? = error else { Issue.record("wrong error"); return }
-        #expect(after == .seconds(2))
-        #expect((cause as? MockConnectError)?.message == "connection refused")
-        #expect(error?.description == "connection pool: acquire timed out after 2 s; last connect error: connection refused")
+        guard let error, error.code == .acquireTimeout else { Issue.record("wrong error"); return }
+        #expect(error.timeout == .seconds(2))
+        #expect((error.lastConnectError as? MockConnectError)?.message == "connection refused")
+        #expect(error.description == "connection pool: acquire timed out after 2 s; last connect error: connection refused")
         #expect(pool.metrics().waiting == 0)
         await pool.shutdown()
     }
@@ -282,6 +282,7 @@ struct ConnectionPoolTests {
         #expect(await eventually { pool.metrics().waiting == 2 })
         let shutdown = Task { await pool.shutdown() }
         let error = await #expect(throws: ConnectionPoolError.self) { try await waiter.value }
+        #expect(error?.code == .shutDown)
         #expect(error?.description.contains("shut down") == true)
         await thread.join()
         #expect(blockingOutcome.withLock { $0 }.contains("shut down"))

@@ -175,9 +175,9 @@ struct HealthManagementTests {
         #expect(await eventually { factory.attempts == 2 && pool.metrics().connecting == 0 })
         clock.advance(by: .milliseconds(200))  // third failure opens the breaker
         let error = await #expect(throws: ConnectionPoolError.self) { try await waiter.value }
-        guard case .connectFailing(let cause, let failures)? = error else { Issue.record("wrong error \(String(describing: error))"); return }
-        #expect(failures == 3)
-        #expect("\(cause)" == "connection refused")
+        guard let error, error.code == .connectFailing else { Issue.record("wrong error \(String(describing: error))"); return }
+        #expect(error.consecutiveFailures == 3)
+        #expect(error.lastConnectError.map { "\($0)" } == "connection refused")
         // New acquires fail at once, without waiting for any timeout.
         await #expect(throws: ConnectionPoolError.self) { try await pool.acquire() }
         #expect(throws: ConnectionPoolError.self) { try pool.acquireBlocking() }

@@ -72,6 +72,14 @@ struct ObservabilityTests {
         #expect(LatencyHistogram.bucketIndex(nanoseconds: 2_048) == 5)
         #expect(LatencyHistogram.bucketIndex(nanoseconds: 1 << 36) == LatencyHistogram.bucketCount - 1)
         #expect(LatencyHistogram.upperBounds.count == LatencyHistogram.bucketCount - 1)
+        // The public description of the layout is the recorder's.
+        #expect(HistogramSnapshot.bucketCount == 106)
+        #expect(HistogramSnapshot.bucketCount == LatencyHistogram.bucketCount)
+        #expect(HistogramSnapshot.upperBounds == LatencyHistogram.upperBounds)
+        #expect(HistogramSnapshot.upperBounds.count == HistogramSnapshot.bucketCount - 1)
+        #expect(HistogramSnapshot.upperBounds.first == 1_024 && HistogramSnapshot.upperBounds.last == 1 << 36)
+        #expect(zip(HistogramSnapshot.upperBounds, HistogramSnapshot.upperBounds.dropFirst()).allSatisfy { $0 < $1 })
+        #expect(HistogramSnapshot.empty.counts.count == HistogramSnapshot.bucketCount)
         // Every value lands in a bucket whose bounds contain it.
         for value: UInt64 in [1_024, 1_500, 9_999, 123_456, 7_000_000, 60_000_000_000] {
             let index = LatencyHistogram.bucketIndex(nanoseconds: value)

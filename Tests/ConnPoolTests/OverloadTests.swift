@@ -58,8 +58,8 @@ struct OverloadTests {
                         do {
                             try await pool.withConnection { _ in }
                             served.withLock { $0 += 1 }
-                        } catch ConnectionPoolError.tooManyWaiters(let limit) {
-                            if limit == 1_000 { shed.withLock { $0 += 1 } }
+                        } catch let error as ConnectionPoolError where error.code == .tooManyWaiters {
+                            if error.limit == 1_000 { shed.withLock { $0 += 1 } }
                         } catch {}
                     }
                 }

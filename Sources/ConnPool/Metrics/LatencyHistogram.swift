@@ -14,16 +14,21 @@ import Synchronization
 /// increment (off by the few in-flight values), never a torn value. Hand-written rather than
 /// hdrhistogram-swift's `Histogram`, which is a value type needing a lock around every record.
 ///
+/// Package-internal: the pool records into it and exposes only ``HistogramSnapshot``, whose
+/// ``HistogramSnapshot/upperBounds`` and ``HistogramSnapshot/bucketCount`` are the public description of
+/// this bucket layout. The exporter modules of this package read the layout from either.
+///
 /// `@unchecked Sendable` is safe because the only non-`Sendable` stored property, `buckets`, is an
 /// immutable pointer set in `init` and freed in `deinit`, to memory that holds nothing but `Atomic`
 /// values, each only ever touched through its atomic operations.
-public final class LatencyHistogram: @unchecked Sendable {
+@usableFromInline
+package final class LatencyHistogram: @unchecked Sendable {
     /// Octaves covered by the sub-bucketed range: 2¹⁰ ns up to 2³⁶ ns.
     static let firstOctave = 10
     static let lastOctave = 36
     static let subBuckets = 4
     /// underflow + sub-buckets + overflow
-    public static let bucketCount = 1 + (lastOctave - firstOctave) * subBuckets + 1
+    package static let bucketCount = 1 + (lastOctave - firstOctave) * subBuckets + 1
 
     private let buckets: UnsafeMutablePointer<Atomic<UInt64>>
     private let total = Atomic<UInt64>(0)
@@ -32,7 +37,7 @@ public final class LatencyHistogram: @unchecked Sendable {
     private let maximum = Atomic<UInt64>(0)
 
     /// Creates an empty histogram.
-    public init() {
+    package init() {
         buckets = .allocate(capacity: Self.bucketCount)
         for index in 0..<Self.bucketCount { (buckets + index).initialize(to: Atomic(0)) }
     }
@@ -43,7 +48,7 @@ public final class LatencyHistogram: @unchecked Sendable {
     }
 
     /// The bucket a value in nanoseconds falls into.
-    static func bucketIndex(nanoseconds value: UInt64) -> Int {
+    package static func bucketIndex(nanoseconds value: UInt64) -> Int {
         guard value >= 1 << firstOctave else { return 0 }
         let octave = UInt64.bitWidth - 1 - value.leadingZeroBitCount
         guard octave < lastOctave else { return bucketCount - 1 }
@@ -53,7 +58,7 @@ public final class LatencyHistogram: @unchecked Sendable {
 
     /// The exclusive upper bound, in nanoseconds, of every bucket but the overflow one (whose bound is
     /// infinite), in order.
-    public static let upperBounds: [UInt64] = {
+    package static let upperBounds: [UInt64] = {
         var bounds: [UInt64] = [1 << firstOctave]
         for octave in firstOctave..<lastOctave {
             let base = UInt64(1) << UInt64(octave)
@@ -64,12 +69,13 @@ public final class LatencyHistogram: @unchecked Sendable {
 
     /// Records one duration. Lock-free, allocation-free.
     @inlinable
-    public func record(_ duration: Duration) {
+    package func record(_ duration: Duration) {
         record(nanoseconds: UInt64(clamping: duration.nanosecondsClamped))
     }
 
     /// Records one duration given in nanoseconds. Lock-free, allocation-free.
-    public func record(nanoseconds value: UInt64) {
+    @usableFromInline
+    package func record(nanoseconds value: UInt64) {
         buckets[Self.bucketIndex(nanoseconds: value)].add(1, ordering: .relaxed)
         total.add(1, ordering: .relaxed)
         sum.add(value, ordering: .relaxed)
@@ -89,7 +95,7 @@ public final class LatencyHistogram: @unchecked Sendable {
 
     /// A copy of the counts. `extraZeros` adds that many values of 0 ns (the pool's acquires that
     /// found an idle connection at once, counted under its lock instead of recorded one by one).
-    public func snapshot(extraZeros: UInt64 = 0) -> HistogramSnapshot {
+    package func snapshot(extraZeros: UInt64 = 0) -> HistogramSnapshot {
         var counts = (0..<Self.bucketCount).map { buckets[$0].load(ordering: .relaxed) }
         counts[0] += extraZeros
         let count = total.load(ordering: .relaxed) + extraZeros
@@ -103,11 +109,25 @@ public final class LatencyHistogram: @unchecked Sendable {
     }
 }
 
-/// The state of a ``LatencyHistogram`` at one moment.
+/// A distribution of durations at one moment, as the pool's lock-free histograms recorded it:
+/// ``PoolMetrics/acquireWait``, ``PoolMetrics/leaseHold`` and ``PoolMetrics/connectionLifetime``.
+///
+/// The buckets are fixed and log-scale: one for values under 1 µs, then four per power of two from
+/// 2¹⁰ ns (about 1 µs) to 2³⁶ ns (about 69 s), then one for everything larger; ``bucketCount`` in
+/// all, bounded by ``upperBounds``. The count, sum, minimum and maximum are exact; a percentile is
+/// within 25 % of the true value.
 public struct HistogramSnapshot: Sendable, Hashable, Codable {
+    /// The number of buckets of every snapshot the pool takes (106): one under 1 µs, 104
+    /// sub-buckets, one overflow bucket.
+    public static let bucketCount = LatencyHistogram.bucketCount
+
+    /// The exclusive upper bound, in nanoseconds, of every bucket but the last (whose bound is
+    /// infinite), in increasing order: `upperBounds.count == bucketCount - 1`. Bucket `i` holds values
+    /// at or above `upperBounds[i - 1]` (0 for the first) and below `upperBounds[i]`.
+    public static let upperBounds: [UInt64] = LatencyHistogram.upperBounds
+
     /// Counts per bucket; bucket `i < counts.count - 1` holds values below
-    /// ``LatencyHistogram/upperBounds``[i] (and at or above the previous bound); the last one holds
-    /// everything larger.
+    /// ``upperBounds``[i] (and at or above the previous bound); the last one holds everything larger.
     public var counts: [UInt64]
     /// How many values were recorded.
     public var count: UInt64
@@ -121,7 +141,7 @@ public struct HistogramSnapshot: Sendable, Hashable, Codable {
     /// An empty snapshot.
     public static var empty: HistogramSnapshot {
         HistogramSnapshot(
-            counts: Array(repeating: 0, count: LatencyHistogram.bucketCount), count: 0,
+            counts: Array(repeating: 0, count: bucketCount), count: 0,
             sumNanoseconds: 0, minNanoseconds: 0, maxNanoseconds: 0)
     }
 
@@ -135,8 +155,8 @@ public struct HistogramSnapshot: Sendable, Hashable, Codable {
             seen += bucketCount
             if seen >= max(rank, 1) {
                 if index == 0 && minNanoseconds == 0 { return 0 }
-                guard index < LatencyHistogram.upperBounds.count else { return maxNanoseconds }
-                return min(LatencyHistogram.upperBounds[index], maxNanoseconds)
+                guard index < Self.upperBounds.count else { return maxNanoseconds }
+                return min(Self.upperBounds[index], maxNanoseconds)
             }
         }
         return maxNanoseconds

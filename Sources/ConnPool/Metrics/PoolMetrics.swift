@@ -73,3 +73,16 @@ public struct PoolMetrics: Sendable, Hashable, Codable {
     /// Connections closed, for any reason.
     public var closed: Int { closedByReason.values.reduce(0, +) }
 }
+
+extension PoolMetrics: CustomStringConvertible {
+    /// One line for logs: the connection counts, then the main counters, e.g.
+    /// `idle 3, in use 2, connecting 0, closing 0, validating 0, waiting 0 (max 10); acquires 1234
+    /// (56 waited), timeouts 0, created 5, failures 0, closed 0`. It holds only numbers: no names,
+    /// addresses or errors. ``closedByReason`` and the histograms are left out; read them from the
+    /// properties.
+    public var description: String {
+        "idle \(idle), in use \(inUse), connecting \(connecting), closing \(closing), validating \(validating), "
+            + "waiting \(waiting) (max \(maxSize)); acquires \(acquires) (\(acquiresAfterWaiting) waited), "
+            + "timeouts \(acquireTimeouts), created \(created), failures \(creationFailures), closed \(closed)"
+    }
+}

@@ -62,10 +62,10 @@ extension PoolRuntime {
     /// A short name for how an acquire ended, for spans.
     static func outcome(of error: any Error) -> String {
         switch error {
-        case ConnectionPoolError.acquireTimeout: return "timeout"
-        case ConnectionPoolError.connectFailing: return "fail_fast"
-        case ConnectionPoolError.shutDown: return "shut_down"
-        case ConnectionPoolError.tooManyWaiters: return "shed"
+        case ConnectionPoolError.Code.acquireTimeout: return "timeout"
+        case ConnectionPoolError.Code.connectFailing: return "fail_fast"
+        case ConnectionPoolError.Code.shutDown: return "shut_down"
+        case ConnectionPoolError.Code.tooManyWaiters: return "shed"
         case is CancellationError: return "cancelled"
         default: return "error"
         }
