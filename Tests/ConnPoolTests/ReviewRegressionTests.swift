@@ -93,7 +93,7 @@ struct ReviewRegressionTests {
         switch result {
         case .success(let id): Issue.record("the waiter got connection \(id), closed by force")
         case .failure(let error):
-            guard case ConnectionPoolError.shutDown = error else {
+            guard case ConnectionPoolError.Code.shutDown = error else {
                 Issue.record("expected shutDown, got \(error)")
                 return
             }
