@@ -22,25 +22,35 @@ extension PoolStateMachine {
         }
         while case .create(let token) = creationDecision(now: now) { effects.creations.append(token) }
         if takeMetricsReportDue(now: now) { effects.metricsReportDue = true }
-        requestNextDeadline()
+        requestNextDeadline(after: now)
     }
 
     /// Requests the next deadline the timer must wake for: the earliest waiter's, the next maintenance
     /// round, the end of the grace period, the next metrics report, the end of a creation backoff and,
     /// while shutting down (no maintenance rounds any more), every operation's.
-    mutating func requestNextDeadline() {
+    ///
+    /// Only deadlines after `now`: whatever was due at `now` this round has handled, except a retry
+    /// whose backoff is over but that cannot start yet (every slot taken, or `maxConcurrentConnects`
+    /// attempts under way). The end of what blocks it (an attempt or a close ending) starts it, so
+    /// waking for it again would only spin the timer (found by the simulation: a manual clock recursed
+    /// without end, a real timer thread would have spun).
+    mutating func requestNextDeadline(after now: Int64) {
         var next = min(waiters.earliestDeadline, nextMaintenanceAt, shutdownDeadline, nextMetricsAt)
         if lifecycle == .shuttingDown { next = min(next, earliestOperationDeadline) }
-        if retryNotBefore != .min, creationWanted { next = min(next, retryNotBefore) }
-        if next != .max { requestTimer(at: next) }
+        if retryNotBefore > now, creationWanted { next = min(next, retryNotBefore) }
+        if next != .max, next > now { requestTimer(at: next) }
     }
 
     /// The earliest deadline of an operation under way (connecting, validating, closing). O(slots):
     /// asked only while shutting down.
     var earliestOperationDeadline: Int64 {
         var earliest = Int64.max
-        for slot in 0..<slots.capacity where slots.states[slot] != .empty {
-            earliest = min(earliest, slots.operationDeadlines[slot])
+        for slot in 0..<slots.capacity {
+            switch slots.states[slot] {
+            // An idle or leased slot keeps the deadline of the attempt that opened it: not an operation.
+            case .connecting, .validating, .closing: earliest = min(earliest, slots.operationDeadlines[slot])
+            case .empty, .idle, .leased: continue
+            }
         }
         return earliest
     }
