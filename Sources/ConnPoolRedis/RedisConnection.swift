@@ -33,7 +33,8 @@ import Darwin
 ///   When a command is the only one under way in the process (concurrency 1), it first polls for its
 ///   reply for up to 30 µs before sleeping in `poll()` or suspending on the reactor: a loopback or LAN
 ///   reply usually comes in that time, and the caller then skips the thread wake-ups. The spin adapts to
-///   the connection (``ReplySpin``): it stops while this connection's replies come too late.
+///   the connection (``ReplySpin``): it stops while this connection's replies come too late, and
+///   ``RedisConnectionConfiguration/replySpin`` turns it off.
 ///   hiredis' own blocking mode is not used, so its pitfalls do not apply: `redisSetTimeout` (a per-socket
 ///   `SO_RCVTIMEO`) is replaced by a deadline per command covering send and all replies, and
 ///   `redisReconnect` (which drops that timeout) is never called: a broken connection is discarded by
@@ -82,7 +83,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         self.fd = context.pointee.fd
         self.configuration = configuration
         self.logger = logger
-        spin = ReplySpin.Gate(policy: .adaptive)
+        spin = ReplySpin.Gate(policy: configuration.replySpin)
     }
 
     deinit {

@@ -64,7 +64,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         self.fd = fd
         self.configuration = configuration
         self.remoteAddress = remoteAddress
-        spin = ReplySpin.Gate(policy: .adaptive)
+        spin = ReplySpin.Gate(policy: configuration.replySpin)
         buffer = .allocate(capacity: 1)
         buffer.initialize(to: ReadBuffer())
     }
