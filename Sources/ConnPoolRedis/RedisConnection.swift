@@ -48,13 +48,15 @@ import Darwin
 ///   ``RedisError/concurrentUse`` instead of corrupted buffers.
 ///
 /// ## Sendable
-/// `@unchecked Sendable` is safe because the mutable state (`brokenCause`, `scratch`, `spin`, and
-/// hiredis' context behind `context`) is read and written only by the thread or task that holds the in-use flag
-/// `inUse`: it is taken with a sequentially consistent compare-exchange before any access and released
-/// with a sequentially consistent store after the last one, which orders every access of one holder
-/// before every access of the next. The context is freed exactly once, by whoever wins the `freed`
-/// compare-exchange while holding `inUse` (close, the end of an operation during which close was
-/// requested, or `deinit`). Every other stored property is a `let` of a Sendable type or an `Atomic`.
+/// `@unchecked Sendable` is safe because the mutable state (`brokenCause`, `scratch`, `spin`, and hiredis'
+/// context behind `context`) is read and written only by the thread or task that holds the in-use flag
+/// `inUse`: it is taken with a sequentially consistent compare-exchange before any access and released with a
+/// sequentially consistent store after the last one, which orders every access of one holder before every
+/// access of the next. The context is freed exactly once, by whoever wins the `freed` compare-exchange while
+/// holding `inUse` (close, the end of an operation during which close was requested, or `deinit`). The
+/// package-only `replySpin…` readers read `spin` between operations, after an acquiring load of `inUse` that
+/// pairs with the last holder's release. Every other stored property is a `let` of a Sendable type or an
+/// `Atomic`.
 public final class RedisConnection: Connection, @unchecked Sendable, CustomStringConvertible {
     /// The configuration this connection was made with (its password is redacted when printed).
     public let configuration: RedisConnectionConfiguration
@@ -110,11 +112,19 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     /// What this connection's reply spin did so far (see ``ReplySpin``). For tests and diagnostics: read
     /// it between operations, from the code that uses the connection (it belongs to whoever holds the
     /// connection, like the connection's buffers).
-    package var replySpinStatistics: ReplySpin.Statistics { spin.statistics }
+    package var replySpinStatistics: ReplySpin.Statistics {
+        // Acquires what the last operation released with the in-use flag, so that a read from another
+        // thread after that operation ended sees its writes (and ThreadSanitizer sees the edge).
+        _ = inUse.load(ordering: .acquiring)
+        return spin.statistics
+    }
 
     /// Whether this connection's record of reply times lets it spin (see ``ReplySpin/Gate/isSpinning``).
     /// Read it as ``replySpinStatistics``.
-    package var isReplySpinning: Bool { spin.isSpinning }
+    package var isReplySpinning: Bool {
+        _ = inUse.load(ordering: .acquiring)
+        return spin.isSpinning
+    }
 
     // MARK: - Connecting
 

@@ -40,11 +40,11 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     // - `fd`, `configuration` and `remoteAddress` are immutable;
     // - `closedFlag`, `brokenFlag` and `busy` are atomics;
     // - the read buffer behind `buffer` and the reply spin's record `spin` are touched only inside an
-    //   I/O call (`spin` also by the package-only `replySpin…` readers, which tests call between calls),
-    //   and `busy` (an atomic exchange with acquire/release ordering at the start and end of every
-    //   call) guarantees that at most one call runs at a time and that each call sees the previous
-    //   call's writes; a second concurrent call traps instead of racing. The buffer is freed in deinit,
-    //   when no call can run.
+    //   I/O call (`spin` also by the package-only `replySpin…` readers, between calls, after an
+    //   acquiring load of `busy`), and `busy` (an atomic exchange with acquire/release ordering at the
+    //   start and end of every call) guarantees that at most one call runs at a time and that each call
+    //   sees the previous call's writes; a second concurrent call traps instead of racing. The buffer is
+    //   freed in deinit, when no call can run.
 
     /// The configuration this connection was opened with.
     public let configuration: TCPConnectionConfiguration
@@ -292,11 +292,19 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     /// What this connection's reply spin did so far (see ``ReplySpin``). For tests and diagnostics: read
     /// it between calls, from the code that uses the connection (it belongs to whoever holds the
     /// connection, like its read buffer).
-    package var replySpinStatistics: ReplySpin.Statistics { spin.statistics }
+    package var replySpinStatistics: ReplySpin.Statistics {
+        // Acquires what the last operation released with the in-use flag, so that a read from another
+        // thread after that operation ended sees its writes (and ThreadSanitizer sees the edge).
+        _ = busy.load(ordering: .acquiring)
+        return spin.statistics
+    }
 
     /// Whether this connection's record of reply times lets it spin (see ``ReplySpin/Gate/isSpinning``).
     /// Read it as ``replySpinStatistics``.
-    package var isReplySpinning: Bool { spin.isSpinning }
+    package var isReplySpinning: Bool {
+        _ = busy.load(ordering: .acquiring)
+        return spin.isSpinning
+    }
 
     /// Checks the connection without blocking a cooperative thread.
     ///
