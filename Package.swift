@@ -39,8 +39,10 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
-        // A small epoll readiness reactor shared by the backends' async paths.
-        .target(name: "ConnPoolIO", swiftSettings: strictSettings),
+        // A small epoll readiness reactor and the reply spin, shared by the backends.
+        .target(name: "ConnPoolIO", dependencies: ["CConnPoolIO"], swiftSettings: strictSettings),
+        // glibc declarations Swift's Glibc module lacks (sched_getcpu, for the reply spin's counters).
+        .target(name: "CConnPoolIO"),
         // Backend 1: hiredis.
         .systemLibrary(
             name: "CHiredis",

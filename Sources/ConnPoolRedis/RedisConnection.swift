@@ -1,7 +1,7 @@
 public import ConnPool
 public import Logging
 internal import CHiredis
-internal import ConnPoolIO
+package import ConnPoolIO
 import Synchronization
 
 #if canImport(Glibc)
@@ -30,9 +30,11 @@ import Darwin
 ///     limit) with ~10 µs of client CPU per PING through the reactor against ~11–15 µs offloaded; but
 ///     while 32 connections wait 300 ms in BLPOP, 1,670 PINGs on 167 others take 20–30 ms through the
 ///     reactor and 80–220 ms offloaded, because the waiting commands hold the dispatch threads.
-///   When an async command is the only one under way in the process (concurrency 1), it first polls for
-///   its reply for up to 30 µs before suspending on the reactor: a loopback or LAN reply usually comes in
-///   that time, and the task then skips the reactor's two thread wake-ups.
+///   When a command is the only one under way in the process (concurrency 1), it first polls for its
+///   reply for up to 30 µs before sleeping in `poll()` or suspending on the reactor: a loopback or LAN
+///   reply usually comes in that time, and the caller then skips the thread wake-ups. The spin adapts to
+///   the connection (``ReplySpin``): it stops while this connection's replies come too late, and
+///   ``RedisConnectionConfiguration/replySpin`` turns it off.
 ///   hiredis' own blocking mode is not used, so its pitfalls do not apply: `redisSetTimeout` (a per-socket
 ///   `SO_RCVTIMEO`) is replaced by a deadline per command covering send and all replies, and
 ///   `redisReconnect` (which drops that timeout) is never called: a broken connection is discarded by
@@ -46,13 +48,15 @@ import Darwin
 ///   ``RedisError/concurrentUse`` instead of corrupted buffers.
 ///
 /// ## Sendable
-/// `@unchecked Sendable` is safe because the mutable state (`brokenCause`, `scratch`, and hiredis'
+/// `@unchecked Sendable` is safe because the mutable state (`brokenCause`, `scratch`, `spin`, and hiredis'
 /// context behind `context`) is read and written only by the thread or task that holds the in-use flag
-/// `inUse`: it is taken with a sequentially consistent compare-exchange before any access and released
-/// with a sequentially consistent store after the last one, which orders every access of one holder
-/// before every access of the next. The context is freed exactly once, by whoever wins the `freed`
-/// compare-exchange while holding `inUse` (close, the end of an operation during which close was
-/// requested, or `deinit`). Every other stored property is a `let` of a Sendable type or an `Atomic`.
+/// `inUse`: it is taken with a sequentially consistent compare-exchange before any access and released with a
+/// sequentially consistent store after the last one, which orders every access of one holder before every
+/// access of the next. The context is freed exactly once, by whoever wins the `freed` compare-exchange while
+/// holding `inUse` (close, the end of an operation during which close was requested, or `deinit`). The
+/// package-only `replySpin…` readers read `spin` between operations, after an acquiring load of `inUse` that
+/// pairs with the last holder's release. Every other stored property is a `let` of a Sendable type or an
+/// `Atomic`.
 public final class RedisConnection: Connection, @unchecked Sendable, CustomStringConvertible {
     /// The configuration this connection was made with (its password is redacted when printed).
     public let configuration: RedisConnectionConfiguration
@@ -67,6 +71,9 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     // Touched only by the holder of `inUse` (see the Sendable note above).
     private var brokenCause: RedisError?
     private var scratch = ArgvScratch()
+    /// This connection's reply spin: its count in the process' operations and its record of reply
+    /// times.
+    private var spin: ReplySpin.Gate
 
     /// hiredis' read chunk: a read that returns this many bytes probably left more in the socket.
     private static let readChunk = 16 * 1024
@@ -78,6 +85,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         self.fd = context.pointee.fd
         self.configuration = configuration
         self.logger = logger
+        spin = ReplySpin.Gate(policy: configuration.replySpin)
     }
 
     deinit {
@@ -100,6 +108,23 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
 
     /// `true` once ``close()`` (or ``closeBlocking()``) was called.
     public var isClosed: Bool { closeRequested.load(ordering: .relaxed) }
+
+    /// What this connection's reply spin did so far (see ``ReplySpin``). For tests and diagnostics: read
+    /// it between operations, from the code that uses the connection (it belongs to whoever holds the
+    /// connection, like the connection's buffers).
+    package var replySpinStatistics: ReplySpin.Statistics {
+        // Acquires what the last operation released with the in-use flag, so that a read from another
+        // thread after that operation ended sees its writes (and ThreadSanitizer sees the edge).
+        _ = inUse.load(ordering: .acquiring)
+        return spin.statistics
+    }
+
+    /// Whether this connection's record of reply times lets it spin (see ``ReplySpin/Gate/isSpinning``).
+    /// Read it as ``replySpinStatistics``.
+    package var isReplySpinning: Bool {
+        _ = inUse.load(ordering: .acquiring)
+        return spin.isSpinning
+    }
 
     // MARK: - Connecting
 
@@ -364,7 +389,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     public func commandBlocking<each Argument: RedisArgumentConvertible>(
         _ arguments: repeat each Argument
     ) throws -> RedisReply {
-        let alone = try enter()
+        try enter()
         defer { leave() }
         scratch.reset()
         for argument in repeat each arguments {
@@ -373,7 +398,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         try appendScratch()
         let deadline = commandDeadline()
         try flushBlocking(deadline: deadline)
-        return try Self.throwingErrorReply(receiveBlocking(deadline: deadline, alone: alone))
+        return try Self.throwingErrorReply(receiveBlocking(deadline: deadline))
     }
 
     /// ``commandBlocking(_:)-(repeat each Argument)`` with the arguments in an array, for commands built
@@ -381,12 +406,12 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     ///
     /// - Throws: as ``commandBlocking(_:)-(repeat each Argument)``.
     public func commandBlocking(_ arguments: [RedisArgument]) throws -> RedisReply {
-        let alone = try enter()
+        try enter()
         defer { leave() }
         try appendCommand(arguments)
         let deadline = commandDeadline()
         try flushBlocking(deadline: deadline)
-        return try Self.throwingErrorReply(receiveBlocking(deadline: deadline, alone: alone))
+        return try Self.throwingErrorReply(receiveBlocking(deadline: deadline))
     }
 
     /// Sends several commands in one write and reads one reply per command (pipelining), on the calling
@@ -403,7 +428,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     /// Checks the connection with a PING on the calling thread: `true` when PONG comes back within
     /// `timeout`. A broken, closed or busy connection is not valid; a timeout breaks the connection.
     public func isValidBlocking(timeout: Duration) -> Bool {
-        guard let alone = try? enter() else { return false }
+        guard (try? enter()) != nil else { return false }
         defer { leave() }
         do {
             scratch.reset()
@@ -411,7 +436,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
             try appendScratch()
             let deadline = ContinuousClock.now.advanced(by: timeout)
             try flushBlocking(deadline: deadline, budget: timeout)
-            return try receiveBlocking(deadline: deadline, budget: timeout, alone: alone) == .status("PONG")
+            return try receiveBlocking(deadline: deadline, budget: timeout) == .status("PONG")
         } catch {
             return false
         }
@@ -427,14 +452,14 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func pipelineBlockingWithDeadline(
         _ commands: [[RedisArgument]], deadline: ContinuousClock.Instant?
     ) throws -> [RedisReply] {
-        let alone = try enter()
+        try enter()
         defer { leave() }
         guard !commands.isEmpty else { return [] }
         for command in commands { try appendCommand(command) }
         try flushBlocking(deadline: deadline)
         var replies = [RedisReply]()
         replies.reserveCapacity(commands.count)
-        for _ in commands { replies.append(try receiveBlocking(deadline: deadline, alone: alone)) }
+        for _ in commands { replies.append(try receiveBlocking(deadline: deadline)) }
         return replies
     }
 
@@ -446,15 +471,15 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         }
     }
 
-    /// Reads until a whole reply is parsed. `alone` (from ``enter()``): poll for it briefly with
-    /// ``ReplySpin`` before sleeping in `poll()`.
+    /// Reads until a whole reply is parsed, waiting for the socket with the reply spin (``ReplySpin``)
+    /// and then `poll()`.
     private func receiveBlocking(
-        deadline: ContinuousClock.Instant?, budget: Duration? = nil, alone: Bool
+        deadline: ContinuousClock.Instant?, budget: Duration? = nil
     ) throws(RedisError) -> RedisReply {
         var mayHaveMore = false
         while true {
             if let reply = try takeReply() { return reply }
-            if !mayHaveMore, !(alone && ReplySpin.waitReadable(fd)) {
+            if !mayHaveMore, !spin.waitReadable(fd) {
                 let ready: Bool
                 do { ready = try Sockets.poll(fd, events: Int16(POLLIN), deadline: deadline) } catch { throw breakWith(error) }
                 if !ready { throw breakWith(.timeout(budget ?? configuration.commandTimeout ?? .zero)) }
@@ -483,7 +508,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         _ arguments: repeat each Argument
     ) async throws -> RedisReply {
         try Task.checkCancellation()
-        let alone = try enter()
+        try enter()
         defer { leave() }
         scratch.reset()
         for argument in repeat each arguments {
@@ -492,7 +517,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         try appendScratch()
         let deadline = commandDeadline()
         try await flush(deadline: deadline)
-        return try Self.throwingErrorReply(await receive(deadline: deadline, alone: alone))
+        return try Self.throwingErrorReply(await receive(deadline: deadline))
     }
 
     /// ``command(_:)-(repeat each Argument)`` with the arguments in an array, for commands built at run
@@ -501,12 +526,12 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     /// - Throws: as ``command(_:)-(repeat each Argument)``.
     public func command(_ arguments: [RedisArgument]) async throws -> RedisReply {
         try Task.checkCancellation()
-        let alone = try enter()
+        try enter()
         defer { leave() }
         try appendCommand(arguments)
         let deadline = commandDeadline()
         try await flush(deadline: deadline)
-        return try Self.throwingErrorReply(await receive(deadline: deadline, alone: alone))
+        return try Self.throwingErrorReply(await receive(deadline: deadline))
     }
 
     /// Sends several commands in one write and reads one reply per command (pipelining), suspending on
@@ -525,7 +550,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     /// ``IOReactor``; never throws. A broken, closed or busy connection is not valid; a timeout or
     /// cancellation breaks the connection.
     public func isValid(timeout: Duration) async -> Bool {
-        guard !Task.isCancelled, let alone = try? enter() else { return false }
+        guard !Task.isCancelled, (try? enter()) != nil else { return false }
         defer { leave() }
         do {
             scratch.reset()
@@ -533,7 +558,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
             try appendScratch()
             let deadline = ContinuousClock.now.advanced(by: timeout)
             try await flush(deadline: deadline, budget: timeout)
-            return try await receive(deadline: deadline, budget: timeout, alone: alone) == .status("PONG")
+            return try await receive(deadline: deadline, budget: timeout) == .status("PONG")
         } catch {
             return false
         }
@@ -549,14 +574,14 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         _ commands: [[RedisArgument]], deadline: ContinuousClock.Instant?
     ) async throws -> [RedisReply] {
         try Task.checkCancellation()
-        let alone = try enter()
+        try enter()
         defer { leave() }
         guard !commands.isEmpty else { return [] }
         for command in commands { try appendCommand(command) }
         try await flush(deadline: deadline)
         var replies = [RedisReply]()
         replies.reserveCapacity(commands.count)
-        for _ in commands { replies.append(try await receive(deadline: deadline, alone: alone)) }
+        for _ in commands { replies.append(try await receive(deadline: deadline)) }
         return replies
     }
 
@@ -566,15 +591,15 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         }
     }
 
-    /// Reads until a whole reply is parsed. `alone` (from ``enter()``): poll for it briefly with
-    /// ``ReplySpin`` before suspending on the reactor.
+    /// Reads until a whole reply is parsed, waiting for the socket with the reply spin (``ReplySpin``)
+    /// and then the reactor.
     private func receive(
-        deadline: ContinuousClock.Instant?, budget: Duration? = nil, alone: Bool
+        deadline: ContinuousClock.Instant?, budget: Duration? = nil
     ) async throws -> RedisReply {
         var mayHaveMore = false
         while true {
             if let reply = try takeReply() { return reply }
-            if !mayHaveMore, !(alone && ReplySpin.waitReadable(fd)) {
+            if !mayHaveMore, !spin.waitReadable(fd) {
                 try await wait(writable: false, deadline: deadline, budget: budget)
             }
             mayHaveMore = try readOnce() == Self.readChunk
@@ -624,13 +649,12 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         }
     }
 
-    /// Claims the connection for one operation, and counts the operation in with ``ReplySpin``. Pair
-    /// with ``leave()``.
+    /// Claims the connection for one operation, and counts the operation in with its ``ReplySpin/Gate``.
+    /// Pair with ``leave()``.
     ///
-    /// - Returns: `true` when it is the only socket operation under way in the process: its replies may
-    ///   be waited for with ``ReplySpin/waitReadable(_:)`` first.
-    @discardableResult
-    private func enter() throws(RedisError) -> Bool {
+    /// - Throws: ``RedisError/concurrentUse``, ``RedisError/connectionClosedLocally`` or
+    ///   ``RedisError/connectionBroken(cause:)``, with nothing claimed or counted.
+    private func enter() throws(RedisError) {
         guard inUse.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
         else {
             if closeRequested.load(ordering: .sequentiallyConsistent) { throw .connectionClosedLocally }
@@ -644,11 +668,11 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
             unclaim()
             throw .connectionBroken(cause: brokenCause)
         }
-        return ReplySpin.begin()
+        spin.begin()
     }
 
     private func leave() {
-        ReplySpin.end()
+        spin.end()
         unclaim()
     }
 

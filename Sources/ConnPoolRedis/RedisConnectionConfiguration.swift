@@ -1,3 +1,5 @@
+public import ConnPoolIO
+
 /// Why a ``RedisConnectionConfiguration`` (or a Redis URL) was rejected.
 ///
 /// The text never contains the password, nor the URL it was parsed from (which may hold one).
@@ -122,6 +124,13 @@ public struct RedisConnectionConfiguration: Sendable, Hashable {
     /// ``RedisError/server(_:)``. Costs one round trip per new connection. Default `false` (hiredis'
     /// behaviour; a pool's validation and health checks cover liveness).
     public var pingOnConnect: Bool = false
+    /// Whether a request that is the only socket operation under way in the process polls for its reply
+    /// for up to 30 µs before it sleeps in `poll()` or suspends on the reactor (``ReplySpin``).
+    /// ``ReplySpinPolicy/adaptive`` spins only while this connection's recent replies came within that
+    /// time (a server 300 µs away soon costs no spin); ``ReplySpinPolicy/disabled`` never spins, for a
+    /// process whose spare CPU matters more than the latency of a lone request. Default
+    /// ``ReplySpinPolicy/adaptive``.
+    public var replySpin: ReplySpinPolicy = .adaptive
 
     private var secret: RedisSecret?
 
@@ -207,6 +216,7 @@ extension RedisConnectionConfiguration: CustomStringConvertible, CustomDebugStri
         parts.append("database: \(database)")
         if let clientName { parts.append("clientName: \(clientName)") }
         if pingOnConnect { parts.append("pingOnConnect: true") }
+        if replySpin != .adaptive { parts.append("replySpin: \(replySpin)") }
         parts.append("connectTimeout: \(connectTimeout)")
         parts.append("commandTimeout: \(commandTimeout.map { "\($0)" } ?? "none")")
         parts.append("tcpKeepAlive: \(tcpKeepAlive.map { "\($0)" } ?? "off")")
@@ -227,6 +237,7 @@ extension RedisConnectionConfiguration: CustomStringConvertible, CustomDebugStri
                 "database": database,
                 "clientName": clientName as Any,
                 "pingOnConnect": pingOnConnect,
+                "replySpin": replySpin,
                 "connectTimeout": connectTimeout,
                 "commandTimeout": commandTimeout as Any,
                 "tcpKeepAlive": tcpKeepAlive as Any,

@@ -1,5 +1,5 @@
 public import ConnPool
-import ConnPoolIO
+package import ConnPoolIO
 import Glibc
 import Synchronization
 
@@ -39,10 +39,12 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     // @unchecked Sendable is safe because:
     // - `fd`, `configuration` and `remoteAddress` are immutable;
     // - `closedFlag`, `brokenFlag` and `busy` are atomics;
-    // - the read buffer behind `buffer` is touched only inside an I/O call, and `busy` (an atomic
-    //   exchange with acquire/release ordering at the start and end of every call) guarantees that at
-    //   most one call runs at a time and that each call sees the previous call's writes; a second
-    //   concurrent call traps instead of racing. The buffer is freed in deinit, when no call can run.
+    // - the read buffer behind `buffer` and the reply spin's record `spin` are touched only inside an
+    //   I/O call (`spin` also by the package-only `replySpin…` readers, between calls, after an
+    //   acquiring load of `busy`), and `busy` (an atomic exchange with acquire/release ordering at the
+    //   start and end of every call) guarantees that at most one call runs at a time and that each call
+    //   sees the previous call's writes; a second concurrent call traps instead of racing. The buffer is
+    //   freed in deinit, when no call can run.
 
     /// The configuration this connection was opened with.
     public let configuration: TCPConnectionConfiguration
@@ -54,11 +56,15 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     private let closedFlag = Atomic<Bool>(false)
     private let brokenFlag = Atomic<Bool>(false)
     private let busy = Atomic<Bool>(false)
+    /// This connection's reply spin: its count in the process' operations and its record of reply
+    /// times.
+    private var spin: ReplySpin.Gate
 
     init(fd: Int32, configuration: TCPConnectionConfiguration, remoteAddress: String) {
         self.fd = fd
         self.configuration = configuration
         self.remoteAddress = remoteAddress
+        spin = ReplySpin.Gate(policy: configuration.replySpin)
         buffer = .allocate(capacity: 1)
         buffer.initialize(to: ReadBuffer())
     }
@@ -283,6 +289,23 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         closedFlag.load(ordering: .relaxed)
     }
 
+    /// What this connection's reply spin did so far (see ``ReplySpin``). For tests and diagnostics: read
+    /// it between calls, from the code that uses the connection (it belongs to whoever holds the
+    /// connection, like its read buffer).
+    package var replySpinStatistics: ReplySpin.Statistics {
+        // Acquires what the last operation released with the in-use flag, so that a read from another
+        // thread after that operation ended sees its writes (and ThreadSanitizer sees the edge).
+        _ = busy.load(ordering: .acquiring)
+        return spin.statistics
+    }
+
+    /// Whether this connection's record of reply times lets it spin (see ``ReplySpin/Gate/isSpinning``).
+    /// Read it as ``replySpinStatistics``.
+    package var isReplySpinning: Bool {
+        _ = busy.load(ordering: .acquiring)
+        return spin.isSpinning
+    }
+
     /// Checks the connection without blocking a cooperative thread.
     ///
     /// First, with no round trip: `poll` with a zero timeout and, if the socket is readable,
@@ -297,15 +320,15 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     ///   probe failed or did not finish within `timeout`; in all these cases but the first the
     ///   connection is now broken. Never throws.
     public func isValid(timeout: Duration) async -> Bool {
-        guard let alone = beginValidation() else { return false }
+        guard beginValidation() else { return false }
         defer { endUse() }
         guard let probe = configuration.validationProbe else { return true }
         let deadline = ContinuousClock.now + timeout
         do {
             var send = SendOperation(probe.request)
-            try await drive(&send, deadline: deadline, alone: alone, timeoutError: .writeTimedOut(timeout: timeout))
+            try await drive(&send, deadline: deadline, timeoutError: .writeTimedOut(timeout: timeout))
             var read = ReadExactlyOperation(count: probe.expectedResponse.count)
-            let response = try await drive(&read, deadline: deadline, alone: alone, timeoutError: .readTimedOut(timeout: timeout))
+            let response = try await drive(&read, deadline: deadline, timeoutError: .readTimedOut(timeout: timeout))
             return probeMatched(response, probe)
         } catch {
             return false  // already marked broken
@@ -315,15 +338,15 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     /// Blocking form of ``isValid(timeout:)``: the probe waits in `poll` on the calling thread, at most
     /// `timeout`.
     public func isValidBlocking(timeout: Duration) -> Bool {
-        guard let alone = beginValidation() else { return false }
+        guard beginValidation() else { return false }
         defer { endUse() }
         guard let probe = configuration.validationProbe else { return true }
         let deadline = ContinuousClock.now + timeout
         do {
             var send = SendOperation(probe.request)
-            try driveBlocking(&send, deadline: deadline, alone: alone, timeoutError: .writeTimedOut(timeout: timeout))
+            try driveBlocking(&send, deadline: deadline, timeoutError: .writeTimedOut(timeout: timeout))
             var read = ReadExactlyOperation(count: probe.expectedResponse.count)
-            let response = try driveBlocking(&read, deadline: deadline, alone: alone, timeoutError: .readTimedOut(timeout: timeout))
+            let response = try driveBlocking(&read, deadline: deadline, timeoutError: .readTimedOut(timeout: timeout))
             return probeMatched(response, probe)
         } catch {
             return false
@@ -356,12 +379,12 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     }
 
     /// Claims the connection for one call, or throws why it cannot be used, and counts the call in with
-    /// ``ReplySpin``. Pair with ``endUse()``.
+    /// its ``ReplySpin/Gate``. Pair with ``endUse()``.
     ///
-    /// - Returns: `true` when it is the only socket operation under way in the process: a wait for
-    ///   readability may spin with ``ReplySpin/waitReadable(_:)`` first.
+    /// - Throws: ``TCPConnectionError/connectionClosed`` or ``TCPConnectionError/connectionBroken``, with
+    ///   nothing claimed or counted.
     @inline(__always)
-    private func beginUse() throws(TCPConnectionError) -> Bool {
+    private func beginUse() throws(TCPConnectionError) {
         if closedFlag.load(ordering: .relaxed) {
             throw .connectionClosed
         }
@@ -370,32 +393,31 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         }
         let (exchanged, _) = busy.compareExchange(expected: false, desired: true, ordering: .acquiring)
         precondition(exchanged, "TCPConnection: two calls at once on one connection (it serves one borrower at a time)")
-        return ReplySpin.begin()
+        spin.begin()
     }
 
     @inline(__always)
     private func endUse() {
-        ReplySpin.end()
+        spin.end()
         busy.store(false, ordering: .releasing)
     }
 
     /// The first part of a validation: usable, claimed, and the peer has not closed.
     ///
-    /// - Returns: `nil` when the connection is not valid (nothing claimed); else whether the call is alone
-    ///   (see ``beginUse()``), with the connection claimed.
-    private func beginValidation() -> Bool? {
-        let alone: Bool
+    /// - Returns: `false` when the connection is not valid (nothing claimed); `true` with the connection
+    ///   claimed.
+    private func beginValidation() -> Bool {
         do {
-            alone = try beginUse()
+            try beginUse()
         } catch {
-            return nil
+            return false
         }
         if SocketSupport.peerHasClosed(fd) {
             markBroken()
             endUse()
-            return nil
+            return false
         }
-        return alone
+        return true
     }
 
     private func probeMatched(_ response: [UInt8], _ probe: TCPValidationProbe) -> Bool {
@@ -411,9 +433,9 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         timeout: Duration,
         timeoutError: TCPConnectionError
     ) async throws -> Operation.Output {
-        let alone = try beginUse()
+        try beginUse()
         defer { endUse() }
-        return try await drive(&operation, deadline: ContinuousClock.now + timeout, alone: alone, timeoutError: timeoutError)
+        return try await drive(&operation, deadline: ContinuousClock.now + timeout, timeoutError: timeoutError)
     }
 
     private func runBlocking<Operation: SocketOperation>(
@@ -421,17 +443,17 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         timeout: Duration,
         timeoutError: TCPConnectionError
     ) throws(TCPConnectionError) -> Operation.Output {
-        let alone = try beginUse()
+        try beginUse()
         defer { endUse() }
-        return try driveBlocking(&operation, deadline: ContinuousClock.now + timeout, alone: alone, timeoutError: timeoutError)
+        return try driveBlocking(&operation, deadline: ContinuousClock.now + timeout, timeoutError: timeoutError)
     }
 
     /// The async driver: steps the operation and waits for readiness through the shared reactor (for
-    /// readability, when `alone`, after a ``ReplySpin``). Any failure marks the connection broken.
+    /// readability, after the reply spin if the connection's ``ReplySpin/Gate`` allows one). Any
+    /// failure marks the connection broken.
     private nonisolated(nonsending) func drive<Operation: SocketOperation>(
         _ operation: inout Operation,
         deadline: ContinuousClock.Instant,
-        alone: Bool,
         timeoutError: TCPConnectionError
     ) async throws -> Operation.Output {
         while true {
@@ -446,7 +468,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
             case .finished(let output):
                 return output
             case .waitFor(let interest):
-                if interest == .readable, alone, ReplySpin.waitReadable(fd) { continue }
+                if interest == .readable, spin.waitReadable(fd) { continue }
                 do {
                     if interest == .readable {
                         try await IOReactor.shared.waitReadable(fd, deadline: deadline)
@@ -462,11 +484,11 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     }
 
     /// The blocking driver: steps the operation and waits for readiness in `poll` (for readability,
-    /// when `alone`, after a ``ReplySpin``). Any failure marks the connection broken.
+    /// after the reply spin if the connection's ``ReplySpin/Gate`` allows one). Any failure marks the
+    /// connection broken.
     private func driveBlocking<Operation: SocketOperation>(
         _ operation: inout Operation,
         deadline: ContinuousClock.Instant,
-        alone: Bool,
         timeoutError: TCPConnectionError
     ) throws(TCPConnectionError) -> Operation.Output {
         while true {
@@ -481,7 +503,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
             case .finished(let output):
                 return output
             case .waitFor(let interest):
-                if interest == .readable, alone, ReplySpin.waitReadable(fd) { continue }
+                if interest == .readable, spin.waitReadable(fd) { continue }
                 let events = interest == .readable ? Int16(POLLIN) : Int16(POLLOUT)
                 switch SocketSupport.pollWait(fd, events: events, deadline: deadline) {
                 case .ready:

@@ -1,3 +1,5 @@
+public import ConnPoolIO
+
 /// A request/response exchange that proves a connection works, run by
 /// ``TCPConnection/isValid(timeout:)`` after the cheap peer-close check.
 ///
@@ -47,6 +49,13 @@ public struct TCPConnectionConfiguration: Sendable, Hashable {
     /// An optional round trip run by ``TCPConnection/isValid(timeout:)``. Default `nil` (only the
     /// peer-close check).
     public var validationProbe: TCPValidationProbe?
+    /// Whether a read that is the only socket operation under way in the process polls for its data for
+    /// up to 30 µs before it sleeps in `poll` or suspends on the reactor (``ReplySpin``).
+    /// ``ReplySpinPolicy/adaptive`` spins only while this connection's recent replies came within that
+    /// time (a server 300 µs away, or one that speaks only when it has something to say, soon costs no
+    /// spin); ``ReplySpinPolicy/disabled`` never spins, for a process whose spare CPU matters more than
+    /// the latency of a lone request. Default ``ReplySpinPolicy/adaptive``.
+    public var replySpin: ReplySpinPolicy
 
     /// Creates a configuration; see the properties for the meaning and defaults of each setting.
     /// Nothing is checked here: see ``validate()``.
@@ -58,7 +67,8 @@ public struct TCPConnectionConfiguration: Sendable, Hashable {
         writeTimeout: Duration = .seconds(30),
         noDelay: Bool = true,
         keepAlive: Bool = true,
-        validationProbe: TCPValidationProbe? = nil
+        validationProbe: TCPValidationProbe? = nil,
+        replySpin: ReplySpinPolicy = .adaptive
     ) {
         self.host = host
         self.port = port
@@ -68,6 +78,7 @@ public struct TCPConnectionConfiguration: Sendable, Hashable {
         self.noDelay = noDelay
         self.keepAlive = keepAlive
         self.validationProbe = validationProbe
+        self.replySpin = replySpin
     }
 
     /// Checks the settings.

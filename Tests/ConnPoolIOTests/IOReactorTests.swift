@@ -71,7 +71,9 @@ struct IOReactorTests {
     func hangUpWakesReader() async throws {
         try await withReactor { reactor in
             var fds: [Int32] = [-1, -1]
-            let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+            // Close-on-exec: a redis-server that another test spawns meanwhile must not inherit the peer,
+            // or closing it here would not hang up.
+            let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
             #expect(socketpair(AF_UNIX, type, 0, &fds) == 0)
             defer { close(fds[0]) }
             let fd = fds[0]

@@ -8,7 +8,7 @@ import Testing
 /// would make every read spin, also under load.
 @Suite("TCPConnection: ReplySpin accounting")
 struct TCPReplySpinCountTests {
-    @Test("every call, served or failed, async or blocking, counts itself out again")
+    @Test("every call, served, failed or cancelled, async or blocking, counts itself out again")
     func callsCountThemselvesOut() async throws {
         let server = try TestServer(handler: Handlers.redisLike)
         defer { server.stop() }
@@ -37,6 +37,14 @@ struct TCPReplySpinCountTests {
         #expect(await quiet.isValid(timeout: .seconds(1)) == false)
         await quiet.close()
         await #expect(throws: TCPConnectionError.connectionClosed) { try await quiet.readLine() }
+
+        // Cancelled: a read that waits for data that never comes (the connection breaks).
+        let waiting = try await TCPConnection.connect(testConfiguration(silent))
+        defer { waiting.closeBlocking() }
+        let read = Task { try await waiting.readLine() }
+        read.cancel()
+        await #expect(throws: CancellationError.self) { try await read.value }
+        #expect(waiting.isBroken)
 
         // Nothing of this test is under way any more: the count is back to zero (other tests that run
         // in parallel may hold it up for a moment, hence the poll).
