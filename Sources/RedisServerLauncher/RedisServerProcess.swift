@@ -461,6 +461,12 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         posix_spawn_file_actions_addopen(&fileActions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&fileActions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&fileActions, 2, "/dev/null", O_WRONLY, 0)
+        // Nothing else of this process goes to the server: without this, every descriptor the process
+        // has open without O_CLOEXEC at the moment of the spawn (a test's socket, the pipe of a
+        // `Foundation.Process` started at the same time on another thread) stays open in the server
+        // until it exits, so a peer never sees that socket close and a reader of that pipe never sees
+        // its end.
+        Self.closeInheritedDescriptors(&fileActions)
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -482,6 +488,38 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
             throw RedisServerLauncherError.systemError(operation: "posix_spawn \(executable)", errno: result)
         }
         return pid
+    }
+
+    private typealias CloseFromFunction = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32
+
+    /// glibc 2.34+'s `posix_spawn_file_actions_addclosefrom_np`, looked up once (Swift's `Glibc` module
+    /// does not declare it: it is a GNU extension).
+    private static let addCloseFrom: CloseFromFunction? = {
+        guard let process = dlopen(nil, RTLD_NOW),
+            let symbol = dlsym(process, "posix_spawn_file_actions_addclosefrom_np")
+        else { return nil }
+        return unsafeBitCast(symbol, to: CloseFromFunction.self)
+    }()
+
+    /// Adds the file actions that close every descriptor from 3 up in the child: one `closefrom`
+    /// action where the C library has it, else a close action per descriptor open now (listed from
+    /// `/proc/self/fd`, or every number below the descriptor limit where that is not mounted).
+    private static func closeInheritedDescriptors(_ fileActions: inout posix_spawn_file_actions_t) {
+        if let addCloseFrom, addCloseFrom(&fileActions, 3) == 0 { return }
+        var descriptors: [Int32] = []
+        if let directory = opendir("/proc/self/fd") {
+            while let entry = readdir(directory) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                }
+                if let fd = Int32(name), fd >= 3, fd != dirfd(directory) { descriptors.append(fd) }
+            }
+            closedir(directory)
+        } else {
+            descriptors = Array(3..<Int32(clamping: min(sysconf(Int32(_SC_OPEN_MAX)), 65_536)))
+        }
+        // A close action for a descriptor that is closed by the time of the spawn is ignored.
+        for fd in descriptors { posix_spawn_file_actions_addclose(&fileActions, fd) }
     }
 
     /// Reaps `pid` if it has exited; returns a description of its status, or `nil` while it runs.
