@@ -5,6 +5,7 @@ import ConnPoolTestSupport
 import Foundation
 import Logging
 import RedisServerLauncher
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -140,6 +141,26 @@ struct SecretsTests {
             logger: capture.logger("pool.\(name)"))
     }
 
+    /// Shuts `pool` down with a 1 s grace period and records an issue if that has not returned after
+    /// 20 s, instead of hanging the test run: a shutdown that starts while a connection attempt is under
+    /// way (the breaker's probe of a pool with a wrong password) was seen never to return (see the
+    /// partest report: a lost drain wake-up in the pool core, not fixed here).
+    static func expectShutdownReturns(_ pool: Pool, label: String) async {
+        let returned = Atomic<Bool>(false)
+        let shutdown = Task {
+            await pool.shutdown(gracePeriod: .seconds(1))
+            returned.store(true, ordering: .releasing)
+        }
+        let done = await eventually(timeout: .seconds(20), pollingEvery: .milliseconds(10)) {
+            returned.load(ordering: .acquiring)
+        }
+        if done {
+            await shutdown.value
+        } else {
+            Issue.record("\(label) pool: shutdown(gracePeriod: 1 s) did not return within 20 s: \(pool.metrics())")
+        }
+    }
+
     /// Acquires until one fails (a pool with a wrong password or no server), collecting the errors.
     static func collectFailures(_ pool: Pool, into texts: inout Texts, label: String, attempts: Int = 6) async {
         for attempt in 0..<attempts {
@@ -236,7 +257,7 @@ struct SecretsTests {
                 let pool = try Self.makePool(url: url, capture: capture, name: name)
                 await Self.collectFailures(pool, into: &texts, label: name)
                 try texts.addPool("\(name) pool", pool)
-                await pool.shutdown(gracePeriod: .seconds(1))
+                await Self.expectShutdownReturns(pool, label: name)
             }
             // Direct connects with the wrong password, async and blocking.
             var wrongConfiguration = try RedisConnectionConfiguration(url: "redis://:\(wrong)@127.0.0.1:\(server.port)")
@@ -315,7 +336,7 @@ struct SecretsTests {
                 let pool = try Self.makePool(url: url, capture: capture, name: name)
                 await Self.collectFailures(pool, into: &texts, label: name)
                 try texts.addPool("\(name) pool", pool)
-                await pool.shutdown(gracePeriod: .seconds(1))
+                await Self.expectShutdownReturns(pool, label: name)
             }
             let log = try await good.withConnection { try await $0.command("ACL", "LOG") }
             texts.addAllForms("ACL LOG reply", log)
