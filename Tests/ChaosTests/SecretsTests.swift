@@ -5,7 +5,6 @@ import ConnPoolTestSupport
 import Foundation
 import Logging
 import RedisServerLauncher
-import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -141,31 +140,35 @@ struct SecretsTests {
             logger: capture.logger("pool.\(name)"))
     }
 
-    /// Shuts `pool` down with a 1 s grace period and records an issue if that has not returned after
+    /// Shuts `pool` down (1 s grace period by default) and records an issue if that has not returned after
     /// 20 s, instead of hanging the test run: a shutdown that starts while a connection attempt is under
     /// way (the breaker's probe of a pool with a wrong password) was seen never to return (see the
     /// partest report: a lost drain wake-up in the pool core, not fixed here).
     ///
     /// The shutdown starts once no connection attempt is under way (the pool has no demand left, so none
     /// starts after that): this test is about secrets, not that race, which stays reported.
-    static func expectShutdownReturns(_ pool: Pool, label: String) async {
+    @discardableResult
+    static func expectShutdownReturns(
+        _ pool: Pool, label: String, gracePeriod: Duration = .seconds(1)
+    ) async -> ShutdownReport? {
         let settled = await eventually(timeout: .seconds(10), pollingEvery: .milliseconds(5)) {
             pool.metrics().connecting == 0
         }
         #expect(settled, "\(label) pool: a connection attempt still under way after 10 s: \(pool.metrics())")
-        let returned = Atomic<Bool>(false)
+        let report = LockedValue<ShutdownReport?>(nil)
         let shutdown = Task {
-            await pool.shutdown(gracePeriod: .seconds(1))
-            returned.store(true, ordering: .releasing)
+            let result = await pool.shutdown(gracePeriod: gracePeriod)
+            report.withLock { $0 = result }
         }
         let done = await eventually(timeout: .seconds(20), pollingEvery: .milliseconds(10)) {
-            returned.load(ordering: .acquiring)
+            report.withLock { $0 != nil }
         }
         if done {
             await shutdown.value
         } else {
-            Issue.record("\(label) pool: shutdown(gracePeriod: 1 s) did not return within 20 s: \(pool.metrics())")
+            Issue.record("\(label) pool: shutdown(gracePeriod: \(gracePeriod)) did not return within 20 s: \(pool.metrics())")
         }
+        return report.withLock { $0 }
     }
 
     /// Acquires until one fails (a pool with a wrong password or no server), collecting the errors.
@@ -254,7 +257,7 @@ struct SecretsTests {
             }
             #expect(blocking == "PONG")
             try texts.addPool("good pool", good)
-            texts.addAllForms("good shutdown", await good.shutdown(gracePeriod: .seconds(2)))
+            texts.addAllForms("good shutdown", await Self.expectShutdownReturns(good, label: "good", gracePeriod: .seconds(2)))
 
             // A wrong password and no password: every acquire fails (timeout, then fail-fast).
             for (name, url) in [
@@ -297,7 +300,7 @@ struct SecretsTests {
             let refused = try Self.makePool(url: "redis://:\(secret)@127.0.0.1:\(try Self.refusedPort())", capture: capture, name: "refused")
             await Self.collectFailures(refused, into: &texts, label: "refused")
             try texts.addPool("refused pool", refused)
-            await refused.shutdown(gracePeriod: .seconds(1))
+            await Self.expectShutdownReturns(refused, label: "refused")
 
             let lines = capture.all
             for (index, line) in lines.enumerated() { texts.add("log line \(index)", line) }
@@ -347,7 +350,7 @@ struct SecretsTests {
             }
             let log = try await good.withConnection { try await $0.command("ACL", "LOG") }
             texts.addAllForms("ACL LOG reply", log)
-            texts.addAllForms("alice shutdown", await good.shutdown(gracePeriod: .seconds(2)))
+            texts.addAllForms("alice shutdown", await Self.expectShutdownReturns(good, label: "alice", gracePeriod: .seconds(2)))
 
             let lines = capture.all
             for (index, line) in lines.enumerated() { texts.add("log line \(index)", line) }
