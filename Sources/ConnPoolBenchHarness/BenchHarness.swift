@@ -181,7 +181,7 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
                     category: category)
             }
         }
-        let elapsed = benchMonotonicNanoseconds() &- start
+        let elapsed = benchMonotonicNanoseconds() &- phase.startedAt(orIfNoneClaimed: start)
         progress.finish()
         var merged = recorders[0]
         for recorder in recorders.dropFirst() { merged.merge(recorder) }
@@ -275,34 +275,55 @@ private enum Driver<Factory: ConnectionFactory>: Sendable {
 }
 
 /// The state of one phase: the stop condition and the request counter the workers claim from.
+///
+/// A duration counts from the first claim, not from when the phase was set up: the workers are tasks
+/// (or threads) that start when a thread is free, and on a busy machine (2 cores, other tests running)
+/// that can be most of a short run; counted from set-up, such a run measured nothing at all.
 private final class Phase: Sendable {
     let counters: PhaseCounters
     private let limit: Int
-    private let deadline: UInt64
+    /// The duration in nanoseconds, `.max` when the phase has none.
+    private let duration: UInt64
+    /// The monotonic time of the first claim; 0 until then.
+    private let firstClaim = Atomic<UInt64>(0)
 
     init(stop: BenchStopCondition, start: UInt64, counters: PhaseCounters) {
         self.counters = counters
-        func end(_ duration: Duration) -> UInt64 {
+        func nanoseconds(_ duration: Duration) -> UInt64 {
             let (seconds, attoseconds) = duration.components
-            return start &+ UInt64(seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
+            return UInt64(seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
         }
         switch stop {
         case .requests(let count):
             limit = count
-            deadline = .max
-        case .duration(let duration):
+            duration = .max
+        case .duration(let length):
             limit = .max
-            deadline = end(duration)
-        case .requestsOrDuration(let count, let duration):
+            duration = nanoseconds(length)
+        case .requestsOrDuration(let count, let length):
             limit = count
-            deadline = end(duration)
+            duration = nanoseconds(length)
         }
+    }
+
+    /// When the first request was claimed, or `start` when none was.
+    func startedAt(orIfNoneClaimed start: UInt64) -> UInt64 {
+        let first = firstClaim.load(ordering: .relaxed)
+        return first == 0 ? start : first
     }
 
     /// The next request index, or `nil` once the phase is over.
     @inline(__always)
     func claim(now: UInt64) -> Int? {
-        if now >= deadline { return nil }
+        if duration != .max {
+            var begun = firstClaim.load(ordering: .relaxed)
+            if begun == 0 {
+                let (exchanged, original) = firstClaim.compareExchange(expected: 0, desired: now, ordering: .relaxed)
+                begun = exchanged ? now : original
+            }
+            // `now` may have been read just before another worker's first claim: not past the end then.
+            if now > begun && now - begun >= duration { return nil }
+        }
         let index = counters.claimed.wrappingAdd(1, ordering: .relaxed).oldValue
         return index < limit ? index : nil
     }

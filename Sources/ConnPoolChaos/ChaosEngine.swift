@@ -72,18 +72,18 @@ public final class ChaosEngine: Sendable {
         if let problem = options.problem() { throw ChaosError.invalidOptions(problem) }
         let server: RedisServerProcess
         do {
-            server = try await BlockingOffload.run {
-                try RedisServerProcess.start(extraArguments: ["--enable-debug-command", "local"])
-            }
+            // The launcher's async form: the start waits on a thread of its own, not on the dispatch
+            // threads that Swift's cooperative pool shares on Linux.
+            server = try await RedisServerProcess.start(extraArguments: ["--enable-debug-command", "local"])
         } catch {
             throw ChaosError.setup("cannot start redis-server: \(error)")
         }
         do {
             let report = try await run(against: server)
-            _ = try? await BlockingOffload.run { server.stop() }
+            await server.stop()
             return report
         } catch {
-            _ = try? await BlockingOffload.run { server.stop() }
+            await server.stop()
             throw error
         }
     }

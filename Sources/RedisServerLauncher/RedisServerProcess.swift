@@ -62,6 +62,14 @@ public enum RedisServerLauncherError: Error, Sendable, Equatable, CustomStringCo
 /// run any of these: its servers then outlive it.
 ///
 /// All members are safe to call from any thread: the mutable state (the child's pid) is behind a mutex.
+///
+/// Starting, stopping, restarting and `SIGKILL` wait for the process (polling its log, a PING, `waitpid`),
+/// for tens of milliseconds to seconds. Each has an `async` twin of the same name, which the compiler picks
+/// in async code: it runs the wait on a thread of its own and suspends the caller, so that no cooperative
+/// thread blocks (with two cores there are two, and one blocked stalls every task of the process).
+/// `defer` bodies cannot `await` and pick the blocking form: in async code, use
+/// ``withServer(extraArguments:unixSocket:startTimeout:executablePath:isolation:_:)`` or call
+/// `await server.stop()` on every path instead.
 public final class RedisServerProcess: Sendable, CustomStringConvertible {
     /// The loopback address the server listens on: always `127.0.0.1`.
     public let host: String = "127.0.0.1"
@@ -461,6 +469,12 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         posix_spawn_file_actions_addopen(&fileActions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&fileActions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&fileActions, 2, "/dev/null", O_WRONLY, 0)
+        // Nothing else of this process goes to the server: without this, every descriptor the process
+        // has open without O_CLOEXEC at the moment of the spawn (a test's socket, the pipe of a
+        // `Foundation.Process` started at the same time on another thread) stays open in the server
+        // until it exits, so a peer never sees that socket close and a reader of that pipe never sees
+        // its end.
+        Self.closeInheritedDescriptors(&fileActions)
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -482,6 +496,38 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
             throw RedisServerLauncherError.systemError(operation: "posix_spawn \(executable)", errno: result)
         }
         return pid
+    }
+
+    private typealias CloseFromFunction = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32
+
+    /// glibc 2.34+'s `posix_spawn_file_actions_addclosefrom_np`, looked up once (Swift's `Glibc` module
+    /// does not declare it: it is a GNU extension).
+    private static let addCloseFrom: CloseFromFunction? = {
+        guard let process = dlopen(nil, RTLD_NOW),
+            let symbol = dlsym(process, "posix_spawn_file_actions_addclosefrom_np")
+        else { return nil }
+        return unsafeBitCast(symbol, to: CloseFromFunction.self)
+    }()
+
+    /// Adds the file actions that close every descriptor from 3 up in the child: one `closefrom`
+    /// action where the C library has it, else a close action per descriptor open now (listed from
+    /// `/proc/self/fd`, or every number below the descriptor limit where that is not mounted).
+    private static func closeInheritedDescriptors(_ fileActions: inout posix_spawn_file_actions_t) {
+        if let addCloseFrom, addCloseFrom(&fileActions, 3) == 0 { return }
+        var descriptors: [Int32] = []
+        if let directory = opendir("/proc/self/fd") {
+            while let entry = readdir(directory) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                }
+                if let fd = Int32(name), fd >= 3, fd != dirfd(directory) { descriptors.append(fd) }
+            }
+            closedir(directory)
+        } else {
+            descriptors = Array(3..<Int32(clamping: min(sysconf(Int32(_SC_OPEN_MAX)), 65_536)))
+        }
+        // A close action for a descriptor that is closed by the time of the spawn is ignored.
+        for fd in descriptors { posix_spawn_file_actions_addclose(&fileActions, fd) }
     }
 
     /// Reaps `pid` if it has exited; returns a description of its status, or `nil` while it runs.
@@ -531,6 +577,106 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     /// event: every loop re-checks its condition against a deadline).
     private static func pause() {
         usleep(5_000)
+    }
+}
+
+// MARK: - Async forms
+
+extension RedisServerProcess {
+    /// ``start(extraArguments:unixSocket:startTimeout:executablePath:)`` on a thread of its own: the
+    /// caller suspends while the server starts, and no cooperative thread blocks.
+    public static func start(
+        extraArguments: [String] = [],
+        unixSocket: Bool = false,
+        startTimeout: Duration = .seconds(10),
+        executablePath: String? = nil
+    ) async throws -> RedisServerProcess {
+        try await OwnThread.run {
+            try start(
+                extraArguments: extraArguments, unixSocket: unixSocket, startTimeout: startTimeout,
+                executablePath: executablePath)
+        }
+    }
+
+    /// Starts a server, runs `body` with it, and stops it (``stop(timeout:)``, awaited) whether `body`
+    /// returns or throws: the async replacement for `defer { server.stop() }`.
+    ///
+    /// - Throws: what ``start(extraArguments:unixSocket:startTimeout:executablePath:)`` or `body` throws.
+    public static func withServer<Result>(
+        extraArguments: [String] = [],
+        unixSocket: Bool = false,
+        startTimeout: Duration = .seconds(10),
+        executablePath: String? = nil,
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (RedisServerProcess) async throws -> sending Result
+    ) async throws -> sending Result {
+        let server = try await start(
+            extraArguments: extraArguments, unixSocket: unixSocket, startTimeout: startTimeout,
+            executablePath: executablePath)
+        do {
+            let result = try await body(server)
+            await server.stop()
+            return result
+        } catch {
+            await server.stop()
+            throw error
+        }
+    }
+
+    /// ``stop(timeout:)`` on a thread of its own.
+    public func stop(timeout: Duration = .seconds(5)) async {
+        await OwnThread.run { self.stop(timeout: timeout) }
+    }
+
+    /// ``restart(timeout:)`` on a thread of its own.
+    public func restart(timeout: Duration = .seconds(10)) async throws {
+        try await OwnThread.run { try self.restart(timeout: timeout) }
+    }
+
+    /// ``kill(signal:)`` on a thread of its own (after `SIGKILL` it waits to reap the process).
+    public func kill(signal: Int32) async throws {
+        try await OwnThread.run { try self.kill(signal: signal) }
+    }
+
+    /// ``waitForExit(timeout:)`` on a thread of its own.
+    public func waitForExit(timeout: Duration) async -> Bool {
+        await OwnThread.run { self.waitForExit(timeout: timeout) }
+    }
+}
+
+/// Runs blocking work on a new detached pthread and suspends the caller until it returns. Not
+/// `BlockingOffload` (a dispatch queue): on Linux, dispatch's global queues and the Swift cooperative pool
+/// share their few threads, and dispatch adds one only about once a second when they are all blocked.
+/// A thread per call costs tens of microseconds, nothing next to starting or stopping a process.
+enum OwnThread {
+    static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
+        return try await withCheckedThrowingContinuation { continuation in
+            start { continuation.resume(with: Result { try body() }) }
+        }
+    }
+
+    static func run<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
+        return await withCheckedContinuation { continuation in
+            start { continuation.resume(returning: body()) }
+        }
+    }
+
+    private final class Job: Sendable {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+
+    private static func start(_ body: @escaping @Sendable () -> Void) {
+        let context = Unmanaged.passRetained(Job(body)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { context in
+            Unmanaged<Job>.fromOpaque(context!).takeRetainedValue().body()
+            return nil
+        }, context)
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+        pthread_detach(thread)
     }
 }
 

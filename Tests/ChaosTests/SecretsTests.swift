@@ -139,6 +139,37 @@ struct SecretsTests {
             logger: capture.logger("pool.\(name)"))
     }
 
+    /// Shuts `pool` down (1 s grace period by default) and records an issue if that has not returned after
+    /// 20 s, instead of hanging the test run: a shutdown that starts while a connection attempt is under
+    /// way (the breaker's probe of a pool with a wrong password) was seen never to return (see the
+    /// partest report: a lost drain wake-up in the pool core, not fixed here).
+    ///
+    /// The shutdown starts once no connection attempt is under way (the pool has no demand left, so none
+    /// starts after that): this test is about secrets, not that race, which stays reported.
+    @discardableResult
+    static func expectShutdownReturns(
+        _ pool: Pool, label: String, gracePeriod: Duration = .seconds(1)
+    ) async -> ShutdownReport? {
+        let settled = await eventually(timeout: .seconds(10), pollingEvery: .milliseconds(5)) {
+            pool.metrics().connecting == 0
+        }
+        #expect(settled, "\(label) pool: a connection attempt still under way after 10 s: \(pool.metrics())")
+        let report = LockedValue<ShutdownReport?>(nil)
+        let shutdown = Task {
+            let result = await pool.shutdown(gracePeriod: gracePeriod)
+            report.withLock { $0 = result }
+        }
+        let done = await eventually(timeout: .seconds(20), pollingEvery: .milliseconds(10)) {
+            report.withLock { $0 != nil }
+        }
+        if done {
+            await shutdown.value
+        } else {
+            Issue.record("\(label) pool: shutdown(gracePeriod: \(gracePeriod)) did not return within 20 s: \(pool.metrics())")
+        }
+        return report.withLock { $0 }
+    }
+
     /// Acquires until one fails (a pool with a wrong password or no server), collecting the errors.
     static func collectFailures(_ pool: Pool, into texts: inout Texts, label: String, attempts: Int = 6) async {
         for attempt in 0..<attempts {
@@ -187,135 +218,143 @@ struct SecretsTests {
     func requirePass() async throws {
         let secret = Self.randomSecret("Rp")
         let wrong = Self.randomSecret("Wr")
-        let server = try RedisServerProcess.start(extraArguments: ["--requirepass", secret])
-        defer { server.stop() }
-        let capture = LogCapture()
-        var texts = Texts()
+        try await RedisServerProcess.withServer(extraArguments: ["--requirepass", secret]) { server in
+            let capture = LogCapture()
+            var texts = Texts()
 
-        // The right password: commands, a server error, killed clients, a crash and restart.
-        let good = try Self.makePool(url: "redis://:\(secret)@127.0.0.1:\(server.port)/0", capture: capture, name: "good", minSize: 2)
-        try await good.warm()
-        let key = "secrets:\(UInt64.random(in: 0...UInt64.max))"
-        _ = try await good.withConnection { try await $0.command("SET", key, "value") }
-        do {
-            _ = try await good.withConnection { try await $0.command("INCR", key) }  // WRONGTYPE-like error
-            Issue.record("INCR of a non-numeric value succeeded")
-        } catch {
-            texts.addError("server error", error)
-        }
-        try await good.withConnection { connection in
-            texts.addAllForms("connection", connection)
-        }
-        let admin = try await RedisConnection.connect(
-            configuration: good.factory.configuration, logger: capture.logger("admin"))
-        _ = try await admin.command("CLIENT", "KILL", "TYPE", "normal")
-        await admin.close()
-        texts.addAllForms("closed admin connection", admin)
-        // Requests on killed connections fail (the pool closes them) and then work again.
-        #expect(await eventually(pollingEvery: .milliseconds(10)) { (try? await good.withConnection { try await $0.command("PING") }) != nil })
-        try server.kill(signal: SIGKILL)
-        await Self.collectFailures(good, into: &texts, label: "server down", attempts: 3)
-        try texts.addPool("good pool while down", good)
-        try server.restart()
-        #expect(await eventually(pollingEvery: .milliseconds(10)) { (try? await good.withConnection { try await $0.command("PING") }) != nil })
-        // A blocking-interface round trip from a plain thread.
-        let blocking: String = try await withCheckedThrowingContinuation { continuation in
-            Thread {
-                continuation.resume(with: Result { try good.withConnectionBlocking { try $0.commandBlocking("PING").string } })
-            }.start()
-        }
-        #expect(blocking == "PONG")
-        try texts.addPool("good pool", good)
-        texts.addAllForms("good shutdown", await good.shutdown(gracePeriod: .seconds(2)))
-
-        // A wrong password and no password: every acquire fails (timeout, then fail-fast).
-        for (name, url) in [
-            ("wrong", "redis://:\(wrong)@127.0.0.1:\(server.port)"),
-            ("none", "redis://127.0.0.1:\(server.port)"),
-        ] {
-            let pool = try Self.makePool(url: url, capture: capture, name: name)
-            await Self.collectFailures(pool, into: &texts, label: name)
-            try texts.addPool("\(name) pool", pool)
-            await pool.shutdown(gracePeriod: .seconds(1))
-        }
-        // Direct connects with the wrong password, async and blocking.
-        var wrongConfiguration = try RedisConnectionConfiguration(url: "redis://:\(wrong)@127.0.0.1:\(server.port)")
-        wrongConfiguration.connectTimeout = .seconds(1)
-        do {
-            _ = try await RedisConnection.connect(configuration: wrongConfiguration, logger: capture.logger("direct"))
-            Issue.record("a wrong password connected")
-        } catch {
-            texts.addError("direct connect", error)
-            if case .authenticationFailed? = error as? RedisError {} else {
-                Issue.record("expected authenticationFailed, got \(error)")
+            // The right password: commands, a server error, killed clients, a crash and restart.
+            let good = try Self.makePool(url: "redis://:\(secret)@127.0.0.1:\(server.port)/0", capture: capture, name: "good", minSize: 2)
+            try await good.warm()
+            let key = "secrets:\(UInt64.random(in: 0...UInt64.max))"
+            _ = try await good.withConnection { try await $0.command("SET", key, "value") }
+            do {
+                _ = try await good.withConnection { try await $0.command("INCR", key) }  // WRONGTYPE-like error
+                Issue.record("INCR of a non-numeric value succeeded")
+            } catch {
+                texts.addError("server error", error)
             }
-        }
-        do {
-            _ = try RedisConnection.connectBlocking(configuration: wrongConfiguration, logger: capture.logger("direct"))
-            Issue.record("a wrong password connected")
-        } catch {
-            texts.addError("direct blocking connect", error)
-        }
+            try await good.withConnection { connection in
+                texts.addAllForms("connection", connection)
+            }
+            let admin = try await RedisConnection.connect(
+                configuration: good.factory.configuration, logger: capture.logger("admin"))
+            _ = try await admin.command("CLIENT", "KILL", "TYPE", "normal")
+            await admin.close()
+            texts.addAllForms("closed admin connection", admin)
+            // Requests on killed connections fail (the pool closes them) and then work again.
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { (try? await good.withConnection { try await $0.command("PING") }) != nil })
+            try await server.kill(signal: SIGKILL)
+            await Self.collectFailures(good, into: &texts, label: "server down", attempts: 3)
+            try texts.addPool("good pool while down", good)
+            try await server.restart()
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { (try? await good.withConnection { try await $0.command("PING") }) != nil })
+            // A blocking-interface round trip from a plain thread.
+            let blocking: String = try await withCheckedThrowingContinuation { continuation in
+                Thread {
+                    continuation.resume(with: Result { try good.withConnectionBlocking { try $0.commandBlocking("PING").string } })
+                }.start()
+            }
+            #expect(blocking == "PONG")
+            try texts.addPool("good pool", good)
+            texts.addAllForms("good shutdown", await Self.expectShutdownReturns(good, label: "good", gracePeriod: .seconds(2)))
 
-        // The right password at a port nothing listens on.
-        let refused = try Self.makePool(url: "redis://:\(secret)@127.0.0.1:\(try Self.refusedPort())", capture: capture, name: "refused")
-        await Self.collectFailures(refused, into: &texts, label: "refused")
-        try texts.addPool("refused pool", refused)
-        await refused.shutdown(gracePeriod: .seconds(1))
+            // A wrong password and no password: every acquire fails (timeout, then fail-fast).
+            for (name, url) in [
+                ("wrong", "redis://:\(wrong)@127.0.0.1:\(server.port)"),
+                ("none", "redis://127.0.0.1:\(server.port)"),
+            ] {
+                let pool = try Self.makePool(url: url, capture: capture, name: name)
+                await Self.collectFailures(pool, into: &texts, label: name)
+                try texts.addPool("\(name) pool", pool)
+                await Self.expectShutdownReturns(pool, label: name)
+            }
+            // Direct connects with the wrong password, async and blocking.
+            var wrongConfiguration = try RedisConnectionConfiguration(url: "redis://:\(wrong)@127.0.0.1:\(server.port)")
+            wrongConfiguration.connectTimeout = .seconds(1)
+            do {
+                _ = try await RedisConnection.connect(configuration: wrongConfiguration, logger: capture.logger("direct"))
+                Issue.record("a wrong password connected")
+            } catch {
+                texts.addError("direct connect", error)
+                if case .authenticationFailed? = error as? RedisError {} else {
+                    Issue.record("expected authenticationFailed, got \(error)")
+                }
+            }
+            // The blocking connect on a plain thread, never on a cooperative one.
+            let blockingConfiguration = wrongConfiguration
+            let blockingLogger = capture.logger("direct")
+            let blockingOutcome: Result<Void, any Error> = await withCheckedContinuation { continuation in
+                Thread {
+                    continuation.resume(returning: Result {
+                        _ = try RedisConnection.connectBlocking(configuration: blockingConfiguration, logger: blockingLogger)
+                    })
+                }.start()
+            }
+            switch blockingOutcome {
+            case .success: Issue.record("a wrong password connected")
+            case .failure(let error): texts.addError("direct blocking connect", error)
+            }
 
-        let lines = capture.all
-        for (index, line) in lines.enumerated() { texts.add("log line \(index)", line) }
-        #expect(lines.contains { $0.contains("opening a connection failed") }, "the failures were logged")
-        #expect(lines.contains { $0.contains("redis connection opened") }, "trace/debug lines were captured")
-        let checked = texts.expectClean(of: [secret, wrong])
-        #expect(checked > 50)
+            // The right password at a port nothing listens on.
+            let refused = try Self.makePool(url: "redis://:\(secret)@127.0.0.1:\(try Self.refusedPort())", capture: capture, name: "refused")
+            await Self.collectFailures(refused, into: &texts, label: "refused")
+            try texts.addPool("refused pool", refused)
+            await Self.expectShutdownReturns(refused, label: "refused")
+
+            let lines = capture.all
+            for (index, line) in lines.enumerated() { texts.add("log line \(index)", line) }
+            #expect(lines.contains { $0.contains("opening a connection failed") }, "the failures were logged")
+            #expect(lines.contains { $0.contains("redis connection opened") }, "trace/debug lines were captured")
+            let checked = texts.expectClean(of: [secret, wrong])
+            #expect(checked > 50)
+        }
     }
 
     @Test("ACL user: right and wrong passwords, an unknown user, killed clients leak nothing")
     func aclUser() async throws {
         let secret = Self.randomSecret("Acl")
         let wrong = Self.randomSecret("Bad")
-        let server = try RedisServerProcess.start(extraArguments: [
+        try await RedisServerProcess.withServer(extraArguments: [
             "--user", "alice", "on", ">\(secret)", "~*", "&*", "+@all",
-        ])
-        defer { server.stop() }
-        let capture = LogCapture()
-        var texts = Texts()
+        ]) { server in
+            let capture = LogCapture()
+            var texts = Texts()
 
-        let good = try Self.makePool(url: "redis://alice:\(secret)@127.0.0.1:\(server.port)", capture: capture, name: "alice", minSize: 1)
-        try await good.warm()
-        let whoami = try await good.withConnection { try await $0.command("ACL", "WHOAMI").string }
-        #expect(whoami == "alice")
-        try await good.withConnection { connection in
-            texts.addAllForms("connection", connection)
-            // Kills this very connection too: its reply may never come.
-            _ = try? await connection.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no")
-        }
-        #expect(await eventually(pollingEvery: .milliseconds(10)) { (try? await good.withConnection { try await $0.command("PING") }) != nil })
-        do {
-            _ = try await good.withConnection { try await $0.command("ACL", "SETUSER") }  // wrong arity
-        } catch {
-            texts.addError("server error", error)
-        }
-        // ACL LOG records failed logins: its text must not hold the passwords either.
-        try texts.addPool("alice pool", good)
+            let good = try Self.makePool(url: "redis://alice:\(secret)@127.0.0.1:\(server.port)", capture: capture, name: "alice", minSize: 1)
+            try await good.warm()
+            let whoami = try await good.withConnection { try await $0.command("ACL", "WHOAMI").string }
+            #expect(whoami == "alice")
+            try await good.withConnection { connection in
+                texts.addAllForms("connection", connection)
+                // Kills this very connection too: its reply may never come.
+                _ = try? await connection.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no")
+            }
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { (try? await good.withConnection { try await $0.command("PING") }) != nil })
+            do {
+                _ = try await good.withConnection { try await $0.command("ACL", "SETUSER") }  // wrong arity
+            } catch {
+                texts.addError("server error", error)
+            }
+            // ACL LOG records failed logins: its text must not hold the passwords either.
+            try texts.addPool("alice pool", good)
 
-        for (name, url) in [
-            ("alice-wrong", "redis://alice:\(wrong)@127.0.0.1:\(server.port)"),
-            ("mallory", "redis://mallory:\(secret)@127.0.0.1:\(server.port)"),
-        ] {
-            let pool = try Self.makePool(url: url, capture: capture, name: name)
-            await Self.collectFailures(pool, into: &texts, label: name)
-            try texts.addPool("\(name) pool", pool)
-            await pool.shutdown(gracePeriod: .seconds(1))
-        }
-        let log = try await good.withConnection { try await $0.command("ACL", "LOG") }
-        texts.addAllForms("ACL LOG reply", log)
-        texts.addAllForms("alice shutdown", await good.shutdown(gracePeriod: .seconds(2)))
+            for (name, url) in [
+                ("alice-wrong", "redis://alice:\(wrong)@127.0.0.1:\(server.port)"),
+                ("mallory", "redis://mallory:\(secret)@127.0.0.1:\(server.port)"),
+            ] {
+                let pool = try Self.makePool(url: url, capture: capture, name: name)
+                await Self.collectFailures(pool, into: &texts, label: name)
+                try texts.addPool("\(name) pool", pool)
+                await Self.expectShutdownReturns(pool, label: name)
+            }
+            let log = try await good.withConnection { try await $0.command("ACL", "LOG") }
+            texts.addAllForms("ACL LOG reply", log)
+            texts.addAllForms("alice shutdown", await Self.expectShutdownReturns(good, label: "alice", gracePeriod: .seconds(2)))
 
-        let lines = capture.all
-        for (index, line) in lines.enumerated() { texts.add("log line \(index)", line) }
-        #expect(lines.contains { $0.contains("opening a connection failed") })
-        texts.expectClean(of: [secret, wrong])
+            let lines = capture.all
+            for (index, line) in lines.enumerated() { texts.add("log line \(index)", line) }
+            #expect(lines.contains { $0.contains("opening a connection failed") })
+            texts.expectClean(of: [secret, wrong])
+        }
     }
 }

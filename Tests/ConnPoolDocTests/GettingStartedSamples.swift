@@ -1,5 +1,6 @@
 import ConnPool
 import ConnPoolRedis
+import ConnPoolTestSupport
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -80,7 +81,7 @@ struct GettingStartedSamples {
         #expect(try await lease.connection.get("hits") == "1")
         _ = consume lease
 
-        let fromThread = try await BlockingOffload.run {
+        let fromThread = try await onThread {  // a plain thread: the blocking form waits there
             try pool.withConnectionBlocking { kv in try kv.getBlocking("hits") }
         }
         #expect(fromThread == "1")

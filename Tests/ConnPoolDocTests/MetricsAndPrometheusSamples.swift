@@ -1,6 +1,7 @@
 import ConnPool
 import ConnPoolMetrics
 import ConnPoolPrometheus
+import ConnPoolTestSupport
 import Foundation
 import InMemoryTracing
 import Logging
@@ -158,7 +159,7 @@ struct MetricsAndPrometheusSamples {
         #expect(registry.statuses().map(\.name) == ["sessions", "cache"])
         let server = try PoolMetricsServer(registry: registry, port: 0)
         #expect(server.port > 0)
-        server.stop()
+        try await onThread { server.stop() }  // joins the server's thread
         await sessions.shutdown()
         await cache.shutdown()
     }

@@ -168,7 +168,7 @@ struct WritingAConnectionTypeSamples {
             factory: KVConnectionFactory(host: "127.0.0.1", port: server.port),
             configuration: PoolConfiguration().maxSize(2))
         try await pool.withConnection { kv in try await kv.set("greeting", "hello") }
-        let fromThread = try await BlockingOffload.run {
+        let fromThread = try await onThread {  // a plain thread: the blocking form waits there
             try pool.withConnectionBlocking { kv in try kv.getBlocking("greeting") }
         }
         #expect(fromThread == "hello")

@@ -6,19 +6,25 @@ import Testing
 @testable import ConnPoolPrometheus
 
 /// One HTTP exchange over a real loopback TCP socket: sends `request` as is, reads to the end.
-struct HTTPResponse {
+struct HTTPResponse: Sendable {
     var status: Int
     var headers: [String: String]
     var body: [UInt8]
     var text: String { String(decoding: body, as: UTF8.self) }
 }
 
-enum ClientError: Error, Equatable {
+enum ClientError: Error, Equatable, Sendable {
     case connect(Int32)
     case malformed(String)
 }
 
-func exchange(port: Int, _ request: String) throws -> HTTPResponse {
+/// ``exchangeBlocking(port:_:)`` on a plain thread: the exchange blocks in `connect`, `send` and `recv`
+/// (for up to the server's 2-second client timeout when another client keeps it busy).
+func exchange(port: Int, _ request: String) async throws -> HTTPResponse {
+    try await onThread { try exchangeBlocking(port: port, request) }
+}
+
+func exchangeBlocking(port: Int, _ request: String) throws -> HTTPResponse {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     precondition(fd >= 0)
     defer { close(fd) }
@@ -63,8 +69,8 @@ func exchange(port: Int, _ request: String) throws -> HTTPResponse {
     return HTTPResponse(status: status, headers: headers, body: Array(response[(split + 4)...]))
 }
 
-func get(port: Int, _ path: String) throws -> HTTPResponse {
-    try exchange(port: port, "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: test\r\n\r\n")
+func get(port: Int, _ path: String) async throws -> HTTPResponse {
+    try await exchange(port: port, "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: test\r\n\r\n")
 }
 
 @Suite("ConnPoolPrometheus: HTTP server")
@@ -80,7 +86,7 @@ struct PoolMetricsServerTests {
         #expect(server.host == "127.0.0.1")
         #expect(server.port > 0)
 
-        let metrics = try get(port: server.port, "/metrics")
+        let metrics = try await get(port: server.port, "/metrics")
         #expect(metrics.status == 200)
         #expect(metrics.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8")
         #expect(metrics.headers["content-length"] == String(metrics.body.count))
@@ -89,13 +95,13 @@ struct PoolMetricsServerTests {
         #expect(metrics.text == expected)
         #expect(metrics.text.contains("connpool_acquires_total{pool=\"orders\"} 6\n"))
         #expect(metrics.text.contains("connpool_acquires_total{pool=\"cache\"} 0\n"))
-        if let (status, output) = try promtoolCheck(metrics.text) {
+        if let (status, output) = try await promtoolCheck(metrics.text) {
             #expect(status == 0, "promtool check metrics on the served text:\n\(output)")
         } else {
             Issue.record("promtool is not installed: `apt-get install prometheus` (or run Scripts/install-deps.sh)")
         }
 
-        let status = try get(port: server.port, "/status?verbose=1")
+        let status = try await get(port: server.port, "/status?verbose=1")
         #expect(status.status == 200)
         #expect(status.headers["content-type"] == "application/json")
         let document = try JSONDecoder().decode(PoolStatusDocument.self, from: Data(status.body))
@@ -104,14 +110,14 @@ struct PoolMetricsServerTests {
         #expect(document.pools[0].health == .healthy)
         #expect(document.pools[1].configuration.warmUpOnInit == false)
 
-        #expect(try get(port: server.port, "/").status == 404)
-        #expect(try get(port: server.port, "/metricsx").status == 404)
-        let post = try exchange(port: server.port, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        #expect(try await get(port: server.port, "/").status == 404)
+        #expect(try await get(port: server.port, "/metricsx").status == 404)
+        let post = try await exchange(port: server.port, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
         #expect(post.status == 405)
         #expect(post.headers["allow"] == "GET, HEAD")
-        let head = try exchange(port: server.port, "HEAD /metrics HTTP/1.1\r\n\r\n")
+        let head = try await exchange(port: server.port, "HEAD /metrics HTTP/1.1\r\n\r\n")
         #expect(head.status == 200 && head.body.isEmpty && Int(head.headers["content-length"] ?? "") ?? 0 > 0)
-        #expect(try exchange(port: server.port, "nonsense\r\n\r\n").status == 400)
+        #expect(try await exchange(port: server.port, "nonsense\r\n\r\n").status == 400)
         // A client that connects and sends nothing does not stop the others for long (2 s timeout).
         let idle = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in()
@@ -121,16 +127,16 @@ struct PoolMetricsServerTests {
         _ = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(idle, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        #expect(try get(port: server.port, "/metrics").status == 200)
+        #expect(try await get(port: server.port, "/metrics").status == 200)
         close(idle)
 
         // Pools registered later appear; unregistered ones go.
         server.registry.unregister(cache)
-        #expect(!(try get(port: server.port, "/metrics").text.contains("pool=\"cache\"")))
+        #expect(!(try await get(port: server.port, "/metrics").text.contains("pool=\"cache\"")))
 
-        server.stop()
-        server.stop()  // again: nothing
-        #expect(throws: ClientError.connect(ECONNREFUSED)) { try get(port: server.port, "/metrics") }
+        try await onThread { server.stop() }  // joins the server's thread
+        server.stop()  // again: nothing (returns at once)
+        await #expect(throws: ClientError.connect(ECONNREFUSED)) { try await get(port: server.port, "/metrics") }
         await orders.shutdown()
         await cache.shutdown()
     }
@@ -145,7 +151,7 @@ struct PoolMetricsServerTests {
                 group.addTask {
                     var failures = 0
                     for index in 0..<25 {
-                        let response = try? get(port: port, index % 2 == 0 ? "/metrics" : "/status")
+                        let response = try? await get(port: port, index % 2 == 0 ? "/metrics" : "/status")
                         if response?.status != 200 { failures += 1 }
                     }
                     return failures
@@ -154,12 +160,12 @@ struct PoolMetricsServerTests {
             return await group.reduce(0, +)
         }
         #expect(failures == 0)
-        server.stop()
+        try await onThread { server.stop() }  // joins the server's thread
         await pool.shutdown()
     }
 
     @Test("start-up errors: a port in use, an address that does not resolve, a port out of range")
-    func startupErrors() throws {
+    func startupErrors() async throws {
         let registry = try PoolMetricsRegistry()
         let first = try PoolMetricsServer(registry: registry)
         #expect(throws: PoolMetricsServerError.self) { try PoolMetricsServer(registry: registry, port: first.port) }
@@ -171,19 +177,23 @@ struct PoolMetricsServerTests {
         }
         #expect(throws: PoolMetricsServerError.self) { try PoolMetricsServer(registry: registry, host: "no-such-host.invalid") }
         #expect(throws: PoolMetricsServerError.self) { try PoolMetricsServer(registry: registry, port: 70_000) }
-        first.stop()
+        try await onThread { first.stop() }  // joins the server's thread
         // The port is free again at once (SO_REUSEADDR).
         let again = try PoolMetricsServer(registry: registry, port: first.port)
-        #expect(try get(port: again.port, "/metrics").status == 200)
-        again.stop()
+        #expect(try await get(port: again.port, "/metrics").status == 200)
+        try await onThread { again.stop() }
     }
 
     @Test("a dropped server stops by itself")
-    func deinitStops() throws {
-        var server: PoolMetricsServer? = try PoolMetricsServer(registry: try PoolMetricsRegistry())
-        let port = server!.port
-        #expect(try get(port: port, "/status").text == "{\"pools\":[]}\n")
-        server = nil
-        #expect(throws: ClientError.connect(ECONNREFUSED)) { try get(port: port, "/metrics") }
+    func deinitStops() async throws {
+        // Dropped on a plain thread: its deinit joins the server's thread.
+        let port = try await onThread { () -> Int in
+            var server: PoolMetricsServer? = try PoolMetricsServer(registry: try PoolMetricsRegistry())
+            let port = server!.port
+            #expect(try exchangeBlocking(port: port, "GET /status HTTP/1.1\r\n\r\n").text == "{\"pools\":[]}\n")
+            server = nil
+            return port
+        }
+        await #expect(throws: ClientError.connect(ECONNREFUSED)) { try await get(port: port, "/metrics") }
     }
 }

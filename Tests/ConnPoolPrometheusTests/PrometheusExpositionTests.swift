@@ -49,8 +49,13 @@ func promtoolPath() -> String? {
     return nil
 }
 
-/// Runs `promtool check metrics` on `text`: its exit status and its output (stdout and stderr).
-func promtoolCheck(_ text: String) throws -> (status: Int32, output: String)? {
+/// Runs `promtool check metrics` on `text` on a plain thread (the run waits for the child's output and
+/// exit): its exit status and its output (stdout and stderr).
+func promtoolCheck(_ text: String) async throws -> (status: Int32, output: String)? {
+    try await onThread { try promtoolCheckBlocking(text) }
+}
+
+func promtoolCheckBlocking(_ text: String) throws -> (status: Int32, output: String)? {
     guard let promtool = promtoolPath() else { return nil }
     let process = Process()
     process.executableURL = URL(fileURLWithPath: promtool)
@@ -109,7 +114,7 @@ struct PrometheusExpositionTests {
             var body = Array(registry.prometheusText(buckets: layout).utf8)
             app.emit(into: &body)
             let text = String(decoding: body, as: UTF8.self)
-            guard let (status, output) = try promtoolCheck(text) else {
+            guard let (status, output) = try await promtoolCheck(text) else {
                 Issue.record("promtool is not installed: `apt-get install prometheus` (or run Scripts/install-deps.sh)")
                 return
             }
@@ -118,7 +123,7 @@ struct PrometheusExpositionTests {
             print("promtool check metrics (\(layout), \(text.split(separator: "\n").count) lines): exit \(status), output: \"\(output)\"")
         }
         // The check must catch a broken exposition (so that a pass above means something).
-        if let (status, output) = try promtoolCheck("# TYPE x_total counter\nx_total{a=\"\\q\"} 1\n") {
+        if let (status, output) = try await promtoolCheck("# TYPE x_total counter\nx_total{a=\"\\q\"} 1\n") {
             #expect(status != 0, "promtool accepted an invalid escape: \(output)")
         }
         await orders.shutdown()

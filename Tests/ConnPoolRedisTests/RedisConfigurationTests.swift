@@ -196,7 +196,7 @@ struct RedisConfigurationTests {
 
         // a server that echoes a wrong password is redacted too (AUTH against a server without one
         // answers with an error; whatever it says, the secret is scrubbed)
-        let server = try SharedServer.get()
+        let server = try await SharedServer.get()
         var noPasswordServer = try RedisConnectionConfiguration(port: server.port)
         noPasswordServer.password = Self.secret
         noPasswordServer.username = "nosuchuser"
@@ -210,7 +210,7 @@ struct RedisConfigurationTests {
     }
 
     @Test func connectionDescriptionHasNoPassword() async throws {
-        var configuration = try SharedServer.configuration()
+        var configuration = try await SharedServer.configuration()
         configuration.password = nil
         let connection = try await RedisConnection.connect(configuration: configuration)
         defer { connection.closeBlocking() }

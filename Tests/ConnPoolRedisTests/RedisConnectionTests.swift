@@ -1,4 +1,5 @@
 import ConnPoolRedis
+import ConnPoolTestSupport
 import Foundation
 import RedisServerLauncher
 import Testing
@@ -63,7 +64,7 @@ struct RedisConnectionReplyTests {
     }
 
     @Test func everyReplyTypeBlocking() async throws {
-        let configuration = try SharedServer.configuration()
+        let configuration = try await SharedServer.configuration()
         try await onThread {
             let connection = try RedisConnection.connectBlocking(configuration: configuration)
             defer { connection.closeBlocking() }
@@ -122,7 +123,7 @@ struct RedisConnectionReplyTests {
     }
 
     @Test func oneMebibyteValueRoundTrip() async throws {
-        let configuration = try SharedServer.configuration()
+        let configuration = try await SharedServer.configuration()
         var generator = SystemRandomNumberGenerator()
         let value = (0..<(1 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
         let key = uniqueKey()
@@ -142,7 +143,7 @@ struct RedisConnectionReplyTests {
     }
 
     @Test func pipelines() async throws {
-        let configuration = try SharedServer.configuration()
+        let configuration = try await SharedServer.configuration()
         let connection = try await RedisConnection.connect(configuration: configuration)
         defer { connection.closeBlocking() }
         let key = uniqueKey()
@@ -191,7 +192,7 @@ struct RedisConnectionReplyTests {
     }
 
     @Test func concurrentUseOfOneConnectionIsRejected() async throws {
-        var configuration = try SharedServer.configuration()
+        var configuration = try await SharedServer.configuration()
         let observer = try await RedisConnection.connect(configuration: configuration)
         let name = "concurrent-\(UInt32.random(in: 0...UInt32.max))"
         configuration.clientName = name
@@ -213,7 +214,7 @@ struct RedisConnectionReplyTests {
     }
 
     @Test func cancellingAWaitingCommandBreaksTheConnection() async throws {
-        var configuration = try SharedServer.configuration()
+        var configuration = try await SharedServer.configuration()
         let observer = try await RedisConnection.connect(configuration: configuration)
         let name = "cancel-\(UInt32.random(in: 0...UInt32.max))"
         configuration.clientName = name
@@ -232,7 +233,7 @@ struct RedisConnectionReplyTests {
     }
 
     @Test func clientKillOfAnIdleConnectionIsCaughtByIsValid() async throws {
-        var configuration = try SharedServer.configuration()
+        var configuration = try await SharedServer.configuration()
         let admin = try await RedisConnection.connect(configuration: configuration)
         defer { admin.closeBlocking() }
         let name = "victim-\(UInt32.random(in: 0...UInt32.max))"
@@ -250,7 +251,7 @@ struct RedisConnectionReplyTests {
         #expect(killed == 1 && killedToo == 1)
         #expect(await victim.isValid(timeout: .seconds(2)) == false)
         #expect(victim.isBroken)
-        #expect(blockingVictim.isValidBlocking(timeout: .seconds(2)) == false)
+        #expect(try await onThread { blockingVictim.isValidBlocking(timeout: .seconds(2)) } == false)
         #expect(blockingVictim.isBroken)
     }
 
@@ -258,7 +259,7 @@ struct RedisConnectionReplyTests {
         let connection = try await RedisConnection.connect(configuration: SharedServer.configuration())
         defer { connection.closeBlocking() }
         #expect(await connection.isValid(timeout: .seconds(2)))
-        #expect(connection.isValidBlocking(timeout: .seconds(2)))
+        #expect(try await onThread { connection.isValidBlocking(timeout: .seconds(2)) })
     }
 }
 
@@ -266,103 +267,103 @@ struct RedisConnectionReplyTests {
 struct RedisConnectionSetupTests {
     @Test func authWithRequirepass() async throws {
         let password = "s3cr3t-R3quirePass"
-        let server = try RedisServerProcess.start(extraArguments: ["--requirepass", password])
-        defer { server.stop() }
+        try await RedisServerProcess.withServer(extraArguments: ["--requirepass", password]) { server in
 
-        // right password, through a URL
-        let factory = try RedisConnectionFactory(url: "redis://:\(password)@127.0.0.1:\(server.port)")
-        let connection = try await factory.makeConnection()
-        #expect(try await connection.command("PING") == .status("PONG"))
-        await connection.close()
+            // right password, through a URL
+            let factory = try RedisConnectionFactory(url: "redis://:\(password)@127.0.0.1:\(server.port)")
+            let connection = try await factory.makeConnection()
+            #expect(try await connection.command("PING") == .status("PONG"))
+            await connection.close()
 
-        // wrong password: a typed error without the password in it
-        var wrong = try RedisConnectionConfiguration(port: server.port)
-        wrong.password = "not-the-password"
-        let error = await expectRedisError { _ = try await RedisConnection.connect(configuration: wrong) }
-        guard case .authenticationFailed(let message) = error else {
-            Issue.record("expected .authenticationFailed, got \(String(describing: error))")
-            return
-        }
-        #expect(message.contains("WRONGPASS") || message.contains("invalid password"))
-        #expect(!"\(error!)".contains("not-the-password"))
-
-        // the blocking path
-        let wrongConfiguration = wrong
-        let blockingError = try await onThread { () -> RedisError? in
-            do {
-                _ = try RedisConnection.connectBlocking(configuration: wrongConfiguration)
-                return nil
-            } catch let error as RedisError {
-                return error
+            // wrong password: a typed error without the password in it
+            var wrong = try RedisConnectionConfiguration(port: server.port)
+            wrong.password = "not-the-password"
+            let error = await expectRedisError { _ = try await RedisConnection.connect(configuration: wrong) }
+            guard case .authenticationFailed(let message) = error else {
+                Issue.record("expected .authenticationFailed, got \(String(describing: error))")
+                return
             }
-        }
-        guard case .authenticationFailed = blockingError else {
-            Issue.record("expected .authenticationFailed, got \(String(describing: blockingError))")
-            return
-        }
+            #expect(message.contains("WRONGPASS") || message.contains("invalid password"))
+            #expect(!"\(error!)".contains("not-the-password"))
 
-        // no password: the connection opens, and commands get NOAUTH server errors
-        let anonymous = try await RedisConnection.connect(configuration: RedisConnectionConfiguration(port: server.port))
-        defer { anonymous.closeBlocking() }
-        let noauth = await expectRedisError { _ = try await anonymous.command("GET", "k") }
-        guard case .server(let noauthMessage) = noauth else {
-            Issue.record("expected .server, got \(String(describing: noauth))")
-            return
-        }
-        #expect(noauthMessage.hasPrefix("NOAUTH"))
-        #expect(await anonymous.isValid(timeout: .seconds(1)) == false)
+            // the blocking path
+            let wrongConfiguration = wrong
+            let blockingError = try await onThread { () -> RedisError? in
+                do {
+                    _ = try RedisConnection.connectBlocking(configuration: wrongConfiguration)
+                    return nil
+                } catch let error as RedisError {
+                    return error
+                }
+            }
+            guard case .authenticationFailed = blockingError else {
+                Issue.record("expected .authenticationFailed, got \(String(describing: blockingError))")
+                return
+            }
 
-        // ...unless pingOnConnect is set: then the connect itself reports it
-        var pinging = try RedisConnectionConfiguration(port: server.port)
-        pinging.pingOnConnect = true
-        let anonymousError = await expectRedisError { _ = try await RedisConnection.connect(configuration: pinging) }
-        guard case .authenticationFailed(let message) = anonymousError else {
-            Issue.record("expected .authenticationFailed, got \(String(describing: anonymousError))")
-            return
+            // no password: the connection opens, and commands get NOAUTH server errors
+            let anonymous = try await RedisConnection.connect(configuration: RedisConnectionConfiguration(port: server.port))
+            defer { anonymous.closeBlocking() }
+            let noauth = await expectRedisError { _ = try await anonymous.command("GET", "k") }
+            guard case .server(let noauthMessage) = noauth else {
+                Issue.record("expected .server, got \(String(describing: noauth))")
+                return
+            }
+            #expect(noauthMessage.hasPrefix("NOAUTH"))
+            #expect(await anonymous.isValid(timeout: .seconds(1)) == false)
+
+            // ...unless pingOnConnect is set: then the connect itself reports it
+            var pinging = try RedisConnectionConfiguration(port: server.port)
+            pinging.pingOnConnect = true
+            let anonymousError = await expectRedisError { _ = try await RedisConnection.connect(configuration: pinging) }
+            guard case .authenticationFailed(let message) = anonymousError else {
+                Issue.record("expected .authenticationFailed, got \(String(describing: anonymousError))")
+                return
+            }
+            #expect(message.hasPrefix("NOAUTH"))
         }
-        #expect(message.hasPrefix("NOAUTH"))
     }
 
     @Test func authWithACLUser() async throws {
-        let server = try RedisServerProcess.start(extraArguments: [
+        try await RedisServerProcess.withServer(extraArguments: [
             "--user", "alice", "on", ">alice-pw", "~*", "&*", "+@all",
-        ])
-        defer { server.stop() }
-        let connection = try await RedisConnection.connect(
-            configuration: RedisConnectionConfiguration(url: "redis://alice:alice-pw@127.0.0.1:\(server.port)"))
-        #expect(try await connection.command("ACL", "WHOAMI").string == "alice")
+        ]) { server in
+            let connection = try await RedisConnection.connect(
+                configuration: RedisConnectionConfiguration(url: "redis://alice:alice-pw@127.0.0.1:\(server.port)"))
+            #expect(try await connection.command("ACL", "WHOAMI").string == "alice")
 
-        // a user created at run time, whose password needs percent-encoding in a URL
-        let tricky = "p@ss:w/rd%?"
-        _ = try await connection.command("ACL", "SETUSER", "bob", "on", ">" + tricky, "~bob:*", "+@all")
-        await connection.close()
-        let bob = try await RedisConnection.connect(
-            configuration: RedisConnectionConfiguration(
-                url: "redis://bob:p%40ss%3Aw%2Frd%25%3F@127.0.0.1:\(server.port)"))
-        #expect(try await bob.command("ACL", "WHOAMI").string == "bob")
-        // the ACL applies: bob may only touch bob:* keys
-        let denied = await expectRedisError { _ = try await bob.command("GET", "alice:key") }
-        guard case .server(let message) = denied else {
-            Issue.record("expected .server, got \(String(describing: denied))")
-            return
-        }
-        #expect(message.hasPrefix("NOPERM"))
-        await bob.close()
+            // a user created at run time, whose password needs percent-encoding in a URL
+            let tricky = "p@ss:w/rd%?"
+            _ = try await connection.command("ACL", "SETUSER", "bob", "on", ">" + tricky, "~bob:*", "+@all")
+            await connection.close()
+            let bob = try await RedisConnection.connect(
+                configuration: RedisConnectionConfiguration(
+                    url: "redis://bob:p%40ss%3Aw%2Frd%25%3F@127.0.0.1:\(server.port)"))
+            #expect(try await bob.command("ACL", "WHOAMI").string == "bob")
+            // the ACL applies: bob may only touch bob:* keys
+            let denied = await expectRedisError { _ = try await bob.command("GET", "alice:key") }
+            guard case .server(let message) = denied else {
+                Issue.record("expected .server, got \(String(describing: denied))")
+                return
+            }
+            #expect(message.hasPrefix("NOPERM"))
+            await bob.close()
 
-        var wrong = try RedisConnectionConfiguration(port: server.port)
-        wrong.username = "alice"
-        wrong.password = "bad-alice-pw"
-        let error = await expectRedisError { _ = try await RedisConnection.connect(configuration: wrong) }
-        guard case .authenticationFailed(let message) = error else {
-            Issue.record("expected .authenticationFailed, got \(String(describing: error))")
-            return
+            var wrong = try RedisConnectionConfiguration(port: server.port)
+            wrong.username = "alice"
+            wrong.password = "bad-alice-pw"
+            let error = await expectRedisError { _ = try await RedisConnection.connect(configuration: wrong) }
+            guard case .authenticationFailed(let message) = error else {
+                Issue.record("expected .authenticationFailed, got \(String(describing: error))")
+                return
+            }
+            #expect(message.hasPrefix("WRONGPASS"))
+            #expect(!"\(error!)".contains("bad-alice-pw"))
         }
-        #expect(message.hasPrefix("WRONGPASS"))
-        #expect(!"\(error!)".contains("bad-alice-pw"))
     }
 
     @Test func selectDatabase() async throws {
-        let server = try SharedServer.get()
+        let server = try await SharedServer.get()
         let key = uniqueKey()
         let inThree = try await RedisConnection.connect(
             configuration: RedisConnectionConfiguration(url: "redis://127.0.0.1:\(server.port)/3"))
@@ -396,7 +397,7 @@ struct RedisConnectionSetupTests {
     }
 
     @Test func clientNameIsVisibleInClientList() async throws {
-        var configuration = try SharedServer.configuration()
+        var configuration = try await SharedServer.configuration()
         let name = "connpool-test-\(UInt32.random(in: 0...UInt32.max))"
         configuration.clientName = name
         let connection = try await RedisConnection.connect(configuration: configuration)
@@ -425,7 +426,7 @@ struct RedisConnectionSetupTests {
     }
 
     @Test func connectTimeoutOnAFullBacklog() async throws {
-        let listener = try FullBacklogListener()
+        let listener = try await onThread { try FullBacklogListener() }  // its connects wait up to 200 ms
         var configuration = try RedisConnectionConfiguration(port: listener.port)
         configuration.connectTimeout = .milliseconds(200)
         let timeoutConfiguration = configuration
@@ -449,103 +450,101 @@ struct RedisConnectionSetupTests {
     }
 
     @Test func commandTimeoutBreaksTheConnection() async throws {
-        let server = try RedisServerProcess.start(extraArguments: ["--enable-debug-command", "yes"])
-        defer {
-            try? server.kill(signal: SIGKILL)  // do not wait for DEBUG SLEEP to end
-            server.stop()
-        }
-        var configuration = try RedisConnectionConfiguration(port: server.port)
-        configuration.commandTimeout = .milliseconds(200)
-        let sleepyConfiguration = configuration
+        try await RedisServerProcess.withServer(extraArguments: ["--enable-debug-command", "yes"]) { server in
+            var configuration = try RedisConnectionConfiguration(port: server.port)
+            configuration.commandTimeout = .milliseconds(200)
+            let sleepyConfiguration = configuration
 
-        // async
-        let connection = try await RedisConnection.connect(configuration: configuration)
-        defer { connection.closeBlocking() }
-        let start = ContinuousClock.now
-        let error = await expectRedisError { _ = try await connection.command("DEBUG", "SLEEP", 2) }
-        let elapsed = ContinuousClock.now - start
-        #expect(error == .timeout(.milliseconds(200)))
-        #expect(error?.isConnectionError == true)
-        #expect(elapsed >= .milliseconds(190) && elapsed < .seconds(5))
-        #expect(connection.isBroken)
-        let after = await expectRedisError { _ = try await connection.command("PING") }
-        #expect(after == .connectionBroken(cause: .timeout(.milliseconds(200))))
-        #expect(after?.isTimeout == true)
-        #expect(await connection.isValid(timeout: .seconds(1)) == false)
-
-        // blocking (the server is still asleep: a PING times out too)
-        let blocking = try await onThread { () -> (RedisError?, Bool, Duration) in
-            let start = ContinuousClock.now
-            let connection = try RedisConnection.connectBlocking(configuration: sleepyConfiguration)
+            // async
+            let connection = try await RedisConnection.connect(configuration: configuration)
             defer { connection.closeBlocking() }
-            do {
-                _ = try connection.commandBlocking("DEBUG", "SLEEP", 2)
-                return (nil, connection.isBroken, ContinuousClock.now - start)
-            } catch let error as RedisError {
-                return (error, connection.isBroken, ContinuousClock.now - start)
+            let start = ContinuousClock.now
+            let error = await expectRedisError { _ = try await connection.command("DEBUG", "SLEEP", 2) }
+            let elapsed = ContinuousClock.now - start
+            #expect(error == .timeout(.milliseconds(200)))
+            #expect(error?.isConnectionError == true)
+            #expect(elapsed >= .milliseconds(190) && elapsed < .seconds(5))
+            #expect(connection.isBroken)
+            let after = await expectRedisError { _ = try await connection.command("PING") }
+            #expect(after == .connectionBroken(cause: .timeout(.milliseconds(200))))
+            #expect(after?.isTimeout == true)
+            #expect(await connection.isValid(timeout: .seconds(1)) == false)
+
+            // blocking (the server is still asleep: a PING times out too)
+            let blocking = try await onThread { () -> (RedisError?, Bool, Duration) in
+                let start = ContinuousClock.now
+                let connection = try RedisConnection.connectBlocking(configuration: sleepyConfiguration)
+                defer { connection.closeBlocking() }
+                do {
+                    _ = try connection.commandBlocking("DEBUG", "SLEEP", 2)
+                    return (nil, connection.isBroken, ContinuousClock.now - start)
+                } catch let error as RedisError {
+                    return (error, connection.isBroken, ContinuousClock.now - start)
+                }
             }
+            #expect(blocking.0?.isTimeout == true)
+            #expect(blocking.1)
+            #expect(blocking.2 < .seconds(5))
+            try await server.kill(signal: SIGKILL)  // the stop that follows need not wait for DEBUG SLEEP to end
         }
-        #expect(blocking.0?.isTimeout == true)
-        #expect(blocking.1)
-        #expect(blocking.2 < .seconds(5))
     }
 
     @Test func connectToAFrozenServerTimesOut() async throws {
-        let server = try RedisServerProcess.start()
-        defer { server.stop() }
-        try server.kill(signal: SIGSTOP)
-        var configuration = try RedisConnectionConfiguration(port: server.port)
-        configuration.connectTimeout = .milliseconds(300)
-        configuration.pingOnConnect = true
-        // the kernel completes the TCP handshake, but the PING of the handshake gets no answer
-        let start = ContinuousClock.now
-        let error = await expectRedisError { _ = try await RedisConnection.connect(configuration: configuration) }
-        #expect(error == .connectTimeout(endpoint: "127.0.0.1:\(server.port)", timeout: .milliseconds(300)))
-        #expect(ContinuousClock.now - start < .seconds(5))
-        try server.kill(signal: SIGCONT)
-        let connection = try await RedisConnection.connect(configuration: configuration)
-        #expect(try await connection.command("PING") == .status("PONG"))
-        await connection.close()
+        try await RedisServerProcess.withServer { server in
+            try await server.kill(signal: SIGSTOP)
+            var configuration = try RedisConnectionConfiguration(port: server.port)
+            configuration.connectTimeout = .milliseconds(300)
+            configuration.pingOnConnect = true
+            // the kernel completes the TCP handshake, but the PING of the handshake gets no answer
+            let start = ContinuousClock.now
+            let error = await expectRedisError { _ = try await RedisConnection.connect(configuration: configuration) }
+            #expect(error == .connectTimeout(endpoint: "127.0.0.1:\(server.port)", timeout: .milliseconds(300)))
+            #expect(ContinuousClock.now - start < .seconds(5))
+            try await server.kill(signal: SIGCONT)
+            let connection = try await RedisConnection.connect(configuration: configuration)
+            #expect(try await connection.command("PING") == .status("PONG"))
+            await connection.close()
+        }
     }
 
     @Test func serverKilledMidCommand() async throws {
-        let server = try RedisServerProcess.start()
-        defer { server.stop() }
-        let configuration = try RedisConnectionConfiguration(port: server.port)
-        let connection = try await RedisConnection.connect(configuration: configuration)
-        let observer = try await RedisConnection.connect(configuration: configuration)
-        defer {
-            connection.closeBlocking()
-            observer.closeBlocking()
-        }
-        let blocked = Task { try await connection.command("BLPOP", "never", 0) }
-        #expect(try await waitUntilClientRuns("blpop", observer: observer))
-        try server.kill(signal: SIGKILL)
-        let error: RedisError?
-        do {
-            _ = try await blocked.value
-            error = nil
-        } catch let caught as RedisError {
-            error = caught
-        }
-        #expect(error == .connectionClosed || error == .io(operation: "read", errno: ECONNRESET))
-        #expect(error?.isConnectionError == true)
-        #expect(connection.isBroken)
-        #expect(await connection.isValid(timeout: .milliseconds(200)) == false)
-
-        // the idle observer finds out on its next command (blocking path), and breaks too
-        let observerError = try await onThread { () -> RedisError? in
+        try await RedisServerProcess.withServer { server in
+            let configuration = try RedisConnectionConfiguration(port: server.port)
+            let connection = try await RedisConnection.connect(configuration: configuration)
+            let observer = try await RedisConnection.connect(configuration: configuration)
+            defer {
+                connection.closeBlocking()
+                observer.closeBlocking()
+            }
+            let blocked = Task { try await connection.command("BLPOP", "never", 0) }
+            #expect(try await waitUntilClientRuns("blpop", observer: observer))
+            try await server.kill(signal: SIGKILL)
+            let error: RedisError?
             do {
-                _ = try observer.commandBlocking("PING")
-                return nil
-            } catch let error as RedisError { return error }
+                _ = try await blocked.value
+                error = nil
+            } catch let caught as RedisError {
+                error = caught
+            }
+            #expect(error == .connectionClosed || error == .io(operation: "read", errno: ECONNRESET))
+            #expect(error?.isConnectionError == true)
+            #expect(connection.isBroken)
+            #expect(await connection.isValid(timeout: .milliseconds(200)) == false)
+
+            // the idle observer finds out on its next command (blocking path), and breaks too
+            let observerError = try await onThread { () -> RedisError? in
+                do {
+                    _ = try observer.commandBlocking("PING")
+                    return nil
+                } catch let error as RedisError { return error }
+            }
+            #expect(observerError?.isConnectionError == true)
+            #expect(observer.isBroken)
         }
-        #expect(observerError?.isConnectionError == true)
-        #expect(observer.isBroken)
     }
 
     @Test func unixSocket() async throws {
-        let server = try SharedServer.get()
+        let server = try await SharedServer.get()
         let path = try #require(server.unixSocketPath)
         let connection = try await RedisConnection.connect(
             configuration: RedisConnectionConfiguration(url: "unix://\(path)?db=2"))
@@ -571,7 +570,7 @@ struct RedisConnectionSetupTests {
     }
 
     @Test func hostNameIsResolved() async throws {
-        let server = try SharedServer.get()
+        let server = try await SharedServer.get()
         let connection = try await RedisConnection.connect(
             configuration: RedisConnectionConfiguration(host: "localhost", port: server.port))
         defer { connection.closeBlocking() }
@@ -597,33 +596,33 @@ struct RedisDeadServerWriteTests {
         let sigpipeIsDefault = action.__sigaction_handler.sa_handler == nil  // SIG_DFL
         print("SIGPIPE disposition in the test process: \(sigpipeIsDefault ? "default (terminate)" : "changed")")
 
-        let server = try RedisServerProcess.start()
-        defer { server.stop() }
-        var configuration = try RedisConnectionConfiguration(port: server.port)
-        configuration.commandTimeout = .seconds(5)
-        let asyncConnection = try await RedisConnection.connect(configuration: configuration)
-        let blockingConfiguration = configuration
-        let blockingConnection = try await onThread {
-            try RedisConnection.connectBlocking(configuration: blockingConfiguration)
-        }
-        defer {
-            asyncConnection.closeBlocking()
-            blockingConnection.closeBlocking()
-        }
-        try server.kill(signal: SIGKILL)
-        let big = [UInt8](repeating: 0x78, count: 8 << 20)
+        try await RedisServerProcess.withServer { server in
+            var configuration = try RedisConnectionConfiguration(port: server.port)
+            configuration.commandTimeout = .seconds(5)
+            let asyncConnection = try await RedisConnection.connect(configuration: configuration)
+            let blockingConfiguration = configuration
+            let blockingConnection = try await onThread {
+                try RedisConnection.connectBlocking(configuration: blockingConfiguration)
+            }
+            defer {
+                asyncConnection.closeBlocking()
+                blockingConnection.closeBlocking()
+            }
+            try await server.kill(signal: SIGKILL)
+            let big = [UInt8](repeating: 0x78, count: 8 << 20)
 
-        let error = await expectRedisError { _ = try await asyncConnection.command("SET", "k", big) }
-        #expect(error?.isConnectionError == true, "got \(String(describing: error))")
-        #expect(asyncConnection.isBroken)
+            let error = await expectRedisError { _ = try await asyncConnection.command("SET", "k", big) }
+            #expect(error?.isConnectionError == true, "got \(String(describing: error))")
+            #expect(asyncConnection.isBroken)
 
-        let blockingError = try await onThread { () -> RedisError? in
-            do {
-                _ = try blockingConnection.commandBlocking("SET", "k", big)
-                return nil
-            } catch let error as RedisError { return error }
+            let blockingError = try await onThread { () -> RedisError? in
+                do {
+                    _ = try blockingConnection.commandBlocking("SET", "k", big)
+                    return nil
+                } catch let error as RedisError { return error }
+            }
+            #expect(blockingError?.isConnectionError == true, "got \(String(describing: blockingError))")
+            #expect(blockingConnection.isBroken)
         }
-        #expect(blockingError?.isConnectionError == true, "got \(String(describing: blockingError))")
-        #expect(blockingConnection.isBroken)
     }
 }

@@ -10,7 +10,7 @@ import Testing
 struct ReplySpinCountTests {
     @Test("every operation, served or failed, async or blocking, counts itself out again")
     func operationsCountThemselvesOut() async throws {
-        var configuration = try SharedServer.configuration()
+        var configuration = try await SharedServer.configuration()
         let connection = try await RedisConnection.connect(configuration: configuration)
         defer { connection.closeBlocking() }
         let key = uniqueKey()

@@ -12,16 +12,16 @@ import Glibc
 /// One server shared by the tests that need nothing special (they use distinct keys). Stopped by the
 /// launcher's exit hook when the test process ends.
 enum SharedServer {
-    private static let result: Result<RedisServerProcess, any Error> = Result {
-        try RedisServerProcess.start(unixSocket: true)
-    }
+    /// Started once, by the first test that asks, with the launcher's async form: the tests that ask
+    /// meanwhile suspend on the task instead of blocking on a lazy global's lock.
+    private static let server = Task { try await RedisServerProcess.start(unixSocket: true) }
 
-    static func get() throws -> RedisServerProcess { try result.get() }
+    static func get() async throws -> RedisServerProcess { try await server.value }
 
     static func configuration(
         commandTimeout: Duration? = .seconds(10)
-    ) throws -> RedisConnectionConfiguration {
-        var configuration = try RedisConnectionConfiguration(port: get().port)
+    ) async throws -> RedisConnectionConfiguration {
+        var configuration = try await RedisConnectionConfiguration(port: get().port)
         configuration.commandTimeout = commandTimeout
         return configuration
     }
@@ -30,15 +30,6 @@ enum SharedServer {
 /// A key no other test uses.
 func uniqueKey(_ name: String = #function) -> String {
     "test:\(name):\(UInt64.random(in: 0...UInt64.max))"
-}
-
-/// Runs blocking code on a dedicated thread (never on a cooperative thread) and awaits its result.
-func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        let thread = Thread { continuation.resume(with: Result { try body() }) }
-        thread.stackSize = 1 << 20
-        thread.start()
-    }
 }
 
 /// Waits (polling CLIENT LIST through `observer`) until a client of the server runs `command`; with
@@ -88,7 +79,8 @@ func freeLoopbackPort() throws -> Int {
 /// A loopback listener that never accepts, with `listen(fd, 0)`, whose accept queue is filled with
 /// connections until a further connect no longer completes: a connect to it hangs (the kernel drops the
 /// SYN), which is how a connect timeout is provoked without an unreachable address.
-final class FullBacklogListener {
+final class FullBacklogListener: @unchecked Sendable {
+    // @unchecked Sendable: `fillers` is written only by `init` and read only by `deinit`; the rest is `let`.
     let port: Int
     private let listener: Int32
     private var fillers: [Int32] = []

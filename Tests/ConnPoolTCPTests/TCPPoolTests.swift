@@ -75,7 +75,7 @@ struct TCPPoolTests {
         }
         #expect(results)
         #expect(pool.metrics().total <= 4)
-        pool.shutdownBlocking()
+        _ = try await onThread { pool.shutdownBlocking() }  // the blocking form, from a plain thread too
     }
 
     @Test("a connection broken by a timeout is discarded by the pool and replaced")

@@ -81,17 +81,24 @@ final class ServerPeer: @unchecked Sendable {
 
 /// An in-process loopback TCP server: an accept thread, and one thread per connection running
 /// `handler`. Listens on an ephemeral port (port 0) of 127.0.0.1 or ::1.
+///
+/// ``stop()`` never waits for those threads (it runs in tests, on cooperative threads): it shuts the
+/// sockets down, and each descriptor is closed by whoever comes last, `stop()` or the thread using it.
 final class TestServer: @unchecked Sendable {
-    // @unchecked Sendable: `listenFD`, `port` and `handler` are immutable; `clients` and `stopped`
-    // are guarded by `lock`.
+    // @unchecked Sendable: `listenFD`, `port`, `host`, `handler` and `acceptsConnections` are
+    // immutable; every other stored property is only read or written with `lock` held.
     let port: Int
     let host: String
     private let listenFD: Int32
     private let handler: @Sendable (ServerPeer) -> Void
+    private let acceptsConnections: Bool
     private let lock = NSLock()
-    private var clients: [Int32] = []
+    /// Accepted connections whose handler still runs.
+    private var clients: Set<Int32> = []
+    /// Accepted connections whose handler has returned, open until `stop()`.
+    private var finishedClients: Set<Int32> = []
     private var stopped = false
-    private let threads = DispatchGroup()
+    private var listenerClosed = false
     /// How many connections were accepted so far.
     private var acceptedCount = 0
 
@@ -101,11 +108,16 @@ final class TestServer: @unchecked Sendable {
         let (fd, port) = try TestServer.listen(ipv6: ipv6, backlog: backlog)
         listenFD = fd
         self.port = port
+        acceptsConnections = acceptConnections
         if acceptConnections {
-            threads.enter()
             Thread.detachNewThread { [self] in
                 acceptLoop()
-                threads.leave()
+                lock.withLock {
+                    if !listenerClosed {
+                        listenerClosed = true
+                        close(listenFD)
+                    }
+                }
             }
         }
     }
@@ -168,7 +180,7 @@ final class TestServer: @unchecked Sendable {
             setsockopt(client, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
             let accepted: Bool = lock.withLock {
                 if stopped { return false }
-                clients.append(client)
+                clients.insert(client)
                 acceptedCount += 1
                 return true
             }
@@ -176,37 +188,42 @@ final class TestServer: @unchecked Sendable {
                 close(client)
                 return
             }
-            threads.enter()
             let handler = self.handler
-            Thread.detachNewThread { [threads] in
+            Thread.detachNewThread { [self] in
                 handler(ServerPeer(fd: client))
-                shutdown(client, Int32(SHUT_WR))  // the handler is done: the client sees end of stream
-                threads.leave()
+                lock.withLock {
+                    clients.remove(client)
+                    if stopped {
+                        close(client)
+                    } else {
+                        shutdown(client, Int32(SHUT_WR))  // the handler is done: the client sees end of stream
+                        finishedClients.insert(client)
+                    }
+                }
             }
         }
     }
 
-    /// Stops accepting, ends every connection (its handler sees end of stream) and waits for the
-    /// threads to finish.
+    /// Stops accepting and ends every connection (its handler sees end of stream, its client a hang-up),
+    /// without waiting for the threads: each closes its own descriptor once it sees the end.
     func stop() {
-        let toShutDown: [Int32]? = lock.withLock {
-            if stopped { return nil }
-            stopped = true
-            return clients
-        }
-        // Stopped already (an explicit stop(), then deinit): closing listenFD again would close
-        // whatever descriptor reused its number since, such as the next test's listener.
-        guard let toShutDown else { return }
-        shutdown(listenFD, Int32(SHUT_RDWR))
-        for fd in toShutDown {
-            shutdown(fd, Int32(SHUT_RDWR))
-        }
-        _ = threads.wait(timeout: .now() + 10)
         lock.withLock {
-            for fd in clients { close(fd) }
-            clients.removeAll()
+            if stopped { return }
+            stopped = true
+            if !listenerClosed {
+                shutdown(listenFD, Int32(SHUT_RDWR))  // ends the accept thread's accept(), which closes it
+                if !acceptsConnections {
+                    listenerClosed = true
+                    close(listenFD)
+                }
+            }
+            for fd in clients { shutdown(fd, Int32(SHUT_RDWR)) }
+            for fd in finishedClients {
+                shutdown(fd, Int32(SHUT_RDWR))
+                close(fd)
+            }
+            finishedClients.removeAll()
         }
-        close(listenFD)
     }
 
     deinit {
@@ -270,15 +287,6 @@ enum Handlers {
 }
 
 // MARK: - Test utilities
-
-/// Runs blocking `body` on a new plain thread (never on a cooperative thread) and returns its result.
-func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread.detachNewThread {
-            continuation.resume(with: Result { try body() })
-        }
-    }
-}
 
 /// Connects, without a pool, to a test server with short timeouts.
 func testConfiguration(

@@ -5,31 +5,43 @@ import Foundation
 // Helpers of the core's tests only; the mock connection and factory, `LeaseHolder` and `eventually` live in
 // the ConnPoolTestSupport target, shared with the other test targets.
 
-/// Runs `body` on a new plain thread; `join()` waits for it.
-final class TestThread: @unchecked Sendable {
-    // @unchecked Sendable: `done` is a semaphore, `thread` is only touched at init.
-    private let done = DispatchSemaphore(value: 0)
+/// Runs `body` on a new plain thread; `join()` suspends until it has returned.
+final class TestThread: Sendable {
+    private enum State {
+        case running
+        case joined(CheckedContinuation<Void, Never>)
+        case finished
+    }
+
+    private let state = LockedValue<State>(.running)
 
     init(_ body: @escaping @Sendable () -> Void) {
-        let thread = Thread { [done] in
+        let thread = Thread { [state] in
             body()
-            done.signal()
+            let joiner = state.withLock { state -> CheckedContinuation<Void, Never>? in
+                defer { state = .finished }
+                if case .joined(let continuation) = state { return continuation }
+                return nil
+            }
+            joiner?.resume()
         }
         thread.start()
     }
 
-    /// Waits for the thread from a plain thread.
-    func joinBlocking() { done.wait() }
-
-    /// Waits for the thread from a task without blocking a cooperative thread (the wait happens on a
-    /// dispatch thread): blocking the cooperative pool would starve the pool's own tasks.
+    /// Suspends until the thread has returned; the thread itself resumes the task. Nothing blocks
+    /// meanwhile: a wait on a dispatch thread (`DispatchQueue.global().async { semaphore.wait() }`) would
+    /// take one of the few threads that dispatch shares with the cooperative pool on Linux, and with a
+    /// few such waits at once every task of the test process waits for dispatch to add a thread, about
+    /// one a second.
     func join() async {
         defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().async {
-                self.done.wait()
-                continuation.resume()
+            let finished = state.withLock { state -> Bool in
+                if case .finished = state { return true }
+                state = .joined(continuation)
+                return false
             }
+            if finished { continuation.resume() }
         }
     }
 }
