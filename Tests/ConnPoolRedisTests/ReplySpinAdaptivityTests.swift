@@ -15,8 +15,7 @@ struct RedisReplySpinAdaptivityTests {
     @Test("a server whose replies take 300 µs: the connection stops spinning, then spins once per probeInterval requests")
     func slowRepliesStopTheSpin() async throws {
         // A server of its own: DEBUG SLEEP holds its one thread, and the command is off by default.
-        let server = try RedisServerProcess.start(extraArguments: ["--enable-debug-command", "yes"])
-        defer { server.stop() }
+        try await RedisServerProcess.withServer(extraArguments: ["--enable-debug-command", "yes"]) { server in
         var configuration = try RedisConnectionConfiguration(port: server.port)
         configuration.commandTimeout = .seconds(10)
         let connection = try await RedisConnection.connect(configuration: configuration)
@@ -46,11 +45,13 @@ struct RedisReplySpinAdaptivityTests {
             return connection.isReplySpinning
         }
         #expect(restarted, "\(connection.replySpinStatistics)")
+        }
     }
 
     @Test("on loopback the connection keeps spinning (blocking API)")
     func loopbackKeepsSpinning() async throws {
-        let connection = try RedisConnection.connectBlocking(configuration: SharedServer.configuration())
+        let configuration = try await SharedServer.configuration()
+        let connection = try await onThread { try RedisConnection.connectBlocking(configuration: configuration) }
         defer { connection.closeBlocking() }
         let spinning = try await eventually(timeout: .seconds(60)) {
             try await onThread { try connection.commandBlocking("PING") } == .status("PONG")
@@ -61,7 +62,7 @@ struct RedisReplySpinAdaptivityTests {
 
     @Test(".disabled never spins, where an adaptive connection to the same server does")
     func disabledNeverSpins() async throws {
-        var configuration = try SharedServer.configuration()
+        var configuration = try await SharedServer.configuration()
         let adaptive = try await RedisConnection.connect(configuration: configuration)
         defer { adaptive.closeBlocking() }
         configuration.replySpin = .disabled
