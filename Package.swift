@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "ConnPool", targets: ["ConnPool"]),
         .library(name: "ConnPoolRedis", targets: ["ConnPoolRedis"]),
         .library(name: "ConnPoolTCP", targets: ["ConnPoolTCP"]),
+        .library(name: "ConnPoolIO", targets: ["ConnPoolIO"]),
         .library(name: "ConnPoolBenchHarness", targets: ["ConnPoolBenchHarness"]),
         .executable(name: "redis-bench", targets: ["redis-bench"]),
         .library(name: "ConnPoolMetrics", targets: ["ConnPoolMetrics"]),
@@ -86,7 +87,7 @@ let package = Package(
         .executableTarget(
             name: "redis-bench",
             dependencies: [
-                "ConnPool", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolBenchHarness", "RedisServerLauncher", "ConnPoolChaos", "ConnPoolPrometheus",
+                "ConnPool", "ConnPoolIO", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolBenchHarness", "RedisServerLauncher", "ConnPoolChaos", "ConnPoolPrometheus",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

@@ -1,6 +1,7 @@
 import ArgumentParser
 import ConnPool
 import ConnPoolBenchHarness
+import ConnPoolIO
 import ConnPoolRedis
 import ConnPoolTCP
 import Dispatch
@@ -24,6 +25,13 @@ enum ModeOption: String, ExpressibleByArgument, CaseIterable {
 }
 
 extension Backend: ExpressibleByArgument {}
+
+/// `--reply-spin`: the connections' ``ReplySpinPolicy``.
+enum ReplySpinOption: String, ExpressibleByArgument, CaseIterable {
+    case adaptive, disabled
+
+    var policy: ReplySpinPolicy { self == .adaptive ? .adaptive : .disabled }
+}
 
 /// `redis-bench run`: the benchmark suite (the default subcommand).
 struct RunCommand: AsyncParsableCommand {
@@ -96,6 +104,9 @@ struct RunCommand: AsyncParsableCommand {
 
     @Option(help: "hiredis backend: per-command timeout in milliseconds (default: none, like redis-benchmark). A deadline makes every async wait re-arm the I/O reactor's timer.")
     var commandTimeoutMs: Int?
+
+    @Option(help: "The connections' reply spin: adaptive (the default) or disabled. Compare the two at --concurrency 1.")
+    var replySpin: ReplySpinOption = .adaptive
 
     @Option(help: "While running, serve /metrics (Prometheus) and /status (JSON) for the pool under test on 127.0.0.1:PORT (0: any free port).")
     var metricsPort: Int?
@@ -189,7 +200,8 @@ struct RunCommand: AsyncParsableCommand {
             guard let (host, port) = target.tcpAddress else {
                 throw ValidationError("--backend tcp needs a TCP server address (not a unix socket)")
             }
-            let factory = try TCPConnectionFactory(configuration: TCPConnectionConfiguration(host: host, port: port))
+            let factory = try TCPConnectionFactory(
+                configuration: TCPConnectionConfiguration(host: host, port: port, replySpin: replySpin.policy))
             var harness = BenchHarness(
                 factory: factory, connectBlocking: { try factory.makeConnectionBlocking() },
                 errorCategory: ErrorCategories.categorize)
@@ -341,6 +353,7 @@ struct RunCommand: AsyncParsableCommand {
         if let url {
             var configuration = try RedisConnectionConfiguration(url: url)
             configuration.commandTimeout = commandTimeoutMs.map { .milliseconds($0) }
+            configuration.replySpin = replySpin.policy
             if backend == .tcp, configuration.password != nil || configuration.database != 0 {
                 throw ValidationError("--backend tcp sends no AUTH/SELECT: use a URL without password and database")
             }
@@ -359,6 +372,7 @@ struct RunCommand: AsyncParsableCommand {
         }
         var configuration = try RedisConnectionConfiguration(host: server.host, port: server.port)
         configuration.commandTimeout = commandTimeoutMs.map { .milliseconds($0) }
+        configuration.replySpin = replySpin.policy
         return Target(
             server: server, redisConfiguration: configuration,
             description: "throwaway redis-server pid \(server.pid) on \(server.host):\(server.port)")
