@@ -74,12 +74,15 @@ public final class ConnectionPool<Factory: ConnectionFactory>: Sendable {
 
     /// Creates a pool whose own tasks (connection attempts, closes, health checks) run on
     /// `taskExecutor`: a deterministic test executor makes every interleaving reproducible.
+    /// `blockingWaitHook` runs on a blocked thread before its spin and before it queues (see
+    /// `PoolRuntime.blockingWaitHook`).
     init(
         factory: Factory, configuration: PoolConfiguration, clock: PoolClock, logger: Logger = Logger(label: "connpool"),
-        taskExecutor: any TaskExecutor
+        taskExecutor: (any TaskExecutor)?, blockingWaitHook: (@Sendable (BlockingWaitStep) -> Void)? = nil
     ) throws(PoolConfigurationError) {
         runtime = try PoolRuntime(
-            factory: factory, configuration: configuration, clock: clock, logger: logger, tracer: nil, taskExecutor: taskExecutor)
+            factory: factory, configuration: configuration, clock: clock, logger: logger, tracer: nil,
+            taskExecutor: taskExecutor, blockingWaitHook: blockingWaitHook)
     }
 
     deinit {

@@ -143,4 +143,35 @@ struct ReviewRegressionTests {
         factory.resolveAll(succeed: false)
         _ = await pool.shutdown()
     }
+
+    @Test(
+        "bug 7: a checked blocking acquire validates an idle connection it takes on its way to the queue",
+        arguments: [BlockingWaitStep.spin, .enqueue])
+    func blockingWaitPathValidates(step: BlockingWaitStep) async throws {
+        let factory = ScriptedFactory()
+        let held = LockedValue<LeaseHolder<ScriptedFactory>?>(nil)
+        // The spin runs only when the pool is full (maxSize 1, the one connection lent); with a free
+        // slot (maxSize 2) the thread goes straight to the queue, whose step leases an idle connection.
+        let pool = try ConnectionPool(
+            factory: factory,
+            configuration: Self.base.maxSize(step == .spin ? 1 : 2).warmUpOnInit(false)
+                .validateOnAcquire(true, bypassWindow: .zero),
+            clock: .manual(ManualClock()), taskExecutor: nil,
+            // At `step`, connection #0 comes back: it is idle when the blocked thread looks again.
+            blockingWaitHook: { at in
+                if at == step { held.withLock { $0.take() }?.drop() }
+            })
+        let first = LeaseHolder(try await pool.acquire())
+        let stale = first.connection
+        #expect(stale.id == 0)
+        held.withLock { $0 = first }
+        factory.policy.check = .fail  // #0 fails any check from now on (#1 is handed over new, unchecked)
+
+        let id = try await onThread { try pool.acquireBlocking().connection.id }
+        #expect(held.withLock { $0 == nil }, "the hook ran")
+        #expect(stale.checks.load(ordering: .relaxed) == 1, "connection #0 was lent without a check")
+        #expect(id == 1, "the acquire got connection #\(id), not a new one")
+        #expect(await eventually { stale.isClosed })
+        _ = await pool.shutdown()
+    }
 }

@@ -5,6 +5,15 @@ import Darwin
 #endif
 import Tracing
 
+/// Where a blocked thread is on its way to the wait queue (see `PoolRuntime.blockingWaitHook`).
+@usableFromInline
+enum BlockingWaitStep: Sendable {
+    /// About to spin for a connection released meanwhile.
+    case spin
+    /// The spin found none; about to queue (or to lease one that went idle meanwhile).
+    case enqueue
+}
+
 extension PoolRuntime {
     /// See ``ConnectionPool/acquireBlocking(timeout:file:line:)``.
     @inlinable
@@ -121,7 +130,9 @@ extension PoolRuntime {
     func acquireBlockingWaiting(
         id: UInt64, deadline: Int64?, timeout: Duration, file: StaticString, line: UInt
     ) throws(ConnectionPoolError) -> (token: LeaseToken, connection: PooledConnection, fromIdle: Bool) {
+        blockingWaitHook?(.spin)
         if let (token, connection) = spinForIdle(file: file, line: line) { return (token, connection, true) }
+        blockingWaitHook?(.enqueue)
         let now = clock.now()
         let deadline = deadline ?? later(now, by: timeout.nanosecondsClamped)
         typealias Outcome = Result<(token: LeaseToken, connection: PooledConnection, fromIdle: Bool), ConnectionPoolError>

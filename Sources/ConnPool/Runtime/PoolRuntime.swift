@@ -83,6 +83,11 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     /// Where the pool's own tasks run (connection attempts, closes, health checks): nil, the default
     /// executor; a test's ``SimulationExecutor``-like executor to make a run reproducible.
     let taskExecutor: (any TaskExecutor)?
+    /// A test seam, nil outside tests: called on a blocked thread's way to the wait queue, before its
+    /// spin and before it queues, so a test can release a connection at exactly that point (the
+    /// regression test of `validateOnAcquire` on the spin and enqueue paths). Read only on the blocking
+    /// wait path, never on the hot path.
+    @usableFromInline let blockingWaitHook: (@Sendable (BlockingWaitStep) -> Void)?
 
     let timer: PoolTimer
     /// Callers of ``shutdown(gracePeriod:)`` waiting for the end. Guarded by `core.mutex`.
@@ -95,7 +100,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
     /// See ``ConnectionPool/init(factory:configuration:clock:logger:tracer:)``, whose defaults apply.
     init(
         factory: Factory, configuration: PoolConfiguration, clock: PoolClock, logger: Logger, tracer: (any Tracer)?,
-        taskExecutor: (any TaskExecutor)?
+        taskExecutor: (any TaskExecutor)?, blockingWaitHook: (@Sendable (BlockingWaitStep) -> Void)? = nil
     ) throws(PoolConfigurationError) {
         try configuration.validate()
         self.factory = factory
@@ -106,6 +111,7 @@ final class PoolRuntime<Factory: ConnectionFactory>: @unchecked Sendable {
         self.logger = logger
         self.tracer = tracer
         self.taskExecutor = taskExecutor
+        self.blockingWaitHook = blockingWaitHook
         tracksLeases = configuration.leakDetectionThreshold != nil || configuration.recordsLeaseHoldTime
         plainAcquire = !configuration.validateOnAcquire && tracer == nil && !tracksLeases
         let capacity = configuration.maxSize
