@@ -126,12 +126,16 @@ extension PoolRuntime {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<UInt64, any Error>) in
                 let now = clock.now()
                 let waiter = Waiter(id: id, deadline: deadline, handle: .async(continuation), timeout: timeout)
-                let (result, connection) = modifyState { state, effects -> (PoolStateMachine.EnqueueResult?, PooledConnection?) in
-                    if Task.isCancelled { return (nil, nil) }
+                // The connection comes out through a captured variable, not a tuple result: a tuple with
+                // the generic connection type would cost a metadata lookup per call (see `PoolWork`).
+                var connection: PooledConnection?
+                let result = modifyState { state, effects -> PoolStateMachine.EnqueueResult? in
+                    if Task.isCancelled { return nil }
                     let result = state.enqueue(waiter, now: now, into: &effects)
-                    guard case .leased(let token) = result else { return (result, nil) }
+                    guard case .leased(let token) = result else { return result }
                     if tracksLeases { state.slots.stampLease(token.index, now: clock.coarseNow(), file: file, line: line) }
-                    return (result, connections[Int(token.index)])
+                    connection = connections[Int(token.index)]
+                    return result
                 }
                 switch result {
                 case nil:

@@ -145,11 +145,14 @@ extension PoolRuntime {
                 cell.deinitialize(count: 1)
             }
             let waiter = Waiter(id: id, deadline: deadline, handle: .blocking(cell), timeout: timeout)
-            let (result, connection) = modifyState { state, effects -> (PoolStateMachine.EnqueueResult, PooledConnection?) in
+            // Out through a captured variable, not a tuple result (see the async form).
+            var connection: PooledConnection?
+            let result = modifyState { state, effects -> PoolStateMachine.EnqueueResult in
                 let result = state.enqueue(waiter, now: now, into: &effects)
-                guard case .leased(let token) = result else { return (result, nil) }
+                guard case .leased(let token) = result else { return result }
                 if tracksLeases { state.slots.stampLease(token.index, now: clock.coarseNow(), file: file, line: line) }
-                return (result, connections[Int(token.index)])
+                connection = connections[Int(token.index)]
+                return result
             }
             switch result {
             case .leased(let token):

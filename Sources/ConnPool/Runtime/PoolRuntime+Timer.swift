@@ -8,11 +8,11 @@ extension PoolRuntime {
         let leakClock = clock.coarseNow()
         core.mutex.lock()
         // Maintenance, shutdown and metrics see parked connections as the idle ones they are.
-        var effects = PoolStateMachine.Effects()
-        returnParkedLocked(into: &effects)
+        var work = Work(effects: PoolStateMachine.Effects())
+        returnParkedLocked(into: &work.effects)
         let attemptsBefore = core.state.pointee.attemptsEnded
-        core.state.pointee.timerFired(now: now, leakClock: leakClock, into: &effects)
-        var work = finishLocked(effects, attemptsBefore: attemptsBefore)
+        core.state.pointee.timerFired(now: now, leakClock: leakClock, into: &work.effects)
+        finishLocked(&work, attemptsBefore: attemptsBefore)
         core.mutex.unlock()
         return perform(&work, armingTimer: false)
     }
