@@ -126,17 +126,8 @@ extension PoolRuntime {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<UInt64, any Error>) in
                 let now = clock.now()
                 let waiter = Waiter(id: id, deadline: deadline, handle: .async(continuation), timeout: timeout)
-                // The connection comes out through a captured variable, not a tuple result: a tuple with
-                // the generic connection type would cost a metadata lookup per call (see `PoolWork`).
                 var connection: PooledConnection?
-                let result = modifyState { state, effects -> PoolStateMachine.EnqueueResult? in
-                    if Task.isCancelled { return nil }
-                    let result = state.enqueue(waiter, now: now, into: &effects)
-                    guard case .leased(let token) = result else { return result }
-                    if tracksLeases { state.slots.stampLease(token.index, now: clock.coarseNow(), file: file, line: line) }
-                    connection = connections[Int(token.index)]
-                    return result
-                }
+                let result = enqueue(waiter, now: now, checkingCancellation: true, leased: &connection, file: file, line: line)
                 switch result {
                 case nil:
                     continuation.resume(throwing: CancellationError())

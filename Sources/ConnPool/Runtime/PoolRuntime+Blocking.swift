@@ -145,21 +145,15 @@ extension PoolRuntime {
                 cell.deinitialize(count: 1)
             }
             let waiter = Waiter(id: id, deadline: deadline, handle: .blocking(cell), timeout: timeout)
-            // Out through a captured variable, not a tuple result (see the async form).
             var connection: PooledConnection?
-            let result = modifyState { state, effects -> PoolStateMachine.EnqueueResult in
-                let result = state.enqueue(waiter, now: now, into: &effects)
-                guard case .leased(let token) = result else { return result }
-                if tracksLeases { state.slots.stampLease(token.index, now: clock.coarseNow(), file: file, line: line) }
-                connection = connections[Int(token.index)]
-                return result
-            }
-            switch result {
-            case .leased(let token):
+            switch enqueue(waiter, now: now, checkingCancellation: false, leased: &connection, file: file, line: line) {
+            case .leased(let token)?:
                 return .success((token, connection.unsafelyUnwrapped, true))
-            case .failed(let error):
+            case .failed(let error)?:
                 return .failure(error)
-            case .waiting:
+            case nil:
+                preconditionFailure("an enqueue that does not check for cancellation is never cancelled")
+            case .waiting?:
                 let stampTime = tracksLeases ? clock.coarseNow() : 0
                 core.mutex.lock()
                 // The result may already be there: the same change can hand the waiter a parked lease.

@@ -11,6 +11,28 @@ extension PoolRuntime {
         modifyState { state, effects in state.cancelWaiter(id: id, into: &effects) }
     }
 
+    /// Queues `waiter`, or leases it an idle connection at once (then `connection` is set, and the
+    /// lease stamped when leases are tracked). With `checkingCancellation`, returns nil without queueing
+    /// when the current task is cancelled: checked under the lock, so a cancellation handler that runs
+    /// after it finds the waiter queued.
+    ///
+    /// The connection comes out through `inout`, not a tuple result: a tuple with the generic connection
+    /// type would cost a type-metadata lookup per call (see `PoolWork`).
+    @usableFromInline
+    func enqueue(
+        _ waiter: Waiter, now: Int64, checkingCancellation: Bool, leased connection: inout PooledConnection?,
+        file: StaticString, line: UInt
+    ) -> PoolStateMachine.EnqueueResult? {
+        modifyState { state, effects -> PoolStateMachine.EnqueueResult? in
+            if checkingCancellation, Task.isCancelled { return nil }
+            let result = state.enqueue(waiter, now: now, into: &effects)
+            guard case .leased(let token) = result else { return result }
+            if tracksLeases { state.slots.stampLease(token.index, now: clock.coarseNow(), file: file, line: line) }
+            connection = connections[Int(token.index)]
+            return result
+        }
+    }
+
     /// The connection a waiter was handed with `token`, stamped when leases are tracked; nil when the
     /// slot was closed by force (the end of a shutdown's grace period) before the waiter ran: the lease
     /// is stale, and the caller returns it with ``returnStaleLease(_:)``.
