@@ -50,10 +50,16 @@ mapfile -t objects < <(find "$bin/" -path '*.build/*.o' -not -name '*.swiftmodul
     -not -path '*-tool.build/*' -not -path '*/redis_bench.build/*' -not -path '*Example.build/*' | sort)
 if [[ ${#objects[@]} -eq 0 ]]; then echo "fuzz: no objects found under $bin"; exit 1; fi
 
+# The C modules SwiftPM generated module maps for (CConnPoolIO): the Swift modules above import them, so
+# the target's compile must find them too.
+c_module_maps=()
+while IFS= read -r map; do c_module_maps+=(-Xcc "-fmodule-map-file=$map"); done \
+    < <(find "$bin/" -maxdepth 2 -path '*.build/module.modulemap' | sort)
+
 for target in $targets; do
     echo "== fuzz: linking $target"
     if ! swiftc -sanitize=fuzzer,address -parse-as-library -g -module-name "Fuzz$target" \
-        -I "$modules" -I Sources/CHiredis "Fuzz/$target/main.swift" "${objects[@]}" -lhiredis \
+        -I "$modules" -I Sources/CHiredis "${c_module_maps[@]}" "Fuzz/$target/main.swift" "${objects[@]}" -lhiredis \
         -o "$out/fuzz-$target" >"$out/link-$target.log" 2>&1; then
         grep -vE 'ld.gold: warning: Cannot export local symbol' "$out/link-$target.log" | head -n 40
         echo "fuzz: building $target failed"
