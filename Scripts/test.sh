@@ -13,7 +13,7 @@ Scripts/install-deps.sh
 
 quiet() { grep -vE '^(\[[0-9]+/[0-9]+\]|Compiling|Building|Write|Emitting|warning: prohibited)' || true; }
 # What failed, wherever it is in a long log: every failed test and recorded issue, with the lines after it.
-failures() { echo "-- failures in $1:"; grep -aE -A6 '^✘|recorded an issue|XCTAssert|error:|WARNING: ThreadSanitizer|ERROR: AddressSanitizer' "$1" | head -150 || true; }
+failures() { echo "-- failures in $1:"; grep -aE -A6 '^✘|recorded an issue|XCTAssert|: error:|WARNING: ThreadSanitizer|ERROR: AddressSanitizer' "$1" | head -150 || true; }
 
 echo "== swift test"
 swift test --no-parallel > /tmp/connpool-test.log 2>&1 || { quiet < /tmp/connpool-test.log | tail -150; failures /tmp/connpool-test.log; echo "swift test failed"; exit 1; }

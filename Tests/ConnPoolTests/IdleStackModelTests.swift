@@ -276,6 +276,10 @@ struct IdleStackModelTests {
         let iterations = 50_000
         let maximumIterations = 1_000_000
         let minimumRounds = 100
+        // ...and until it has parked this many leases itself: how many slots reach a worker depends on how
+        // the threads are scheduled (the locked side keeps some of what it drains), so a step count alone
+        // does not guarantee traffic.
+        let minimumPushesPerWorker = 1_000
 
         let stack = IdleStack(capacity: capacity)
         let board = SlotBoard(count: capacity) { $0 % workers }
@@ -293,7 +297,8 @@ struct IdleStackModelTests {
                 Self.startTogether(counters, threads: workers + 1)
                 var iteration = 0
                 while iteration < maximumIterations,
-                      iteration < iterations || counters.closedRounds.load(ordering: .relaxed) < minimumRounds {
+                      iteration < iterations || counters.closedRounds.load(ordering: .relaxed) < minimumRounds
+                          || pushes < minimumPushesPerWorker {
                     defer { iteration += 1 }
                     if !mine.isEmpty, random.chance(50) {
                         let pick = random.below(mine.count)
@@ -440,7 +445,7 @@ struct IdleStackModelTests {
         // The run exercised what it claims to: traffic, refusals while closed, drains, empty pops.
         #expect(rounds >= minimumRounds)
         #expect(counters.closedRounds.load(ordering: .relaxed) == rounds)
-        #expect(pushes > workers * iterations / 10)
+        #expect(pushes >= workers * minimumPushesPerWorker, "\(pushes) pushes")
         #expect(counters.refusedPushes.load(ordering: .relaxed) > 0)
         #expect(counters.refusedWhileHeldClosed.load(ordering: .relaxed) > 0)
         #expect(counters.drained.load(ordering: .relaxed) > 0)
