@@ -109,12 +109,29 @@ public enum ReplySpin {
     /// - Returns: `true` when the descriptor became readable; `false` after ``budget``, when the caller
     ///   waits the usual way (a blocking `poll()` or the ``IOReactor``).
     public static func waitReadable(_ fd: Int32) -> Bool {
+        spin(fd) != .gaveUp
+    }
+
+    /// How a spin ended.
+    enum Outcome {
+        /// The descriptor became readable within ``ReplySpin/budget``.
+        case caught
+        /// It was readable, but only when the spin looked again after the budget had run out: the
+        /// thread lost its CPU mid-spin (a loaded machine), so the reply's timing says nothing about
+        /// the server's distance.
+        case late
+        /// Not readable within the budget.
+        case gaveUp
+    }
+
+    /// ``waitReadable(_:)``, telling a reply caught in time from one found after the budget ran out.
+    static func spin(_ fd: Int32) -> Outcome {
         let until = ContinuousClock.now + budget
         repeat {
             var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if poll(&descriptor, 1, 0) > 0 { return true }
+            if poll(&descriptor, 1, 0) > 0 { return ContinuousClock.now <= until ? .caught : .late }
         } while ContinuousClock.now < until
-        return false
+        return .gaveUp
     }
 
     /// The stripe for an operation starting now: its CPU's.
@@ -259,9 +276,11 @@ extension ReplySpin {
                 statistics.skippedBusy &+= 1
                 return false
             }
-            let caught = ReplySpin.waitReadable(fd)
-            record(caught: caught)
-            return caught
+            // A reply found only after the budget ran out (the thread was descheduled mid-spin) counts
+            // as late: it must not restart a stopped connection's spin.
+            let outcome = ReplySpin.spin(fd)
+            record(caught: outcome == .caught)
+            return outcome != .gaveUp
         }
 
         /// The record's half of the decision, with its bookkeeping: `true` when the connection may

@@ -35,7 +35,12 @@ struct RedisReplySpinAdaptivityTests {
         let requests = 2 * ReplySpin.probeInterval
         for _ in 0..<requests { try await slowCommand() }
         let after = connection.replySpinStatistics
-        #expect(after.spins - before.spins <= requests / ReplySpin.probeInterval + 1, "\(before) → \(after)")
+        // One probe per probeInterval requests, plus at most one false restart: in a parallel test run a
+        // thread descheduled between sending and its probe finds the slow reply already there, which
+        // looks like a close server and costs up to restartScore spins before the spin stops again.
+        // Spinning on every request would be `requests` spins.
+        let allowed = requests / ReplySpin.probeInterval + 1 + Int(ReplySpin.restartScore)
+        #expect(after.spins - before.spins <= allowed, "\(before) → \(after)")
         #expect(!connection.isReplySpinning)
 
         // The same connection, now with fast replies (PING): a probe catches one and the spin is back.

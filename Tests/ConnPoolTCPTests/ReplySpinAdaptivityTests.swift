@@ -57,7 +57,12 @@ struct TCPReplySpinAdaptivityTests {
         for _ in 0..<requests { try await ping(connection) }
         let after = connection.replySpinStatistics
         #expect(after.waits - before.waits > requests / 2)  // a reply may be in before its read waits
-        #expect(after.spins - before.spins <= requests / ReplySpin.probeInterval + 1, "\(before) → \(after)")
+        // One probe per probeInterval requests, plus at most one false restart: in a parallel test run a
+        // thread descheduled between sending and its probe finds the slow reply already there, which
+        // looks like a close server and costs up to restartScore spins before the spin stops again.
+        // Spinning on every request would be `requests` spins.
+        let allowed = requests / ReplySpin.probeInterval + 1 + Int(ReplySpin.restartScore)
+        #expect(after.spins - before.spins <= allowed, "\(before) → \(after)")
         #expect(after.caught == before.caught)
         #expect(!connection.isReplySpinning)
     }
