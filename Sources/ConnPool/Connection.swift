@@ -47,6 +47,37 @@ public protocol Connection: AnyObject, Sendable {
     /// Read by the pool on every release, so it must be cheap: a stored flag. A broken connection is
     /// closed instead of being returned to the idle set. The default is `false`.
     var isBroken: Bool { get }
+
+    /// What the connection needs before the pool may lend it to someone else, read by the pool once on
+    /// every release (instead of ``isBroken``), so it must be as cheap: one stored flag word.
+    ///
+    /// A connection whose borrower changed its session state (an open transaction, another database,
+    /// a client name, a subscription) reports ``ReuseCondition/dirty``: the pool then calls
+    /// ``resetSession(timeout:)`` before lending it again, and closes it (``CloseReason/dirty``) if the
+    /// reset fails. The default is ``ReuseCondition/broken`` when ``isBroken``, else
+    /// ``ReuseCondition/clean``.
+    var reuseCondition: ReuseCondition { get }
+
+    /// Restores the session state a new connection has (for Redis: leaves any transaction, forgets
+    /// watched keys, selects the configured database again, …) after a borrower changed it. Called by
+    /// the pool, on a task of its own, when a released connection reported ``ReuseCondition/dirty``;
+    /// the connection is lent to nobody meanwhile.
+    ///
+    /// Must return within `timeout` (the pool's ``PoolConfiguration/healthCheckTimeout``) and must not
+    /// block a cooperative thread. Returns `true` when the connection is as good as new, `false` to
+    /// have the pool close it. The default returns `false`.
+    func resetSession(timeout: Duration) async -> Bool
+}
+
+/// What a returned connection needs before it can be lent again (see ``Connection/reuseCondition``).
+public enum ReuseCondition: UInt8, Sendable, Hashable {
+    /// As good as a new connection: it goes back to the idle set at once.
+    case clean
+    /// Usable, but its borrower changed its session state: the pool resets it
+    /// (``Connection/resetSession(timeout:)``) before lending it again, or closes it.
+    case dirty
+    /// Unusable: the pool closes it (``CloseReason/broken``).
+    case broken
 }
 
 extension Connection {
@@ -66,6 +97,14 @@ extension Connection {
     /// relies on its health checks.
     @inlinable
     public var isBroken: Bool { false }
+
+    /// ``ReuseCondition/broken`` when ``isBroken``, else ``ReuseCondition/clean``: a connection that does
+    /// not track its session state is never reset.
+    @inlinable
+    public var reuseCondition: ReuseCondition { isBroken ? .broken : .clean }
+
+    /// `false`: a connection that cannot reset its session is closed instead.
+    public func resetSession(timeout: Duration) async -> Bool { false }
 }
 
 /// Creates the connections a ``ConnectionPool`` holds.

@@ -38,7 +38,8 @@ public import Metrics
 /// | `connpool_waiters_shed_total` | counter | acquires shed at `maxWaiters` |
 /// | `connpool_waiters_cancelled_total` | counter | waiting acquires cancelled |
 /// | `connpool_leaks_detected_total` | counter | leases held past the leak threshold |
-/// | `connpool_connections_closed_total{reason=lifetime\|idle\|health\|broken\|shutdown\|resize}` | counter | connections closed |
+/// | `connpool_session_resets_total` | counter | released connections whose session state was reset |
+/// | `connpool_connections_closed_total{reason=lifetime\|idle\|health\|broken\|shutdown\|resize\|dirty}` | counter | connections closed |
 /// | `connpool_acquire_wait_seconds` | timer | how long acquires waited (0 when served at once) |
 /// | `connpool_lease_hold_seconds` | timer | how long leases were held (with `recordsLeaseHoldTime`) |
 /// | `connpool_connection_lifetime_seconds` | timer | how long closed connections lived |
@@ -338,5 +339,6 @@ enum PoolMetricsNames {
         ("connpool_waiters_shed_total", { $0.shedWaiters }),
         ("connpool_waiters_cancelled_total", { $0.cancelledWaiters }),
         ("connpool_leaks_detected_total", { $0.leaksDetected }),
+        ("connpool_session_resets_total", { $0.sessionResets }),
     ]
 }

@@ -20,8 +20,8 @@ public import ConnPool
 ///   `connpool_connections_created_total`, `connpool_connect_failures_total`,
 ///   `connpool_acquire_timeouts_total`, `connpool_health_check_failures_total`,
 ///   `connpool_acquires_failed_fast_total`, `connpool_waiters_shed_total`,
-///   `connpool_waiters_cancelled_total`, `connpool_leaks_detected_total`,
-///   `connpool_connections_closed_total{reason="lifetime|idle|health|broken|shutdown|resize"}`;
+///   `connpool_waiters_cancelled_total`, `connpool_leaks_detected_total`, `connpool_session_resets_total`,
+///   `connpool_connections_closed_total{reason="lifetime|idle|health|broken|shutdown|resize|dirty"}`;
 /// - histograms: `connpool_acquire_wait_seconds`, `connpool_lease_hold_seconds`,
 ///   `connpool_connection_lifetime_seconds` (`_bucket{le=…}`, `_sum` in seconds, `_count`).
 ///
@@ -194,6 +194,9 @@ public enum PrometheusExposition {
         CounterFamily(name: "connpool_waiters_shed_total", help: "Acquires refused because maxWaiters callers already waited.", value: { $0.shedWaiters }),
         CounterFamily(name: "connpool_waiters_cancelled_total", help: "Waiting acquires whose task was cancelled.", value: { $0.cancelledWaiters }),
         CounterFamily(name: "connpool_leaks_detected_total", help: "Leases held past the leak detection threshold.", value: { $0.leaksDetected }),
+        CounterFamily(
+            name: "connpool_session_resets_total", help: "Released connections whose session state was reset before reuse.",
+            value: { $0.sessionResets }),
     ]
 
     private struct HistogramFamily: Sendable {

@@ -40,6 +40,13 @@ struct ArgvScratch {
         argumentCount += 1
     }
 
+    /// The bytes of argument `index` (below ``argumentCount``), valid until the next `add` or `append`.
+    func argument(_ index: Int) -> UnsafeRawBufferPointer {
+        precondition(index < argumentCount, "argument \(index) of \(argumentCount)")
+        let base = bytes.map { UnsafeRawPointer($0) } ?? UnsafeRawPointer(bitPattern: 1)!
+        return UnsafeRawBufferPointer(start: base + offsets![index], count: lengths![index])
+    }
+
     /// Appends the collected command to the context's output buffer.
     ///
     /// - Returns: hiredis' status (`REDIS_OK` or `REDIS_ERR` when out of memory).

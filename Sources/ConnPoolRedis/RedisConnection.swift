@@ -65,7 +65,12 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private let fd: Int32
     private let logger: Logger
     private let inUse = Atomic<Bool>(false)
-    private let brokenFlag = Atomic<Bool>(false)
+    /// ``StateFlags``: broken, and what a borrower changed in the session. Written only by the holder of
+    /// `inUse` (or by the pool's reset, which holds the connection alone); read by ``isBroken`` and
+    /// ``reuseCondition`` on release, which the releasing thread does after its last operation.
+    private let stateFlags = Atomic<UInt8>(0)
+    /// Set when `RESET` turned out to be unknown (a server before 6.2).
+    private let serverLacksReset = Atomic<Bool>(false)
     private let closeRequested = Atomic<Bool>(false)
     private let freed = Atomic<Bool>(false)
     // Touched only by the holder of `inUse` (see the Sendable note above).
@@ -104,7 +109,19 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     /// `true` once an I/O error, a timeout, a protocol error or a cancelled wait left the connection's
     /// protocol state unknown. A pool closes a broken connection instead of reusing it. A plain atomic
     /// load: no I/O.
-    public var isBroken: Bool { brokenFlag.load(ordering: .relaxed) }
+    public var isBroken: Bool { stateFlags.load(ordering: .relaxed) & StateFlags.broken != 0 }
+
+    /// What a pool must do with this connection when it is returned, from one atomic load:
+    /// ``ReuseCondition/broken`` after an I/O failure (see ``isBroken``); ``ReuseCondition/dirty`` when a
+    /// command changed the session state a later borrower would inherit (an open `MULTI`, `WATCH`ed keys,
+    /// `SELECT`, `CLIENT SETNAME`, `AUTH`, `HELLO`, `READONLY`, `CLIENT TRACKING`, a subscription,
+    /// `MONITOR`, …), so the pool calls ``resetSession(timeout:)`` first; ``ReuseCondition/clean``
+    /// otherwise. Commands are recognized by their name's bytes as they are sent, without allocating.
+    public var reuseCondition: ReuseCondition {
+        let flags = stateFlags.load(ordering: .relaxed)
+        if flags == 0 { return .clean }
+        return flags & StateFlags.broken != 0 ? .broken : .dirty
+    }
 
     /// `true` once ``close()`` (or ``closeBlocking()``) was called.
     public var isClosed: Bool { closeRequested.load(ordering: .relaxed) }
@@ -359,7 +376,10 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         try checkHandshake(steps, replies)
     }
 
+    /// Checks the handshake's replies; the connection's session is then as configured (the steps'
+    /// commands do not count as a borrower's changes).
     private func checkHandshake(_ steps: [HandshakeStep], _ replies: [RedisReply]) throws(RedisError) {
+        defer { forgetSessionChanges() }
         for (step, reply) in zip(steps, replies) {
             guard case .error(var message) = reply else { continue }
             if let password = configuration.password, !password.isEmpty {
@@ -367,6 +387,90 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
             }
             if step.name == "AUTH" || message.hasPrefix("NOAUTH") { throw .authenticationFailed(message) }
             throw .handshakeFailed(command: step.name, message: message)
+        }
+    }
+
+    // MARK: - Session state
+
+    /// The bits of `stateFlags`.
+    private enum StateFlags {
+        static let broken: UInt8 = 1 << 0
+        static let transaction: UInt8 = 1 << 1
+        static let watching: UInt8 = 1 << 2
+        static let database: UInt8 = 1 << 3
+        static let clientName: UInt8 = 1 << 4
+        /// State only `RESET` undoes (AUTH, HELLO, READONLY, CLIENT TRACKING, …).
+        static let otherState: UInt8 = 1 << 5
+        /// Subscribed, MONITOR or QUIT: not resettable, closed on release.
+        static let unresettable: UInt8 = 1 << 6
+        static let session: UInt8 = ~broken
+    }
+
+    /// Notes what a command just appended changes in the session. Called by the holder of `inUse`.
+    private func noteSessionChange(_ effect: SessionTracking.Effect) {
+        var flags = stateFlags.load(ordering: .relaxed)
+        switch effect {
+        case .none, .refused: return
+        case .opensTransaction: flags |= StateFlags.transaction
+        case .endsTransaction: flags &= ~(StateFlags.transaction | StateFlags.watching)
+        case .watches: flags |= StateFlags.watching
+        case .unwatches: flags &= ~StateFlags.watching
+        case .selectsDatabase: flags |= StateFlags.database
+        case .namesClient: flags |= StateFlags.clientName
+        case .changesOtherState: flags |= StateFlags.otherState
+        case .leavesUnresettable: flags |= StateFlags.unresettable
+        }
+        stateFlags.store(flags, ordering: .relaxed)
+    }
+
+    /// The session is as configured again (after the handshake or a reset).
+    private func forgetSessionChanges() {
+        stateFlags.store(stateFlags.load(ordering: .relaxed) & StateFlags.broken, ordering: .relaxed)
+    }
+
+    /// Restores the session state of a new connection after a borrower changed it (see
+    /// ``reuseCondition``). Called by a pool, on a task of its own, when the connection was returned
+    /// ``ReuseCondition/dirty``; call it yourself to reuse a connection you hold outside a pool.
+    ///
+    /// Sends `RESET` (Redis 6.2 and later: leaves a transaction, forgets watched keys, turns tracking
+    /// off, selects database 0, clears the client name, `READWRITE`, authenticates as the default user)
+    /// and, in the same write, the configured `AUTH`, `SELECT` and `CLIENT SETNAME` again. On an older
+    /// server (no `RESET`) it sends `DISCARD`, `UNWATCH`, `SELECT` and `CLIENT SETNAME` instead, and gives
+    /// up when the borrower changed anything else. Never resets a connection that subscribed, ran
+    /// `MONITOR` or `QUIT`, or is broken: those return `false`.
+    ///
+    /// - Returns: `true` when the session is as configured again; `false` when it could not be reset
+    ///   within `timeout` (the connection is then broken, or was already), and the pool closes it
+    ///   (``CloseReason/dirty``). Never throws; never blocks a thread.
+    public func resetSession(timeout: Duration) async -> Bool {
+        let flags = stateFlags.load(ordering: .relaxed)
+        if flags == 0 { return true }
+        if flags & (StateFlags.broken | StateFlags.unresettable) != 0 { return false }
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        let restore = handshakeSteps.filter { $0.name != "PING" }
+        do {
+            if !serverLacksReset.load(ordering: .relaxed) {
+                let replies = try await pipelineWithDeadline([["RESET"]] + restore.map(\.arguments), deadline: deadline)
+                if replies.first == .status("RESET") {
+                    try checkHandshake(restore, Array(replies.dropFirst()))
+                    return true
+                }
+                guard case .error(let message)? = replies.first, message.contains("unknown command") else { return false }
+                serverLacksReset.store(true, ordering: .relaxed)
+            }
+            // A server without RESET: undo what can be undone without it.
+            guard flags & StateFlags.otherState == 0 else { return false }
+            var commands: [[RedisArgument]] = [["DISCARD"], ["UNWATCH"], ["SELECT", .integer(configuration.database)]]
+            if flags & StateFlags.clientName != 0 {
+                commands.append(["CLIENT", "SETNAME", .string(configuration.clientName ?? "")])
+            }
+            let replies = try await pipelineWithDeadline(commands, deadline: deadline)
+            // DISCARD without MULTI is an error reply; every other command must succeed.
+            guard !replies.dropFirst().contains(where: { if case .error = $0 { true } else { false } }) else { return false }
+            forgetSessionChanges()
+            return true
+        } catch {
+            return false
         }
     }
 
@@ -455,6 +559,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         try enter()
         defer { leave() }
         guard !commands.isEmpty else { return [] }
+        try validatePipeline(commands)
         for command in commands { try appendCommand(command) }
         try flushBlocking(deadline: deadline)
         var replies = [RedisReply]()
@@ -577,6 +682,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         try enter()
         defer { leave() }
         guard !commands.isEmpty else { return [] }
+        try validatePipeline(commands)
         for command in commands { try appendCommand(command) }
         try await flush(deadline: deadline)
         var replies = [RedisReply]()
@@ -716,12 +822,34 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         try appendScratch()
     }
 
+    /// Appends the command in `scratch` to hiredis' output buffer and notes what it changes in the
+    /// session (see ``SessionTracking``). Nothing is appended when it throws ``RedisError/invalidCommand(_:)``.
     private func appendScratch() throws(RedisError) {
         guard scratch.argumentCount > 0 else {
             throw .invalidCommand("a command needs at least one argument (its name)")
         }
+        let effect = SessionTracking.effect(of: scratch)
+        if effect == .refused { throw .invalidCommand(SessionTracking.refusedMessage) }
         if scratch.append(to: context) != REDIS_OK {
             throw breakWith(.io(operation: "redisAppendCommandArgv", errno: ENOMEM))
+        }
+        if effect != .none { noteSessionChange(effect) }
+    }
+
+    /// Checks every command of a pipeline before any is appended: a pipeline that throws
+    /// ``RedisError/invalidCommand(_:)`` sent nothing, and a reply is never left for the next caller.
+    private func validatePipeline(_ commands: [[RedisArgument]]) throws(RedisError) {
+        for (position, command) in commands.enumerated() {
+            guard !command.isEmpty else {
+                throw .invalidCommand(
+                    "command \(position) of the pipeline has no arguments (every command needs at least its name); "
+                        + "nothing was sent")
+            }
+            scratch.reset()
+            for argument in command.prefix(3) { argument.withRedisArgumentBytes { scratch.add($0) } }
+            if SessionTracking.effect(of: scratch) == .refused {
+                throw .invalidCommand("command \(position) of the pipeline: \(SessionTracking.refusedMessage); nothing was sent")
+            }
         }
     }
 
@@ -776,7 +904,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func breakWith(_ error: RedisError) -> RedisError {
         if brokenCause == nil {
             brokenCause = error
-            brokenFlag.store(true, ordering: .releasing)
+            stateFlags.store(stateFlags.load(ordering: .relaxed) | StateFlags.broken, ordering: .releasing)
             logger.debug(
                 "redis connection broken",
                 metadata: ["endpoint": "\(configuration.endpoint)", "error": "\(error)"])

@@ -19,7 +19,7 @@ struct PoolMetricsExporterTests {
         "connpool_acquires_total", "connpool_acquires_waited_total", "connpool_connections_created_total",
         "connpool_connect_failures_total", "connpool_acquire_timeouts_total", "connpool_health_check_failures_total",
         "connpool_acquires_failed_fast_total", "connpool_waiters_shed_total", "connpool_waiters_cancelled_total",
-        "connpool_leaks_detected_total",
+        "connpool_leaks_detected_total", "connpool_session_resets_total",
     ]
 
     static func gaugeValues(_ metrics: TestMetrics, _ label: String, _ dimensions: [(String, String)]) throws -> [Double] {
@@ -92,7 +92,8 @@ struct PoolMetricsExporterTests {
         #expect(try Self.counterValues(metrics, "connpool_connect_failures_total") == [1])
         #expect(try Self.counterValues(metrics, "connpool_acquire_timeouts_total") == [1])
         for name in ["connpool_health_check_failures_total", "connpool_acquires_failed_fast_total",
-                     "connpool_waiters_shed_total", "connpool_waiters_cancelled_total", "connpool_leaks_detected_total"] {
+                     "connpool_waiters_shed_total", "connpool_waiters_cancelled_total", "connpool_leaks_detected_total",
+                     "connpool_session_resets_total"] {
             #expect(try Self.counterValues(metrics, name) == [], "\(name)")
         }
         #expect(try Self.counterValues(metrics, "connpool_connections_closed_total", Self.pool + [("reason", "broken")]) == [1])

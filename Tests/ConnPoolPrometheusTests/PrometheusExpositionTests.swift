@@ -150,6 +150,8 @@ struct PrometheusExpositionTests {
         #expect(values["connpool_waiters_shed_total{\(p)}"] == "0")
         #expect(values["connpool_connections_closed_total{\(p),reason=\"broken\"}"] == "1")
         #expect(values["connpool_connections_closed_total{\(p),reason=\"resize\"}"] == "0")
+        #expect(values["connpool_connections_closed_total{\(p),reason=\"dirty\"}"] == "0")
+        #expect(values["connpool_session_resets_total{\(p)}"] == "0")
         // acquire wait: 0 ×4, 5 ms, 100 ms.
         let wait = "connpool_acquire_wait_seconds"
         #expect(values["\(wait)_bucket{\(p),le=\"0.000001024\"}"] == "4")
@@ -172,7 +174,7 @@ struct PrometheusExpositionTests {
         #expect(values["connpool_connection_lifetime_seconds_count{\(p)}"] == "1")
         // Every family has one HELP and one TYPE line, each family's samples are contiguous.
         let types = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }
-        #expect(types.count == 4 + 11 + 3)
+        #expect(types.count == 4 + 12 + 3)
         #expect(Set(types).count == types.count)
         await pool.shutdown()
     }

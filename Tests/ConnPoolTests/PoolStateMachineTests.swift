@@ -64,15 +64,17 @@ private struct Fx: Equatable, CustomStringConvertible {
     var closes: [Tok] = []
     var discards: [Int32] = []
     var validations: [Tok] = []
+    var resets: [Tok] = []
     var events: [Event] = []
     var metricsReportDue = false
     var timer: Int64?
 
     init(
         wakeups: [Wake] = [], cancelled: [UInt64] = [], creations: [Tok] = [], closes: [Tok] = [],
-        discards: [Int32] = [], validations: [Tok] = [], events: [Event] = [], metricsReportDue: Bool = false,
-        timer: Int64? = nil
+        discards: [Int32] = [], validations: [Tok] = [], resets: [Tok] = [], events: [Event] = [],
+        metricsReportDue: Bool = false, timer: Int64? = nil
     ) {
+        self.resets = resets
         self.wakeups = wakeups
         self.cancelled = cancelled
         self.creations = creations
@@ -96,6 +98,7 @@ private struct Fx: Equatable, CustomStringConvertible {
         closes = effects.closes.map(Tok.init)
         discards = effects.discards
         validations = effects.validations.map(Tok.init)
+        resets = effects.resets.map(Tok.init)
         events = effects.events.map { event in
             switch event {
             case .connectFailed(let error, let failures, let failingFast):
@@ -119,6 +122,7 @@ private struct Fx: Equatable, CustomStringConvertible {
         if !closes.isEmpty { parts.append("closes: \(closes)") }
         if !discards.isEmpty { parts.append("discards: \(discards)") }
         if !validations.isEmpty { parts.append("validations: \(validations)") }
+        if !resets.isEmpty { parts.append("resets: \(resets)") }
         if !events.isEmpty { parts.append("events: \(events)") }
         if metricsReportDue { parts.append("metricsReportDue") }
         if let timer { parts.append("timer: \(timer)") }
@@ -211,12 +215,16 @@ private final class Harness {
     }
 
     func release(
-        _ token: Tok, broken: Bool = false, reason: CloseReason = .broken, now: Int64,
+        _ token: Tok, broken: Bool = false, dirty: Bool = false, reason: CloseReason = .broken, now: Int64,
         sourceLocation: SourceLocation = #_sourceLocation
     ) -> Fx {
         step(sourceLocation: sourceLocation) {
-            $0.release(token.lease, broken: broken, now: now, brokenReason: reason, into: &$1)
+            $0.release(token.lease, broken: broken, dirty: dirty, now: now, brokenReason: reason, into: &$1)
         }.1
+    }
+
+    func resetFinished(_ token: Tok, succeeded: Bool, now: Int64, sourceLocation: SourceLocation = #_sourceLocation) -> Fx {
+        step(sourceLocation: sourceLocation) { $0.resetFinished(token.lease, succeeded: succeeded, now: now, into: &$1) }.1
     }
 
     func creationSucceeded(_ token: Tok, now: Int64, sourceLocation: SourceLocation = #_sourceLocation) -> (Bool, Fx) {
@@ -1050,5 +1058,89 @@ struct PoolStateMachineTests {
         #expect(fx.creations == [t(0, 1)])
         // The past retry instant is not re-requested while only the concurrency bound holds the attempt back.
         #expect(fx == Fx(creations: [t(0, 1)], timer: 1_000_000))
+    }
+}
+
+// MARK: - Session resets
+
+extension PoolStateMachineTests {
+    @Test("a dirty release is reset before anyone gets it: a waiter waits for the reset; a failed reset closes with .dirty")
+    func dirtyReleaseIsResetFirst() {
+        let h = Harness(Self.configuration(maxSize: 2))
+        #expect(h.openLeased(2, now: 0) == [t(0, 1), t(1, 1)])
+        let waiter = h.enqueue(deadline: 50_000, now: 5)
+        #expect(waiter.outcome == .waiting)
+        #expect(waiter.effects == Fx(timer: 50_000))  // the pool is full: no attempt
+
+        // Not handed to the waiter: taken aside (validating) for its reset, bounded by the check timeout.
+        #expect(h.release(t(0, 1), dirty: true, now: 10) == Fx(resets: [t(0, 2)]))
+        #expect(h.machine.slots.states[0] == .validating)
+        #expect(h.machine.slots.validatingCount == 1)
+        #expect(h.machine.slots.operationDeadlines[0] == 60)
+        #expect(h.machine.waiters.count == 1)
+        #expect(!h.fastLaneAllowed)
+
+        // Reset: the waiter gets it now, and the reset is counted.
+        #expect(h.resetFinished(t(0, 2), succeeded: true, now: 20) == Fx(wakeups: [.lease(waiter: waiter.id, t(0, 3))]))
+        #expect(h.machine.counters.sessionResets == 1)
+        // A late or repeated result is ignored.
+        #expect(h.resetFinished(t(0, 2), succeeded: false, now: 21) == .nothing)
+
+        // A reset that fails closes the connection with .dirty.
+        #expect(h.release(t(1, 1), dirty: true, now: 30) == Fx(resets: [t(1, 2)]))
+        #expect(h.resetFinished(t(1, 2), succeeded: false, now: 40) == Fx(closes: [t(1, 3)]))
+        #expect(h.machine.slots.closeReasons[1] == .dirty)
+        #expect(h.closeFinished(t(1, 3), now: 50) == (50, .nothing))
+        #expect(h.machine.counters.closedDirty == 1)
+        #expect(h.machine.counters.closedByReason[.dirty] == 1)
+        #expect(h.machine.counters.sessionResets == 1)
+        #expect(h.machine.counters.healthCheckFailures == 0)
+
+        // With nobody waiting, a reset connection goes idle.
+        #expect(h.release(t(0, 3), dirty: true, now: 60) == Fx(resets: [t(0, 4)]))
+        #expect(h.resetFinished(t(0, 4), succeeded: true, now: 70) == .nothing)
+        #expect(h.machine.slots.states[0] == .idle)
+        #expect(h.leaseIdle() == t(0, 5))
+    }
+
+    @Test("a dirty release that must close anyway (broken, expired, shutting down) is closed, not reset")
+    func dirtyReleaseThatClosesAnyway() {
+        let h = Harness(Self.configuration(maxSize: 3).maxLifetime(.nanoseconds(100), jitter: 0))
+        #expect(h.openLeased(3, now: 0) == [t(0, 1), t(1, 1), t(2, 1)])
+        #expect(h.release(t(0, 1), broken: true, dirty: true, now: 10) == Fx(closes: [t(0, 2)]))
+        #expect(h.machine.slots.closeReasons[0] == .broken)
+        #expect(h.release(t(1, 1), dirty: true, now: 100) == Fx(closes: [t(1, 2)]))
+        #expect(h.machine.slots.closeReasons[1] == .lifetime)
+        #expect(h.beginShutdown(now: 50, gracePeriod: nil) == .nothing)
+        #expect(h.release(t(2, 1), dirty: true, now: 60) == Fx(closes: [t(2, 2)]))
+        #expect(h.machine.slots.closeReasons[2] == .shutdown)
+        #expect(h.machine.counters.sessionResets == 0)
+    }
+
+    @Test("a reset under way when shutdown begins closes with .shutdown; a stuck reset is given up on as .dirty")
+    func resetDuringShutdownAndStuck() {
+        let h = Harness(Self.configuration(maxSize: 2))
+        #expect(h.openLeased(2, now: 0) == [t(0, 1), t(1, 1)])
+        #expect(h.release(t(0, 1), dirty: true, now: 10) == Fx(resets: [t(0, 2)]))
+        #expect(h.release(t(1, 1), dirty: true, now: 10) == Fx(resets: [t(1, 2)]))
+        // Slot 1's reset hangs past its deadline (10 + 50): given up on, its connection closed outside
+        // the accounting, counted as a .dirty close and not as a failed health check.
+        #expect(h.abandonStuckOperations(now: 61) == Fx(discards: [0, 1], events: [.abandoned(0, .validating), .abandoned(1, .validating)]))
+        #expect(h.machine.counters.closedDirty == 2)
+        #expect(h.machine.counters.healthCheckFailures == 0)
+        #expect(h.resetFinished(t(1, 2), succeeded: true, now: 70) == .nothing)
+        #expect(h.machine.slots.occupiedCount == 0)
+
+        let g = Harness(Self.configuration(maxSize: 1))
+        _ = g.openLeased(1, now: 0)
+        #expect(g.release(t(0, 1), dirty: true, now: 10) == Fx(resets: [t(0, 2)]))
+        #expect(g.beginShutdown(now: 11, gracePeriod: nil) == .nothing)
+        #expect(!g.shutdownComplete)
+        #expect(g.resetFinished(t(0, 2), succeeded: true, now: 20) == Fx(closes: [t(0, 3)]))
+        #expect(g.machine.slots.closeReasons[0] == .shutdown)
+        #expect(g.closeFinished(t(0, 3), now: 30) == (30, .nothing))
+        g.machine.completeShutdownIfDrained()
+        #expect(g.shutdownComplete)
+        #expect(g.machine.counters.sessionResets == 0)
     }
 }

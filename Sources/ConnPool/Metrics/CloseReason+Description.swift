@@ -9,6 +9,7 @@ extension CloseReason: CustomStringConvertible {
         case .broken: "broken (returned as broken, or reported itself broken)"
         case .shutdown: "shutdown (the pool shut down)"
         case .resize: "resize (maxSize lowered below the open connections)"
+        case .dirty: "dirty (its session state could not be reset after a borrower changed it)"
         }
     }
 }

@@ -43,6 +43,10 @@ public struct PoolMetrics: Sendable, Hashable, Codable {
     public var cancelledWaiters: Int = 0
     /// Leases reported as held past `leakDetectionThreshold`.
     public var leaksDetected: Int = 0
+    /// Released connections whose session state their borrower had changed and the pool reset before
+    /// lending them again (see ``Connection/reuseCondition``). One that could not be reset is closed
+    /// with ``CloseReason/dirty``.
+    public var sessionResets: Int = 0
     /// Connections closed, by reason.
     public var closedByReason: [CloseReason: Int] = [:]
 

@@ -21,6 +21,8 @@ struct PoolWork {
     var closes: [(AnyObject?, LeaseToken?)] = []
     /// Idle connections (the pool's `PooledConnection`s) to check, each in its `validating` slot.
     var validations: [(AnyObject, LeaseToken)] = []
+    /// Returned connections (the pool's `PooledConnection`s) to reset, each in its `validating` slot.
+    var resets: [(AnyObject, LeaseToken)] = []
     /// The timer deadline to arm, if one was requested.
     var timerDeadline: Int64?
     var shutdownWaiters: [CheckedContinuation<ShutdownReport, Never>] = []
@@ -111,12 +113,15 @@ extension PoolRuntime {
             }
         }
         if !work.effects.closes.isEmpty || !work.effects.discards.isEmpty || !work.effects.validations.isEmpty
-            || work.effects.metricsReportDue {
+            || !work.effects.resets.isEmpty || work.effects.metricsReportDue {
             let effects = work.effects
             for closing in effects.closes { work.closes.append((takeConnectionLocked(closing.index), closing)) }
             for index in effects.discards { work.closes.append((takeConnectionLocked(index), nil)) }
             for checking in effects.validations {
                 if let connection = connections[Int(checking.index)] { work.validations.append((connection, checking)) }
+            }
+            for resetting in effects.resets {
+                if let connection = connections[Int(resetting.index)] { work.resets.append((connection, resetting)) }
             }
             if effects.metricsReportDue, let metricsHandler { work.metricsReport = (metricsHandler, metricsLocked(state.pointee)) }
         }
@@ -163,7 +168,7 @@ extension PoolRuntime {
         return nil
     }
 
-    /// The rarer effects: logs, closes, new attempts, health checks and the metrics report.
+    /// The rarer effects: logs, closes, new attempts, health checks, session resets and the metrics report.
     func performSlowEffects(_ work: inout Work) {
         for event in work.effects.events { log(event) }
         if let (handler, metrics) = work.metricsReport { handler(metrics) }
@@ -174,6 +179,10 @@ extension PoolRuntime {
         if !work.validations.isEmpty {
             let batch = work.validations.map { (unsafeDowncast($0.0, to: PooledConnection.self), $0.1) }
             spawn { await self.validate(batch) }
+        }
+        for (connection, resetting) in work.resets {
+            let connection = unsafeDowncast(connection, to: PooledConnection.self)
+            spawn { await self.resetSession(connection, resetting) }
         }
     }
 

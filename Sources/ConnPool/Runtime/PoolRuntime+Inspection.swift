@@ -28,6 +28,7 @@ extension PoolRuntime {
         metrics.shedWaiters = counters.shedWaiters
         metrics.cancelledWaiters = counters.cancelledWaiters
         metrics.leaksDetected = counters.leaksDetected
+        metrics.sessionResets = counters.sessionResets
         metrics.closedByReason = counters.closedByReason
         metrics.acquireWait = acquireWaitHistogram.snapshot(extraZeros: UInt64(counters.immediateAcquires + fastLends))
         metrics.leaseHold = leaseHoldHistogram.snapshot()

@@ -2,28 +2,33 @@
 /// effects executor.
 extension PoolRuntime {
     /// Returns a leased connection. Called by the lease's `deinit`.
+    ///
+    /// A clean connection costs one read of its ``Connection/reuseCondition``; a dirty one takes the
+    /// slow path and is reset before it is lent again.
     @inlinable
     func release(_ token: LeaseToken, connection: PooledConnection, broken: Bool) {
         let now = clock.coarseNow()
-        let broken = broken || connection.isBroken
+        let condition = broken ? .broken : connection.reuseCondition
         let index = Int(token.index)
-        if !broken, index < idleStack.capacity, idleStack.isOpen, now < idleStack.slots[index].expiresAt,
+        if condition == .clean, index < idleStack.capacity, idleStack.isOpen, now < idleStack.slots[index].expiresAt,
            park(token, connection: connection, now: now) {
             // Parked: the runtime must not be touched any more (see `park`).
             return
         }
         core.mutex.lock()
-        if !broken, !tracksLeases, core.state.pointee.releaseToIdle(token, now: now) {
+        if condition == .clean, !tracksLeases, core.state.pointee.releaseToIdle(token, now: now) {
             core.mutex.unlock()
             return
         }
-        whileRetained { releaseSlow(token, broken: broken, now: now, reason: .broken) }
+        whileRetained {
+            releaseSlow(token, broken: condition == .broken, dirty: condition == .dirty, now: now, reason: .broken)
+        }
     }
 
     /// The release path for hand-offs, broken or expired connections, shutdown and lease tracking.
     /// Called with the mutex held; returns with it released.
     @usableFromInline
-    func releaseSlow(_ token: LeaseToken, broken: Bool, now: Int64, reason: CloseReason) {
+    func releaseSlow(_ token: LeaseToken, broken: Bool, dirty: Bool = false, now: Int64, reason: CloseReason) {
         var heldFor: Int64?
         if tracksLeases {
             let slot = Int(token.index)
@@ -33,8 +38,8 @@ extension PoolRuntime {
             }
         }
         runLocked { state, effects in
-            if !broken, state.releaseToIdle(token, now: now) { return }
-            state.release(token, broken: broken, now: now, brokenReason: reason, into: &effects)
+            if !broken, !dirty, state.releaseToIdle(token, now: now) { return }
+            state.release(token, broken: broken, dirty: dirty, now: now, brokenReason: reason, into: &effects)
         }
         if let heldFor, configuration.recordsLeaseHoldTime {
             leaseHoldHistogram.record(nanoseconds: UInt64(max(0, heldFor)))

@@ -1,4 +1,5 @@
-/// The timer's handler and the maintenance round's health checks.
+/// The timer's handler, the maintenance round's health checks and the session resets of returned
+/// connections.
 extension PoolRuntime {
     /// Fails waiters past their deadline, gives up on stuck operations, ends a shutdown's grace period,
     /// runs a due maintenance round, retries creation after a backoff and reports metrics (see
@@ -24,5 +25,14 @@ extension PoolRuntime {
             let now = clock.now()
             modifyState { state, effects in state.validationFinished(checking, valid: valid, now: now, into: &effects) }
         }
+    }
+
+    /// Resets the session of a returned connection whose borrower changed it (its slot is `validating`
+    /// meanwhile), bounded by `healthCheckTimeout` like a health check: a reset that outlives it is
+    /// given up on by the timer and its connection closed.
+    func resetSession(_ connection: PooledConnection, _ resetting: LeaseToken) async {
+        let succeeded = await connection.resetSession(timeout: configuration.healthCheckTimeout)
+        let now = clock.now()
+        modifyState { state, effects in state.resetFinished(resetting, succeeded: succeeded, now: now, into: &effects) }
     }
 }

@@ -28,6 +28,9 @@ struct PoolCounters: Hashable {
     var closedBroken = 0
     var closedShutdown = 0
     var closedResize = 0
+    var closedDirty = 0
+    /// Released connections whose session state was reset before they were lent again.
+    var sessionResets = 0
 
     mutating func countClose(_ reason: CloseReason) {
         switch reason {
@@ -37,11 +40,12 @@ struct PoolCounters: Hashable {
         case .broken: closedBroken += 1
         case .shutdown: closedShutdown += 1
         case .resize: closedResize += 1
+        case .dirty: closedDirty += 1
         }
     }
 
     var closedByReason: [CloseReason: Int] {
         [.lifetime: closedLifetime, .idle: closedIdle, .health: closedHealth,
-         .broken: closedBroken, .shutdown: closedShutdown, .resize: closedResize]
+         .broken: closedBroken, .shutdown: closedShutdown, .resize: closedResize, .dirty: closedDirty]
     }
 }

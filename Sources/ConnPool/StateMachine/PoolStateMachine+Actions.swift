@@ -42,6 +42,9 @@ public enum CloseReason: String, Sendable, Hashable, Codable, CaseIterable {
     case shutdown
     /// ``ConnectionPool/resize(maxSize:)`` lowered the maximum below the number of connections.
     case resize
+    /// Its borrower changed its session state and resetting it failed, or was not possible (see
+    /// ``Connection/resetSession(timeout:)``).
+    case dirty
 }
 
 extension CloseReason: CodingKeyRepresentable {}

@@ -22,6 +22,9 @@ extension PoolStateMachine {
         var discards: [Int32] = []
         /// Slots moved to `validating` by maintenance: check each connection, then `validationFinished`.
         var validations: [LeaseToken] = []
+        /// Slots moved to `validating` on release because their connection's session state must be reset:
+        /// reset each connection, then `resetFinished`.
+        var resets: [LeaseToken] = []
         /// Things to log once the lock is released.
         var events: [Event] = []
         /// The metrics handler is due.
@@ -33,7 +36,7 @@ extension PoolStateMachine {
         /// Whether nothing at all must be done.
         var isEmpty: Bool {
             wakeups.isEmpty && cancelled.isEmpty && creations.isEmpty && closes.isEmpty && discards.isEmpty
-                && validations.isEmpty && events.isEmpty && !metricsReportDue
+                && validations.isEmpty && resets.isEmpty && events.isEmpty && !metricsReportDue
         }
     }
 

@@ -74,9 +74,11 @@ extension PoolStateMachine {
                 recordConnectFailure(ConnectionPoolError.connectTimedOut(after: .nanoseconds(connectTimeout)), now: now)
                 kind = .connecting
             case .validating:
-                counters.healthCheckFailures += 1
-                slots.markClosing(index, reason: .health, deadline: .max)
-                counters.countClose(.health)
+                // A health check (`health`) or a session reset (`dirty`; see `beginResetting`).
+                let reason = slots.closeReasons[slot]
+                if reason == .health { counters.healthCheckFailures += 1 }
+                slots.markClosing(index, reason: reason, deadline: .max)
+                counters.countClose(reason)
                 slots.markEmpty(index)
                 // Closing it now, outside the pool's accounting, is also what unblocks a check stuck in
                 // I/O; the check, if it ever returns, finds its token stale.

@@ -211,9 +211,13 @@ struct PoolStateMachine {
     /// closes it (broken, expired, over the maximum, shutting down) or puts it in the idle ring. A stale
     /// token (its slot was closed by force at the end of a shutdown's grace period) only counts the
     /// lease as returned.
+    /// A `dirty` connection (its borrower changed its session state) that is not closed goes to
+    /// `validating` while its session is reset (see ``resetFinished(_:succeeded:now:into:)``) instead of
+    /// to a waiter or the idle ring.
     @usableFromInline
     mutating func release(
-        _ token: LeaseToken, broken: Bool, now: Int64, brokenReason: CloseReason = .broken, into effects: inout Effects
+        _ token: LeaseToken, broken: Bool, dirty: Bool = false, now: Int64, brokenReason: CloseReason = .broken,
+        into effects: inout Effects
     ) {
         let index = token.index
         guard slots.states[Int(index)] == .leased, slots.generations[Int(index)] == token.generation else {
@@ -241,6 +245,10 @@ struct PoolStateMachine {
             return
         }
         slots.lastUsed[Int(index)] = now
+        if dirty {
+            effects.resets.append(slots.beginResetting(index, deadline: later(now, by: healthCheckTimeout)))
+            return
+        }
         if let waiter = waiters.popFirst() {
             counters.waitedAcquires += 1
             effects.wakeups.append(Wakeup(waiter: waiter, result: .success(grant(index).rawValue)))
@@ -249,6 +257,24 @@ struct PoolStateMachine {
         slots.states[Int(index)] = .idle
         slots.leasedCount -= 1
         slots.idle.pushBack(index)
+    }
+
+    /// The session reset of the connection in `index` finished: a connection reset in time is lent or
+    /// parked like a new one; one whose reset failed (or any, once shutting down) is closed
+    /// (``CloseReason/dirty``). A reset given up on meanwhile changes nothing (its connection was already
+    /// closed outside the pool's accounting).
+    mutating func resetFinished(_ token: LeaseToken, succeeded: Bool, now: Int64, into effects: inout Effects) {
+        let index = token.index
+        guard slots.states[Int(index)] == .validating, slots.isCurrent(token) else { return }
+        if !succeeded || lifecycle != .running {
+            effects.closes.append(
+                slots.markClosing(index, reason: succeeded ? .shutdown : .dirty, deadline: later(now, by: closeTimeout)))
+            startCreationIfWanted(now: now, into: &effects)
+            return
+        }
+        counters.sessionResets += 1
+        slots.validatingCount -= 1
+        makeAvailable(index, now: now, into: &effects)
     }
 
     /// Hands a connection that became available in `index` (created, validated) to the oldest waiter,

@@ -173,6 +173,20 @@ struct SlotTable {
         idle.remove(index)
         states[Int(index)] = .validating
         generations[Int(index)] &+= 1
+        closeReasons[Int(index)] = .health
+        operationDeadlines[Int(index)] = deadline
+        validatingCount += 1
+        return token(index)
+    }
+
+    /// Moves a leased slot aside while its connection's session is reset, which must finish by
+    /// `deadline`. Its close reason is preset to `dirty`, for a reset given up on.
+    mutating func beginResetting(_ index: Int32, deadline: Int64) -> LeaseToken {
+        precondition(states[Int(index)] == .leased, "only a leased slot is reset")
+        leasedCount -= 1
+        states[Int(index)] = .validating
+        generations[Int(index)] &+= 1
+        closeReasons[Int(index)] = .dirty
         operationDeadlines[Int(index)] = deadline
         validatingCount += 1
         return token(index)
