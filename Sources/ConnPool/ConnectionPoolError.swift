@@ -126,9 +126,10 @@ public struct ConnectionPoolError: Error, CustomStringConvertible {
     }
 
     /// The backend looks down: `consecutiveFailures` connection attempts in a row failed (at least
-    /// ``PoolConfiguration/circuitBreakerThreshold``) and no open connection could serve the acquire,
-    /// so it fails at once instead of waiting for its timeout. One probe keeps retrying in the
-    /// background; the first success lets acquires wait again.
+    /// ``PoolConfiguration/circuitBreakerThreshold``, or one that failed permanently: see
+    /// ``ConnectErrorClassifying``) and no open connection could serve the acquire, so it fails at
+    /// once instead of waiting for its timeout. One probe keeps retrying in the background; the first
+    /// success lets acquires wait again.
     ///
     /// - Parameters:
     ///   - lastConnectError: the most recent connection failure (``lastConnectError``).
@@ -172,6 +173,11 @@ public struct ConnectionPoolError: Error, CustomStringConvertible {
         case .shutDown:
             return "connection pool: the pool is shut down and lends no more connections"
         case .connectFailing:
+            if Self.isPermanent(lastConnectError) {
+                return "connection pool: failing fast: connecting failed with a permanent error, which retrying will not fix: "
+                    + "\(lastConnectError.map { "\($0)" } ?? "unknown") (fix the configuration or the server's; "
+                    + "a probe retries every connectRetryMaxBackoff)"
+            }
             return "connection pool: failing fast after \(count) consecutive connect failures; "
                 + "last connect error: \(lastConnectError.map { "\($0)" } ?? "unknown") (a probe keeps retrying; check the server)"
         case .connectTimedOut:

@@ -1,9 +1,14 @@
+public import ConnPool
 public import ConnPoolIO
 
 /// Why a ``RedisConnectionConfiguration`` (or a Redis URL) was rejected.
 ///
 /// The text never contains the password, nor the URL it was parsed from (which may hold one).
-public enum RedisConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+public enum RedisConfigurationError: Error, Sendable, Equatable, CustomStringConvertible, ConnectErrorClassifying {
+    /// Always `true`: an invalid configuration fails every attempt the same way, so a pool fails
+    /// acquires at once instead of retrying (see `ConnectErrorClassifying`).
+    public var isPermanent: Bool { true }
+
     /// The URL does not have the expected shape; `reason` says what is wrong.
     case malformedURL(reason: String)
     /// The scheme is neither `redis` nor `unix`. `rediss` (TLS) is not supported by hiredis 0.14.1.

@@ -1,3 +1,5 @@
+public import ConnPool
+
 /// An error from a Redis connection: a reply the server sent, or a failure to talk to the server.
 ///
 /// Two families, told apart by ``isConnectionError``:
@@ -8,7 +10,7 @@
 ///   pool discards it.
 ///
 /// No case ever carries a command's arguments or a password: errors are safe to log.
-public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
+public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible, ConnectErrorClassifying {
     /// The server answered with an error reply, for example `ERR unknown command` or `WRONGTYPE ...`.
     /// The connection stays usable.
     case server(String)
@@ -71,6 +73,17 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// `true` for ``authenticationFailed(_:)`` and ``handshakeFailed(command:message:)`` (a wrong
+    /// password, a missing ACL permission, a database index out of range): connecting again with the
+    /// same configuration fails the same way, so a ``ConnectionPool`` fails acquires at once instead of
+    /// retrying as it does for a refused or timed-out connect (see `ConnectErrorClassifying`).
+    public var isPermanent: Bool {
+        switch self {
+        case .authenticationFailed, .handshakeFailed: return true
+        default: return false
+        }
+    }
+
     /// A readable explanation; never contains a command argument or a password.
     public var description: String {
         switch self {
@@ -91,7 +104,7 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
         case .hostNotFound(let host, let detail):
             return "Redis connect error: host '\(host)' not found: \(detail)"
         case .authenticationFailed(let message):
-            return "Redis authentication failed: \(message)"
+            return "Redis authentication failed (permanent: check the configured username and password): \(message)"
         case .handshakeFailed(let command, let message):
             return "Redis connection setup failed: \(command): \(message)"
         case .protocolError(let message):

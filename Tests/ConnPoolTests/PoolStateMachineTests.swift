@@ -1144,3 +1144,44 @@ extension PoolStateMachineTests {
         #expect(g.machine.counters.sessionResets == 0)
     }
 }
+
+// MARK: - Permanent connect failures
+
+/// A connect error that retrying cannot fix (a wrong password).
+private struct PermanentConnectError: ConnectErrorClassifying, CustomStringConvertible {
+    var isPermanent: Bool { true }
+    var description: String { "WRONGPASS" }
+}
+
+extension PoolStateMachineTests {
+    @Test("a permanent connect failure opens the breaker at once (no threshold set) and retries after the longest backoff")
+    func permanentConnectFailure() {
+        let h = Harness(Self.configuration(maxSize: 2))
+        #expect(h.machine.breakerThreshold == nil)
+        let waiter = h.enqueue(deadline: 10_000, now: 0)
+        #expect(waiter.effects == Fx(creations: [t(0, 0)], timer: 10_000))
+        let (_, fx) = h.step { $0.creationFailed(t(0, 0).lease, error: PermanentConnectError(), now: 10, into: &$1) }
+        // The waiter fails now, not at its 10 µs deadline; the probe waits the maximum backoff (400 ns),
+        // not the first step (100 ns).
+        #expect(fx == Fx(
+            wakeups: [.failure(waiter: waiter.id, .connectFailing)],
+            events: [.connectFailed("WRONGPASS", consecutiveFailures: 1, failingFast: true)],
+            timer: 410))
+        guard case .failure(let error)? = h.raw.wakeups.first?.result else {
+            Issue.record("expected a failure")
+            return
+        }
+        #expect(error.description.contains("permanent error, which retrying will not fix: WRONGPASS"))
+        #expect(h.enqueue(now: 20).outcome == .failed(.connectFailing))
+        #expect(h.timerFired(now: 410) == Fx(creations: [t(0, 1)]))
+
+        // An ordinary failure with the same configuration waits: no breaker without a threshold.
+        let g = Harness(Self.configuration(maxSize: 2))
+        let other = g.enqueue(deadline: 10_000, now: 0)
+        #expect(g.creationFailed(t(0, 0), now: 10) == Fx(
+            events: [.connectFailed("refused", consecutiveFailures: 1, failingFast: false)], timer: 110))
+        #expect(!g.breakerOpen)
+        #expect(g.machine.waiters.count == 1)
+        _ = other
+    }
+}

@@ -101,11 +101,18 @@ extension PoolStateMachine {
         failFastWaiters(into: &effects)
     }
 
-    /// Counts a failed attempt: the last error, the backoff, and the breaker.
+    /// Counts a failed attempt: the last error, the backoff, and the breaker. A permanent failure (see
+    /// ``ConnectErrorClassifying``) opens the breaker at once and retries after the longest backoff.
     mutating func recordConnectFailure(_ error: any Error, now: Int64) {
         counters.creationFailures += 1
         lastConnectError = error
-        retryNotBefore = later(now, by: backoff.nextDelay())
+        let delay = backoff.nextDelay()
+        if ConnectionPoolError.isPermanent(error) {
+            breakerOpen = true
+            retryNotBefore = later(now, by: max(delay, backoff.maximum))
+            return
+        }
+        retryNotBefore = later(now, by: delay)
         if let breakerThreshold, backoff.consecutiveFailures >= breakerThreshold { breakerOpen = true }
     }
 
