@@ -25,7 +25,11 @@ struct CodeBlock: CustomStringConvertible {
 enum Catalog {
     /// The catalog's Markdown pages, relative path → text.
     static func pages() throws -> [(name: String, text: String)] {
-        let root = DocPaths.catalog
+        try pages(in: DocPaths.catalog)
+    }
+
+    /// The Markdown pages of the catalog at `root`, relative path → text.
+    static func pages(in root: URL) throws -> [(name: String, text: String)] {
         guard let enumerator = FileManager.default.enumerator(at: root, includingPropertiesForKeys: nil) else {
             return []
         }
@@ -224,5 +228,43 @@ struct CatalogTests {
                 }
             }
         }
+    }
+}
+
+@Suite("The backends' DocC catalogs")
+struct ModuleCatalogTests {
+    static let catalogs = ["Sources/ConnPoolRedis/ConnPoolRedis.docc", "Sources/ConnPoolTCP/ConnPoolTCP.docc"]
+
+    @Test("every ```swift block of the Redis and TCP catalogs is compiled code of this target, verbatim", arguments: catalogs)
+    func swiftBlocksAreCompiled(_ catalog: String) throws {
+        let pages = try Catalog.pages(in: DocPaths.packageRoot.appendingPathComponent(catalog))
+        #expect(!pages.isEmpty, "no pages in \(catalog)")
+        let sources = try Catalog.sampleSources()
+        for page in pages {
+            for block in Catalog.codeBlocks(page: page.name, text: page.text) {
+                guard block.language == "swift" else {
+                    #expect(CatalogTests.uncheckedLanguages.contains(block.language), "unexpected language in \(block)")
+                    continue
+                }
+                let needle = block.lines.map(Catalog.trim)
+                if !sources.contains(where: { Catalog.contains($0.lines, needle) }) {
+                    let (matched, file) = Catalog.longestMatchedPrefix(needle, in: sources)
+                    Issue.record("\(block) is not in Tests/ConnPoolDocTests verbatim: the first \(matched) lines match \(file)")
+                }
+            }
+        }
+    }
+
+    @Test("every article is curated from its module's landing page, and README.md links the catalog", arguments: catalogs)
+    func articlesAreLinked(_ catalog: String) throws {
+        let pages = try Catalog.pages(in: DocPaths.packageRoot.appendingPathComponent(catalog))
+        let module = ((catalog as NSString).lastPathComponent as NSString).deletingPathExtension
+        let landing = try #require(pages.first { $0.name == module + ".md" }).text
+        for page in pages where page.name != module + ".md" {
+            let article = String((page.name as NSString).lastPathComponent.dropLast(3))
+            #expect(landing.contains("<doc:\(article)>"), "\(module).md does not curate \(article)")
+        }
+        let readme = try String(contentsOf: DocPaths.packageRoot.appendingPathComponent("README.md"), encoding: .utf8)
+        #expect(readme.contains("(\(catalog)"), "README.md does not link \(catalog)")
     }
 }
