@@ -44,23 +44,25 @@ struct TCPReuseSafetyTests {
         let server = try TestServer(handler: pairServer)
         defer { server.stop() }
         let configuration = testConfiguration(server)
-        try await onThread {
+        // (midExchange, broken) after each step, asserted here: an issue recorded on the plain thread
+        // would not be attributed to this test.
+        let states = try await onThread { () throws -> [String: [Bool]] in
             let connection = try TCPConnection.connectBlocking(configuration)
             defer { connection.closeBlocking() }
-            #expect(!connection.isBroken)
+            var states: [String: [Bool]] = ["fresh": [connection.isMidExchange, connection.isBroken]]
             try connection.sendBlocking("PAIR a\n")
-            #expect(connection.isMidExchange)  // a reply is expected
-            #expect(connection.isBroken)
-            #expect(try connection.readLineBlocking() == "a-1")
-            #expect(connection.isMidExchange)  // "a-2\n" is buffered
-            #expect(connection.isBroken)
-            #expect(try connection.readLineBlocking() == "a-2")
-            #expect(!connection.isMidExchange)
-            #expect(!connection.isBroken)
+            states["sent"] = [connection.isMidExchange, connection.isBroken]  // a reply is expected
+            states["a-1"] = [try connection.readLineBlocking() == "a-1", connection.isMidExchange, connection.isBroken]
+            states["a-2"] = [try connection.readLineBlocking() == "a-2", connection.isMidExchange, connection.isBroken]
             try connection.sendBlocking("still usable\n")
-            #expect(try connection.readLineBlocking() == "still usable")
-            #expect(!connection.isBroken)
+            states["again"] = [try connection.readLineBlocking() == "still usable", connection.isMidExchange, connection.isBroken]
+            return states
         }
+        #expect(states["fresh"] == [false, false])
+        #expect(states["sent"] == [true, true])
+        #expect(states["a-1"] == [true, true, true])  // "a-2\n" is buffered
+        #expect(states["a-2"] == [true, false, false])
+        #expect(states["again"] == [true, false, false])
     }
 
     @Test("a connection released with unread buffered bytes is never lent again: the next borrower gets a fresh one and reads its own bytes")
@@ -104,7 +106,7 @@ struct TCPReuseSafetyTests {
 
         // Blocking borrowers, on a plain thread: the second borrower's body throws between its send
         // and its read.
-        let third = try await onThread { () throws -> TCPConnection in
+        let third = try await onThread { () throws -> (TCPConnection, String) in
             do {
                 _ = try pool.withConnectionBlocking { connection -> TCPConnection in
                     try connection.sendBlocking("lost\n")
@@ -113,11 +115,11 @@ struct TCPReuseSafetyTests {
             } catch is AbortExchange {}
             return try pool.withConnectionBlocking { connection in
                 try connection.sendBlocking("own\n")
-                #expect(try connection.readLineBlocking() == "own")
-                return connection
+                return (connection, try connection.readLineBlocking())
             }
         }
-        #expect(third !== second)  // `second` was clean, so it took "lost", and was then discarded
+        #expect(third.1 == "own")
+        #expect(third.0 !== second)  // `second` was clean, so it took "lost", and was then discarded
         #expect(await eventually(pollingEvery: .milliseconds(2)) { server.accepted == 3 })
         await pool.shutdown()
     }
