@@ -520,18 +520,13 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         }
     }
 
-    /// The error a failed call throws: ``TCPConnectionError/connectionClosed`` when ``close()`` was
-    /// called (its shutdown is what made the call fail), otherwise `error`.
-    private func closedOr(_ error: any Error) -> any Error {
-        guard closeState.load(ordering: .relaxed) != CloseState.open else { return error }
+    /// Whether a call failed because ``close()`` shut the socket down under it, in which case it throws
+    /// ``TCPConnectionError/connectionClosed`` instead of the error it saw (end of stream, `EPIPE`, …).
+    /// Calls the test hook `onCallWokenByClose` then.
+    private func wokenByClose() -> Bool {
+        guard closeState.load(ordering: .relaxed) != CloseState.open else { return false }
         onCallWokenByClose?()
-        return TCPConnectionError.connectionClosed
-    }
-
-    private func closedOr(_ error: TCPConnectionError) -> TCPConnectionError {
-        guard closeState.load(ordering: .relaxed) != CloseState.open else { return error }
-        onCallWokenByClose?()
-        return .connectionClosed
+        return true
     }
 
     /// Claims the connection for one call, or throws why it cannot be used, and counts the call in with
@@ -645,7 +640,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
                 step = try operation.step(fd: fd, buffer: buffer)
             } catch {
                 markBroken()
-                throw closedOr(error)
+                throw wokenByClose() ? .connectionClosed : error
             }
             switch step {
             case .finished(let output):
@@ -660,7 +655,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
                     }
                 } catch {
                     markBroken()
-                    throw closedOr(TCPConnection.mapReactorError(error, timeoutError: timeoutError))
+                    throw wokenByClose() ? TCPConnectionError.connectionClosed : TCPConnection.mapReactorError(error, timeoutError: timeoutError)
                 }
             }
         }
@@ -680,7 +675,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
                 step = try operation.step(fd: fd, buffer: buffer)
             } catch {
                 markBroken()
-                throw closedOr(error)
+                throw wokenByClose() ? .connectionClosed : error
             }
             switch step {
             case .finished(let output):
@@ -693,10 +688,10 @@ public final class TCPConnection: Connection, @unchecked Sendable {
                     continue
                 case .timedOut:
                     markBroken()
-                    throw closedOr(timeoutError)
+                    throw wokenByClose() ? .connectionClosed : timeoutError
                 case .failed(let code):
                     markBroken()
-                    throw closedOr(.systemError(operation: "poll", errno: code))
+                    throw wokenByClose() ? .connectionClosed : .systemError(operation: "poll", errno: code)
                 }
             }
         }

@@ -18,11 +18,7 @@ private let pairServer: @Sendable (ServerPeer) -> Void = { peer in
 /// alone end, before the closer has looked at the descriptor.
 private actor Stage {
     func readLine(_ connection: TCPConnection) async -> Result<String, TCPConnectionError> {
-        do {
-            return .success(try await connection.readLine())
-        } catch {
-            return .failure(error as? TCPConnectionError ?? .systemError(operation: "\(error)", errno: 0))
-        }
+        await readLineResult(connection)  // nonisolated(nonsending): runs on this actor
     }
 
     /// Closes the connection (synchronously, so the actor stays busy) and reports whether its
@@ -34,6 +30,16 @@ private actor Stage {
 }
 
 private struct AbortExchange: Error {}
+
+/// `connection.readLine()`, its error kept as a value (any other error than a `TCPConnectionError`
+/// becomes a `systemError` naming it, so that a comparison fails).
+private nonisolated(nonsending) func readLineResult(_ connection: TCPConnection) async -> Result<String, TCPConnectionError> {
+    do {
+        return .success(try await connection.readLine())
+    } catch {
+        return .failure(error as? TCPConnectionError ?? .systemError(operation: "\(error)", errno: 0))
+    }
+}
 
 @Suite("TCPConnection: safe reuse and safe close")
 struct TCPReuseSafetyTests {
@@ -201,13 +207,7 @@ struct TCPReuseSafetyTests {
         await #expect(throws: TCPConnectionError.connectionClosed) { try await idle.send("x\n") }
 
         let connection = try await TCPConnection.connect(testConfiguration(server, readTimeout: .seconds(20)))
-        let read = Task { () async -> Result<String, TCPConnectionError> in
-            do {
-                return .success(try await connection.readLine())
-            } catch {
-                return .failure(error as? TCPConnectionError ?? .systemError(operation: "\(error)", errno: 0))
-            }
-        }
+        let read = Task { await readLineResult(connection) }
         #expect(await eventually(pollingEvery: .milliseconds(1)) { connection.isInUse })
         async let one: Void = onThread { connection.closeBlocking() }
         async let two: Void = onThread { connection.closeBlocking() }
