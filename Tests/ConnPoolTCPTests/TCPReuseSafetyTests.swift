@@ -31,6 +31,22 @@ private actor Stage {
 
 private struct AbortExchange: Error {}
 
+/// A pool of at most one connection to `server`: every borrower after the first gets the same
+/// connection again, unless the pool discarded it.
+private func singleConnectionPool(_ server: TestServer) throws -> ConnectionPool<TCPConnectionFactory> {
+    let factory = try TCPConnectionFactory(configuration: testConfiguration(server))
+    return try ConnectionPool(factory: factory, configuration: PoolConfiguration().maxSize(1))
+}
+
+/// Borrows a connection from `pool`, sends `text` and a `\n`, and reads one line back; returns the
+/// connection (to compare with others) and the line.
+private func borrowSendingLine(_ pool: ConnectionPool<TCPConnectionFactory>, _ text: String) async throws -> (TCPConnection, String) {
+    try await pool.withConnection { connection in
+        try await connection.send(text + "\n")
+        return (connection, try await connection.readLine())
+    }
+}
+
 /// `connection.readLine()`, its error kept as a value (any other error than a `TCPConnectionError`
 /// becomes a `systemError` naming it, so that a comparison fails).
 private nonisolated(nonsending) func readLineResult(_ connection: TCPConnection) async -> Result<String, TCPConnectionError> {
@@ -75,17 +91,13 @@ struct TCPReuseSafetyTests {
     func unreadBytesNeverLentAgain() async throws {
         let server = try TestServer(handler: pairServer)
         defer { server.stop() }
-        let factory = try TCPConnectionFactory(configuration: testConfiguration(server))
-        let pool = try ConnectionPool(factory: factory, configuration: PoolConfiguration().maxSize(1))
+        let pool = try singleConnectionPool(server)
         let first = try await pool.withConnection { connection in
             try await connection.send("PAIR first\n")
             #expect(try await connection.readLine() == "first-1")  // "first-2\n" stays buffered
             return connection
         }
-        let (second, reply) = try await pool.withConnection { connection in
-            try await connection.send("PAIR second\n")
-            return (connection, try await connection.readLine())
-        }
+        let (second, reply) = try await borrowSendingLine(pool, "PAIR second")
         #expect(reply == "second-1")
         #expect(second !== first)
         #expect(first.isClosed)
@@ -97,16 +109,12 @@ struct TCPReuseSafetyTests {
     func unreadReplyNeverLentAgain() async throws {
         let server = try TestServer(handler: Handlers.echoLines)
         defer { server.stop() }
-        let factory = try TCPConnectionFactory(configuration: testConfiguration(server))
-        let pool = try ConnectionPool(factory: factory, configuration: PoolConfiguration().maxSize(1))
+        let pool = try singleConnectionPool(server)
         let first = try await pool.withConnection { connection in
             try await connection.send("never read\n")
             return connection
         }
-        let (second, reply) = try await pool.withConnection { connection in
-            try await connection.send("mine\n")
-            return (connection, try await connection.readLine())
-        }
+        let (second, reply) = try await borrowSendingLine(pool, "mine")
         #expect(reply == "mine")
         #expect(second !== first)
 
