@@ -20,8 +20,15 @@ enum SocketStep<Output> {
 /// A resumable I/O operation on a non-blocking socket.
 protocol SocketOperation {
     associatedtype Output
+    /// Whether the operation sends (a request, whose reply is then expected) rather than reads.
+    static var isSend: Bool { get }
     /// Does all the work possible without blocking. Called again after the awaited readiness.
     mutating func step(fd: Int32, buffer: UnsafeMutablePointer<ReadBuffer>) throws(TCPConnectionError) -> SocketStep<Output>
+}
+
+extension SocketOperation {
+    /// A read, unless the operation says otherwise.
+    static var isSend: Bool { false }
 }
 
 /// The connection's read-ahead buffer: bytes received but not yet returned to the caller. Delimiter
@@ -111,6 +118,8 @@ struct ReadBuffer {
 
 /// Sends every byte of `bytes`, in as many partial writes as it takes.
 struct SendOperation: SocketOperation {
+    static var isSend: Bool { true }
+
     let bytes: [UInt8]
     var offset = 0
 

@@ -30,21 +30,53 @@ import Synchronization
 /// so a pool closes the connection instead of lending it again, and later calls throw
 /// ``TCPConnectionError/connectionBroken``.
 ///
+/// ## Safe reuse: never lent again mid-exchange
+/// A pool reads ``isBroken`` on every release. Besides a real failure, it is also `true` while the
+/// connection stands *mid-exchange* (``isMidExchange``), where the next borrower would read bytes meant
+/// for this one:
+/// - bytes are left in the read-ahead buffer that no read consumed (a reply read only in part, or
+///   bytes the server sent after the delimiter a caller stopped at);
+/// - the last call was a successful send with no read after it (a request whose reply was never
+///   read: the caller returned the connection early, or threw between its send and its read), unless
+///   ``TCPConnectionConfiguration/expectsReplyAfterSend`` is `false` (a protocol without replies);
+/// - a call was interrupted between a send and its reply (timeout, cancellation, I/O error): that one
+///   breaks the connection for good, as above.
+///
+/// Mid-exchange is not a failure: the holder may go on reading, and once a read leaves the buffer
+/// empty the flag clears. The connection does not drain (it cannot tell where the protocol's reply
+/// ends); a pool closes a mid-exchange connection on release and opens a fresh one. The state is
+/// recorded at the end of each call (an atomic write only when it changes, no allocation), so the
+/// pool's check on release stays one relaxed atomic load. Bytes still in the kernel (a reply that
+/// arrives after its caller stopped reading, which the caller cannot have seen either) are not
+/// visible without a system call: a ``TCPConnectionConfiguration/validationProbe`` catches them at the
+/// next health check.
+///
+/// ## Closing during a call
+/// ``close()`` may be called from any thread, also while a call is in progress (for example a pool
+/// giving up on a health check). It never closes the descriptor under that call (the number would be
+/// reused at once, and the waiting call could read another connection's bytes): it wakes the call with
+/// `shutdown(fd, SHUT_RDWR)` (a blocking `poll` and a reactor wait both see the hang-up), the call ends
+/// with ``TCPConnectionError/connectionClosed``, and the descriptor is closed when it ends, exactly once.
+///
 /// ## Exclusive use
 /// Like every ``Connection``, a `TCPConnection` serves one borrower at a time. Two calls running at
 /// the same time on one connection are a programming error and trap (a precondition checked with an
-/// atomic flag, instead of a silent data race). ``close()`` and ``isBroken`` may be called from any
-/// thread.
+/// atomic flag, instead of a silent data race). ``close()``, ``isBroken``, ``isMidExchange`` and
+/// ``isClosed`` may be called from any thread.
 public final class TCPConnection: Connection, @unchecked Sendable {
     // @unchecked Sendable is safe because:
-    // - `fd`, `configuration` and `remoteAddress` are immutable;
-    // - `closedFlag`, `brokenFlag` and `busy` are atomics;
+    // - `fd`, `configuration`, `expectsReply` and `remoteAddress` are immutable;
+    // - `busy`, `closeState`, `descriptorClosed`, `descriptorCloses` and `health` are atomics;
+    // - the test hook `onCallWokenByClose` is written before a call starts and read by that call;
     // - the read buffer behind `buffer` and the reply spin's record `spin` are touched only inside an
     //   I/O call (`spin` also by the package-only `replySpin…` readers, between calls, after an
-    //   acquiring load of `busy`), and `busy` (an atomic exchange with acquire/release ordering at the
-    //   start and end of every call) guarantees that at most one call runs at a time and that each call
-    //   sees the previous call's writes; a second concurrent call traps instead of racing. The buffer is
+    //   acquiring load of `busy`), and `busy` (taken with a sequentially consistent compare-exchange at
+    //   the start of every call and released with a sequentially consistent store at its end) guarantees
+    //   that at most one call runs at a time and that each call sees the previous call's writes; a second
+    //   concurrent call traps instead of racing. Once closed, `busy` is taken for good. The buffer is
     //   freed in deinit, when no call can run.
+    // - the descriptor is closed exactly once (see `closeDescriptorIfIdle()`), never while a call holds
+    //   `busy`.
 
     /// The configuration this connection was opened with.
     public let configuration: TCPConnectionConfiguration
@@ -53,9 +85,22 @@ public final class TCPConnection: Connection, @unchecked Sendable {
 
     private let fd: Int32
     private let buffer: UnsafeMutablePointer<ReadBuffer>
-    private let closedFlag = Atomic<Bool>(false)
-    private let brokenFlag = Atomic<Bool>(false)
+    /// ``TCPConnectionConfiguration/expectsReplyAfterSend``, copied out for the end of every call.
+    private let expectsReply: Bool
+    /// Held by the call in progress, and for good once the descriptor is closed.
     private let busy = Atomic<Bool>(false)
+    /// ``CloseState``: open, shutting down (inside ``close()``), or shut down.
+    private let closeState = Atomic<UInt8>(CloseState.open)
+    /// Set by whoever closes the descriptor (``close()``, the end of a call, or deinit).
+    private let descriptorClosed = Atomic<Bool>(false)
+    /// ``Health`` bits: broken for good, and mid-exchange. ``isBroken`` is one load of it.
+    private let health = Atomic<UInt8>(0)
+    /// How many times the descriptor was closed (0 or 1), for tests.
+    private let descriptorCloses = Atomic<Int>(0)
+    /// For tests: called on the call's own thread when a call in progress fails because ``close()``
+    /// shut the socket down, before the call releases the descriptor. Set it before the call starts
+    /// (the call's start orders the write before its read); only the failure path reads it.
+    package var onCallWokenByClose: (@Sendable () -> Void)?
     /// This connection's reply spin: its count in the process' operations and its record of reply
     /// times.
     private var spin: ReplySpin.Gate
@@ -64,13 +109,16 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         self.fd = fd
         self.configuration = configuration
         self.remoteAddress = remoteAddress
+        expectsReply = configuration.expectsReplyAfterSend
         spin = ReplySpin.Gate(policy: configuration.replySpin)
         buffer = .allocate(capacity: 1)
         buffer.initialize(to: ReadBuffer())
     }
 
     deinit {
-        if !closedFlag.load(ordering: .acquiring) {
+        // No call can run and no close() can be under way (both hold a reference), and the last
+        // release of the reference orders their writes before this exchange.
+        if !descriptorClosed.exchange(true, ordering: .sequentiallyConsistent) {
             Glibc.close(fd)
         }
         buffer.pointee.free()
@@ -278,16 +326,38 @@ public final class TCPConnection: Connection, @unchecked Sendable {
 
     // MARK: - Connection
 
-    /// `true` after an I/O error, a timeout, a cancelled call, a failed validation or ``close()``. Reading
-    /// it costs one relaxed atomic load.
+    /// `true` after an I/O error, a timeout, a cancelled call, a failed validation or ``close()`` (for
+    /// good), and also while the connection is mid-exchange (``isMidExchange``: unread bytes buffered,
+    /// or a reply expected), so that a pool never lends it again in that state (see "Safe reuse" above).
+    /// Reading it costs one relaxed atomic load.
     public var isBroken: Bool {
-        brokenFlag.load(ordering: .relaxed)
+        // Relaxed: a hint that publishes no data. The pool reads it after the borrower's release,
+        // which the pool's own synchronization orders after the borrower's last call.
+        health.load(ordering: .relaxed) != 0
+    }
+
+    /// `true` while the last call left bytes in the read buffer that no read consumed, or was a send
+    /// with no read after it (when ``TCPConnectionConfiguration/expectsReplyAfterSend``). Clears when
+    /// a later read leaves the buffer empty. Read it between calls.
+    public var isMidExchange: Bool {
+        health.load(ordering: .relaxed) & Health.midExchange != 0
     }
 
     /// `true` after ``close()`` or ``closeBlocking()``.
     public var isClosed: Bool {
-        closedFlag.load(ordering: .relaxed)
+        closeState.load(ordering: .relaxed) != CloseState.open
     }
+
+    /// The socket's descriptor, for tests (for example to check with `fcntl` that it is still open).
+    package var fileDescriptor: Int32 { fd }
+
+    /// Whether a call holds the connection (also `true` for good once the descriptor is closed), for
+    /// tests.
+    package var isInUse: Bool { busy.load(ordering: .acquiring) }
+
+    /// How many times the descriptor has been closed so far (0 or 1; deinit's close not counted), for
+    /// tests.
+    package var descriptorCloseCount: Int { descriptorCloses.load(ordering: .acquiring) }
 
     /// What this connection's reply spin did so far (see ``ReplySpin``). For tests and diagnostics: read
     /// it between calls, from the code that uses the connection (it belongs to whoever holds the
@@ -356,6 +426,10 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     /// Closes the socket (exactly once, however often and from however many threads this is called)
     /// and marks the connection broken. Never blocks: `close` on a TCP socket without `SO_LINGER`
     /// returns at once.
+    ///
+    /// If a call is in progress, the descriptor is not closed under it: `shutdown(fd, SHUT_RDWR)`
+    /// wakes it, it throws ``TCPConnectionError/connectionClosed``, and the descriptor is closed as it
+    /// ends. Calls made afterwards throw ``TCPConnectionError/connectionClosed``.
     public func close() async {
         closeSocket()
     }
@@ -367,15 +441,92 @@ public final class TCPConnection: Connection, @unchecked Sendable {
 
     // MARK: - Internals
 
+    /// The values of `closeState`.
+    private enum CloseState {
+        static let open: UInt8 = 0
+        /// ``close()`` has begun and is shutting the socket down: the descriptor must stay open.
+        static let shuttingDown: UInt8 = 1
+        /// The socket is shut down: the descriptor is closed as soon as no call holds `busy`.
+        static let shutDown: UInt8 = 2
+    }
+
+    /// The bits of `health`.
+    private enum Health {
+        /// Broken for good: calls throw ``TCPConnectionError/connectionBroken``.
+        static let broken: UInt8 = 1
+        /// Unread bytes buffered, or a reply expected: released now, the connection must be discarded.
+        static let midExchange: UInt8 = 2
+    }
+
+    // Closing mirrors RedisConnection's enter/leave/unclaim/closeNow/freeIfIdle, with `closeState` as
+    // its `closeRequested`, `descriptorClosed` as its `freed`, and a shutdown step first.
+
+    /// Closes the socket once: marks the connection closed and broken, shuts the socket down (which
+    /// wakes a call in progress), then closes the descriptor if no call holds it.
     private func closeSocket() {
-        if !closedFlag.exchange(true, ordering: .acquiringAndReleasing) {
-            brokenFlag.store(true, ordering: .relaxed)
+        // Sequentially consistent, as every access of `busy` and `closeState`: see closeDescriptorIfIdle.
+        guard closeState.compareExchange(
+            expected: CloseState.open, desired: CloseState.shuttingDown, ordering: .sequentiallyConsistent
+        ).exchanged else { return }
+        markBroken()
+        // The descriptor is still open here: only closeDescriptorIfIdle() closes it, and only after the
+        // store of `shutDown` below (unclaim() and this method call it only once they see that state),
+        // or deinit, which cannot run while this method holds `self`. So the shutdown can never hit a
+        // reused descriptor number. Its result does not matter (ENOTCONN after a reset is fine).
+        _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
+        closeState.store(CloseState.shutDown, ordering: .sequentiallyConsistent)
+        closeDescriptorIfIdle()
+    }
+
+    /// Takes `busy` for good (no call can start afterwards) and closes the descriptor once, if no call
+    /// holds `busy`. With `unclaim()` storing `busy` (false) before loading `closeState`, and
+    /// `closeSocket()` storing `closeState` (`shutDown`) before this compare-exchange, all sequentially
+    /// consistent (one total order over the four), at least one of them sees the other's store: either
+    /// unclaim() sees `shutDown` and calls this, or this compare-exchange sees `busy` false. So the
+    /// descriptor is always closed once the call in progress ends, and never while it runs. Weaker
+    /// orderings would allow both loads to miss both stores (the store-load reordering that only
+    /// sequential consistency forbids), leaking the descriptor.
+    private func closeDescriptorIfIdle() {
+        guard busy.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
+        else { return }
+        // Only one thread can win the compare-exchange above (`busy` is never released again); the
+        // flag is for deinit.
+        if !descriptorClosed.exchange(true, ordering: .sequentiallyConsistent) {
+            descriptorCloses.add(1, ordering: .releasing)
             Glibc.close(fd)
         }
     }
 
     private func markBroken() {
-        brokenFlag.store(true, ordering: .relaxed)
+        // Relaxed: a hint that publishes no data (see isBroken); an atomic OR, because close() may set
+        // it from another thread while the holder updates the mid-exchange bit.
+        health.bitwiseOr(Health.broken, ordering: .relaxed)
+    }
+
+    /// Records, at the end of a call that succeeded, whether the connection stands mid-exchange: bytes
+    /// in the read buffer that no read consumed, or (`afterSend`, when replies are expected) a send with
+    /// no read after it. Writes the atomic only when the state changes: one relaxed load otherwise.
+    @inline(__always)
+    private func recordExchangeState(afterSend: Bool) {
+        let midExchange = buffer.pointee.count != 0 || (afterSend && expectsReply)
+        let current = health.load(ordering: .relaxed) & Health.midExchange != 0
+        if current != midExchange {
+            // Relaxed, as markBroken(); an atomic OR/AND keeps a concurrent close()'s broken bit.
+            if midExchange {
+                health.bitwiseOr(Health.midExchange, ordering: .relaxed)
+            } else {
+                health.bitwiseAnd(~Health.midExchange, ordering: .relaxed)
+            }
+        }
+    }
+
+    /// Whether a call failed because ``close()`` shut the socket down under it, in which case it throws
+    /// ``TCPConnectionError/connectionClosed`` instead of the error it saw (end of stream, `EPIPE`, …).
+    /// Calls the test hook `onCallWokenByClose` then.
+    private func wokenByClose() -> Bool {
+        guard closeState.load(ordering: .relaxed) != CloseState.open else { return false }
+        onCallWokenByClose?()
+        return true
     }
 
     /// Claims the connection for one call, or throws why it cannot be used, and counts the call in with
@@ -385,21 +536,41 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     ///   nothing claimed or counted.
     @inline(__always)
     private func beginUse() throws(TCPConnectionError) {
-        if closedFlag.load(ordering: .relaxed) {
+        // Sequentially consistent (see closeDescriptorIfIdle); it also acquires the previous call's
+        // writes, which its store in unclaim() released.
+        guard busy.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
+        else {
+            // Held for good after a close, or by a call in progress.
+            if closeState.load(ordering: .sequentiallyConsistent) != CloseState.open {
+                throw .connectionClosed
+            }
+            preconditionFailure("TCPConnection: two calls at once on one connection (it serves one borrower at a time)")
+        }
+        if closeState.load(ordering: .sequentiallyConsistent) != CloseState.open {
+            unclaim()
             throw .connectionClosed
         }
-        if brokenFlag.load(ordering: .relaxed) {
+        if health.load(ordering: .relaxed) & Health.broken != 0 {
+            unclaim()
             throw .connectionBroken
         }
-        let (exchanged, _) = busy.compareExchange(expected: false, desired: true, ordering: .acquiring)
-        precondition(exchanged, "TCPConnection: two calls at once on one connection (it serves one borrower at a time)")
         spin.begin()
     }
 
     @inline(__always)
     private func endUse() {
         spin.end()
-        busy.store(false, ordering: .releasing)
+        unclaim()
+    }
+
+    /// Releases `busy` (sequentially consistent, which also releases this call's writes to the next
+    /// one), then closes the descriptor if ``close()`` ran meanwhile (see closeDescriptorIfIdle).
+    @inline(__always)
+    private func unclaim() {
+        busy.store(false, ordering: .sequentiallyConsistent)
+        if closeState.load(ordering: .sequentiallyConsistent) == CloseState.shutDown {
+            closeDescriptorIfIdle()
+        }
     }
 
     /// The first part of a validation: usable, claimed, and the peer has not closed.
@@ -420,8 +591,11 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         return true
     }
 
+    /// Whether the probe's response matched, with nothing after it: bytes left over would be read by
+    /// the next borrower. Otherwise marks the connection broken.
     private func probeMatched(_ response: [UInt8], _ probe: TCPValidationProbe) -> Bool {
-        if response == probe.expectedResponse {
+        if response == probe.expectedResponse, buffer.pointee.count == 0 {
+            recordExchangeState(afterSend: false)
             return true
         }
         markBroken()
@@ -435,7 +609,9 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     ) async throws -> Operation.Output {
         try beginUse()
         defer { endUse() }
-        return try await drive(&operation, deadline: ContinuousClock.now + timeout, timeoutError: timeoutError)
+        let output = try await drive(&operation, deadline: ContinuousClock.now + timeout, timeoutError: timeoutError)
+        recordExchangeState(afterSend: Operation.isSend)
+        return output
     }
 
     private func runBlocking<Operation: SocketOperation>(
@@ -445,7 +621,9 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     ) throws(TCPConnectionError) -> Operation.Output {
         try beginUse()
         defer { endUse() }
-        return try driveBlocking(&operation, deadline: ContinuousClock.now + timeout, timeoutError: timeoutError)
+        let output = try driveBlocking(&operation, deadline: ContinuousClock.now + timeout, timeoutError: timeoutError)
+        recordExchangeState(afterSend: Operation.isSend)
+        return output
     }
 
     /// The async driver: steps the operation and waits for readiness through the shared reactor (for
@@ -462,7 +640,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
                 step = try operation.step(fd: fd, buffer: buffer)
             } catch {
                 markBroken()
-                throw error
+                throw wokenByClose() ? .connectionClosed : error
             }
             switch step {
             case .finished(let output):
@@ -477,7 +655,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
                     }
                 } catch {
                     markBroken()
-                    throw TCPConnection.mapReactorError(error, timeoutError: timeoutError)
+                    throw wokenByClose() ? TCPConnectionError.connectionClosed : TCPConnection.mapReactorError(error, timeoutError: timeoutError)
                 }
             }
         }
@@ -497,7 +675,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
                 step = try operation.step(fd: fd, buffer: buffer)
             } catch {
                 markBroken()
-                throw error
+                throw wokenByClose() ? .connectionClosed : error
             }
             switch step {
             case .finished(let output):
@@ -510,10 +688,10 @@ public final class TCPConnection: Connection, @unchecked Sendable {
                     continue
                 case .timedOut:
                     markBroken()
-                    throw timeoutError
+                    throw wokenByClose() ? .connectionClosed : timeoutError
                 case .failed(let code):
                     markBroken()
-                    throw .systemError(operation: "poll", errno: code)
+                    throw wokenByClose() ? .connectionClosed : .systemError(operation: "poll", errno: code)
                 }
             }
         }

@@ -56,6 +56,13 @@ public struct TCPConnectionConfiguration: Sendable, Hashable {
     /// spin); ``ReplySpinPolicy/disabled`` never spins, for a process whose spare CPU matters more than
     /// the latency of a lone request. Default ``ReplySpinPolicy/adaptive``.
     public var replySpin: ReplySpinPolicy
+    /// Whether every send expects a reply. When `true` (the default), a connection whose last call was
+    /// a successful send, with no read after it, stands mid-exchange: ``TCPConnection/isBroken`` is
+    /// `true`, so a pool discards it on release instead of lending it out with a reply still on its
+    /// way to the next borrower. Set it to `false` for a protocol whose messages get no reply
+    /// (fire-and-forget), where that rule would discard every connection; unread buffered bytes still
+    /// count as mid-exchange.
+    public var expectsReplyAfterSend: Bool
 
     /// Creates a configuration; see the properties for the meaning and defaults of each setting.
     /// Nothing is checked here: see ``validate()``.
@@ -68,7 +75,8 @@ public struct TCPConnectionConfiguration: Sendable, Hashable {
         noDelay: Bool = true,
         keepAlive: Bool = true,
         validationProbe: TCPValidationProbe? = nil,
-        replySpin: ReplySpinPolicy = .adaptive
+        replySpin: ReplySpinPolicy = .adaptive,
+        expectsReplyAfterSend: Bool = true
     ) {
         self.host = host
         self.port = port
@@ -79,6 +87,7 @@ public struct TCPConnectionConfiguration: Sendable, Hashable {
         self.keepAlive = keepAlive
         self.validationProbe = validationProbe
         self.replySpin = replySpin
+        self.expectsReplyAfterSend = expectsReplyAfterSend
     }
 
     /// Checks the settings.

@@ -27,7 +27,8 @@ public enum TCPConnectionError: Error, Hashable, Sendable {
     case connectionReset
     /// ``TCPConnection/read(until:maxLength:)`` saw more than `maxLength` bytes without the delimiter.
     case delimiterNotFound(maxLength: Int)
-    /// The connection was used after ``TCPConnection/close()``.
+    /// The connection was closed locally by ``TCPConnection/close()``: the call was made after it, or
+    /// was in progress when it came (the close woke it).
     case connectionClosed
     /// The connection was used after an earlier error or timeout had marked it broken.
     case connectionBroken
@@ -60,7 +61,7 @@ extension TCPConnectionError: CustomStringConvertible {
         case .delimiterNotFound(let maxLength):
             return "No delimiter within \(maxLength) bytes; the connection is now broken. Raise maxLength or check the protocol framing."
         case .connectionClosed:
-            return "The connection was used after close()."
+            return "The connection was closed locally by close() (before or during this call); open a new one."
         case .connectionBroken:
             return "The connection was used after an earlier error or timeout left it in an unknown state; close it and open a new one."
         case .systemError(let operation, let code):
