@@ -157,7 +157,8 @@ let package = Package(
         .testTarget(
             name: "ConnPoolDocTests",
             dependencies: [
-                "ConnPool", "ConnPoolRedis", "ConnPoolMetrics", "ConnPoolPrometheus", "ConnPoolTestSupport",
+                "ConnPool", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolMetrics", "ConnPoolPrometheus", "ConnPoolTestSupport",
+                "RedisServerLauncher",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
