@@ -98,6 +98,58 @@ struct SessionResetTests {
         await pool.shutdown()
     }
 
+    /// Every way a pipeline can end after its first byte went out without reading its last reply
+    /// (a timeout, a cancelled wait, the server closing the connection) breaks the connection: the pool
+    /// replaces it, and the next borrower reads its own reply, never one of these commands'.
+    enum Interruption: String, CaseIterable, CustomTestStringConvertible {
+        case timeoutAsync, timeoutBlocking, cancelled, serverClosed
+        var testDescription: String { rawValue }
+    }
+
+    @Test("a pipeline interrupted between send and its last reply breaks the connection; the next borrower gets a new one", arguments: Interruption.allCases)
+    func interruptedPipelineIsNotReused(_ interruption: Interruption) async throws {
+        try await RedisServerProcess.withServer { server in
+            var redis = try RedisConnectionConfiguration(port: server.port)
+            redis.commandTimeout = interruption == .cancelled ? .seconds(30) : .milliseconds(200)
+            let pool = try Self.makePool(redis)
+            let key = uniqueKey()
+            let firstID = try await pool.withConnection { try await Self.clientID($0) }
+            let commands: [[RedisArgument]] = [
+                ["SET", .string(key), "stale"],
+                // A BLPOP that never returns blocks only this client, so the server stays responsive.
+                interruption == .serverClosed
+                    ? ["CLIENT", "KILL", "ID", .integer(firstID), "SKIPME", "no"] : ["BLPOP", .string(key + ":list"), 0],
+                ["GET", .string(key)],
+            ]
+            let thrown: (any Error)?
+            switch interruption {
+            case .timeoutAsync, .serverClosed:
+                thrown = await #expect(throws: RedisError.self) { _ = try await Self.pipeline(pool, .async, commands) }
+            case .timeoutBlocking:
+                thrown = await #expect(throws: RedisError.self) { _ = try await Self.pipeline(pool, .blocking, commands) }
+            case .cancelled:
+                let task = Task { try await Self.pipeline(pool, .async, commands) }
+                // Cancel once the server is inside BLPOP: the SET's reply is read, the rest is not.
+                let observer = try await RedisConnection.connect(configuration: RedisConnectionConfiguration(port: server.port))
+                #expect(try await waitUntilClientRuns("blpop", observer: observer))
+                await observer.close()
+                task.cancel()
+                thrown = await #expect(throws: CancellationError.self) { _ = try await task.value }
+            }
+            if interruption != .cancelled {
+                #expect((thrown as? RedisError)?.isConnectionError == true, "\(String(describing: thrown))")
+            }
+            try await pool.withConnection { connection in
+                let pong = try await connection.command("PING")
+                #expect(pong == .status("PONG"))
+                let id = try await Self.clientID(connection)
+                #expect(id != firstID)
+            }
+            #expect(await eventually(pollingEvery: .milliseconds(5)) { pool.metrics().closedByReason[.broken] == 1 })
+            await pool.shutdown()
+        }
+    }
+
     // MARK: Reset on release
 
     /// A command that changes the session, what the next borrower checks, and whether the connection
