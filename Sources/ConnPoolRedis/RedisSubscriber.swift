@@ -220,6 +220,8 @@ public final class RedisSubscriber: Sendable {
         }
         defer { pump.cancel() }
         while let message = try handoff.take() {
+            // Messages buffered when finish() was called are not delivered.
+            if core.state.withLock({ $0.finished }) { break }
             do {
                 try handler(message)
             } catch {
