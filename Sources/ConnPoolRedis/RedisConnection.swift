@@ -62,7 +62,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     public let configuration: RedisConnectionConfiguration
 
     private let context: UnsafeMutablePointer<redisContext>
-    private let fd: Int32
+    let fd: Int32
     private let logger: Logger
     private let inUse = Atomic<Bool>(false)
     /// ``StateFlags``: broken, and what a borrower changed in the session. Written only by the holder of
@@ -748,7 +748,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     /// Tells ThreadSanitizer that whoever resumed the current task happened before what follows (see
     /// `connpool_tsan_acquire` in the CHiredis shim: the Swift runtime omits this annotation when a
     /// continuation is resumed before its task suspends). A no-op without TSan.
-    private static func tsanAcquireCurrentTask() {
+    static func tsanAcquireCurrentTask() {
         withUnsafeCurrentTask { task in
             guard let task else { return }
             connpool_tsan_acquire(unsafeBitCast(task, to: UnsafeRawPointer.self))
@@ -760,7 +760,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     ///
     /// - Throws: ``RedisError/concurrentUse``, ``RedisError/connectionClosedLocally`` or
     ///   ``RedisError/connectionBroken(cause:)``, with nothing claimed or counted.
-    private func enter() throws(RedisError) {
+    func enter() throws(RedisError) {
         guard inUse.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
         else {
             if closeRequested.load(ordering: .sequentiallyConsistent) { throw .connectionClosedLocally }
@@ -777,7 +777,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         spin.begin()
     }
 
-    private func leave() {
+    func leave() {
         spin.end()
         unclaim()
     }
@@ -814,7 +814,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         return reply
     }
 
-    private func appendCommand(_ arguments: [RedisArgument]) throws(RedisError) {
+    func appendCommand(_ arguments: [RedisArgument]) throws(RedisError) {
         scratch.reset()
         for argument in arguments {
             argument.withRedisArgumentBytes { scratch.add($0) }
@@ -854,7 +854,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     }
 
     /// Writes as much of the output buffer as the socket takes. Returns `true` once it is empty.
-    private func flushOnce() throws(RedisError) -> Bool {
+    func flushOnce() throws(RedisError) -> Bool {
         var done: Int32 = 0
         var code: Int32 = 0
         if connpool_redisBufferWriteNoSignal(context, &done, &code) != REDIS_OK {
@@ -865,7 +865,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
 
     /// Reads once from the socket into hiredis' reader. Returns the number of bytes read (0 when the socket
     /// had nothing: EAGAIN).
-    private func readOnce() throws(RedisError) -> Int {
+    func readOnce() throws(RedisError) -> Int {
         let before = connpool_redisReaderLength(context)
         if redisBufferRead(context) != REDIS_OK {
             throw breakWith(contextError(operation: "read", errno: errno))
@@ -874,7 +874,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     }
 
     /// Takes one whole reply out of the reader, if one is buffered; copies and frees it.
-    private func takeReply() throws(RedisError) -> RedisReply? {
+    func takeReply() throws(RedisError) -> RedisReply? {
         var raw: UnsafeMutableRawPointer?
         if redisGetReplyFromReader(context, &raw) != REDIS_OK {
             throw breakWith(contextError(operation: "parse", errno: 0))
