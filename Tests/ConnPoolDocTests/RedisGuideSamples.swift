@@ -46,6 +46,17 @@ func transfer(_ redis: RedisConnection, from: String, to: String) async throws {
     print(try doubled.get())
 }
 
+func listen(configuration: RedisConnectionConfiguration, pool: ConnectionPool<RedisConnectionFactory>) async throws {
+    let subscriber = try RedisSubscriber(configuration: configuration)
+    try await subscriber.subscribe(["orders"])
+    _ = try await pool.withConnection { try await $0.publish("orders", "order-1") }
+    for try await message in subscriber.messages {
+        print(message.channel, message.string)  // orders order-1
+        break
+    }
+    await subscriber.close()
+}
+
 @Suite("ConnPoolRedis.docc samples")
 struct RedisGuideSampleTests {
     @Test("the Using Redis snippets run against a real server")
@@ -64,6 +75,10 @@ struct RedisGuideSampleTests {
             // Nothing the samples did leaves the connection dirty: no reset, nothing closed.
             #expect(pool.metrics().sessionResets == 0)
             #expect(pool.metrics().closed == 0)
+            // The pub/sub snippet: it returns after the message it published itself.
+            var redis = try RedisConnectionConfiguration(port: server.port)
+            redis.commandTimeout = .seconds(5)
+            try await listen(configuration: redis, pool: pool)
             await pool.shutdown()
         }
     }
