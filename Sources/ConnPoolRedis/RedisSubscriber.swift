@@ -1,4 +1,5 @@
 public import Logging
+import ConnPool
 import ConnPoolIO
 import Dispatch
 import Synchronization
@@ -236,7 +237,8 @@ public final class RedisSubscriber: Sendable {
 
 /// The state shared by ``RedisSubscriber``'s callers and its driver task.
 ///
-/// Sendable: every mutable field is in `state` (a `Mutex`) or an `Atomic`; the rest is `let` of Sendable
+/// Sendable: every mutable field is in `state` (a `LockedValue`: a pthread mutex, which ThreadSanitizer
+/// understands; a contended `Synchronization.Mutex` draws false race reports) or an `Atomic`; the rest is `let` of Sendable
 /// types. The connection itself is touched only by the driver task.
 final class SubscriberCore: Sendable {
     enum Kind: String, Sendable {
@@ -292,7 +294,7 @@ final class SubscriberCore: Sendable {
     let options: Options
     let logger: Logger
     let output: AsyncThrowingStream<RedisPubSubMessage, any Error>.Continuation
-    let state = Mutex(State())
+    let state = LockedValue(State())
     let reconnects = Atomic<Int>(0)
 
     typealias Options = RedisSubscriber.Options
@@ -324,8 +326,8 @@ final class SubscriberCore: Sendable {
             throw RedisError.invalidCommand("\(kind.rawValue.uppercased()) needs at least one channel or pattern")
         }
         try Task.checkCancellation()
-        let (id, wake) = try state.withLock { state throws(RedisError) in
-            if state.finished { throw .connectionClosedLocally }
+        let (id, wake) = try state.withLock { state in
+            if state.finished { throw RedisError.connectionClosedLocally }
             switch kind {
             case .subscribe: state.channels.formUnion(names)
             case .psubscribe: state.patterns.formUnion(names)
@@ -678,7 +680,8 @@ final class SubscriberCore: Sendable {
 
 /// Hands messages from the pump task to the thread in ``RedisSubscriber/receiveBlocking(_:)``.
 ///
-/// Sendable: the buffer is in a `Mutex`; the semaphore is thread-safe. Each `put` and the single `end`
+/// Sendable: the buffer is in a `LockedValue` (a pthread mutex); the semaphore is thread-safe. Each `put` and the
+/// single `end`
 /// signal once, so `take` waits exactly once per item plus once for the end.
 private final class BlockingHandoff: Sendable {
     private struct Buffer {
@@ -688,7 +691,7 @@ private final class BlockingHandoff: Sendable {
         var error: (any Error)?
     }
 
-    private let buffer = Mutex(Buffer())
+    private let buffer = LockedValue(Buffer())
     private let available = DispatchSemaphore(value: 0)
 
     func put(_ message: RedisPubSubMessage) {

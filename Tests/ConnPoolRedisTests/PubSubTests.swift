@@ -17,8 +17,8 @@ struct PubSubTests {
     /// Collects what a subscriber delivers, from a task of its own.
     final class Collector: Sendable {
         final class Box: Sendable {
-            let messages = Mutex<[RedisPubSubMessage]>([])
-            let ended = Mutex<Result<Void, any Error>?>(nil)
+            let messages = LockedValue<[RedisPubSubMessage]>([])
+            let ended = LockedValue<Result<Void, any Error>?>(nil)
         }
 
         let box = Box()
