@@ -410,7 +410,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func noteSessionChange(_ effect: SessionTracking.Effect) {
         var flags = stateFlags.load(ordering: .relaxed)
         switch effect {
-        case .none, .refused: return
+        case .none, .refused, .refusedResp3: return
         case .opensTransaction: flags |= StateFlags.transaction
         case .endsTransaction: flags &= ~(StateFlags.transaction | StateFlags.watching)
         case .watches: flags |= StateFlags.watching
@@ -829,7 +829,7 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
             throw .invalidCommand("a command needs at least one argument (its name)")
         }
         let effect = SessionTracking.effect(of: scratch)
-        if effect == .refused { throw .invalidCommand(SessionTracking.refusedMessage) }
+        if let refusal = SessionTracking.refusal(effect) { throw .invalidCommand(refusal) }
         if scratch.append(to: context) != REDIS_OK {
             throw breakWith(.io(operation: "redisAppendCommandArgv", errno: ENOMEM))
         }
@@ -847,8 +847,8 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
             }
             scratch.reset()
             for argument in command.prefix(3) { argument.withRedisArgumentBytes { scratch.add($0) } }
-            if SessionTracking.effect(of: scratch) == .refused {
-                throw .invalidCommand("command \(position) of the pipeline: \(SessionTracking.refusedMessage); nothing was sent")
+            if let refusal = SessionTracking.refusal(SessionTracking.effect(of: scratch)) {
+                throw .invalidCommand("command \(position) of the pipeline: \(refusal); nothing was sent")
             }
         }
     }

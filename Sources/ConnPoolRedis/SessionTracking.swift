@@ -31,6 +31,21 @@ enum SessionTracking {
         /// `CLIENT REPLY OFF|SKIP`: the server would stop answering, so replies could no longer be
         /// matched to commands. Refused before anything is sent.
         case refused
+        /// `HELLO 3`: RESP3, which hiredis 0.14 cannot parse (its replies would break the connection).
+        /// Refused before anything is sent.
+        case refusedResp3
+    }
+
+    /// The message of the ``RedisError/invalidCommand(_:)`` thrown for a refused command, nil for one
+    /// that is not refused.
+    static func refusal(_ effect: Effect) -> String? {
+        switch effect {
+        case .refused: return refusedMessage
+        case .refusedResp3:
+            return "HELLO 3 is not supported: this connection speaks RESP2 (hiredis 0.14 cannot parse RESP3 replies); "
+                + "use HELLO 2, or HELLO without a protocol version"
+        default: return nil
+        }
     }
 
     /// The message of the ``RedisError/invalidCommand(_:)`` thrown for a refused command.
@@ -54,7 +69,9 @@ enum SessionTracking {
             switch upper(name[0]) {
             case UInt8(ascii: "M") where matches(name, "MULTI"): return .opensTransaction
             case UInt8(ascii: "W") where matches(name, "WATCH"): return .watches
-            case UInt8(ascii: "H") where matches(name, "HELLO"): return .changesOtherState
+            case UInt8(ascii: "H") where matches(name, "HELLO"):
+                if scratch.argumentCount < 2 { return .changesOtherState }
+                return matches(scratch.argument(1), "2") ? .changesOtherState : .refusedResp3
             case UInt8(ascii: "R") where matches(name, "RESET"): return .changesOtherState
             default: return .none
             }

@@ -66,21 +66,25 @@ struct SessionResetTests {
         await pool.shutdown()
     }
 
-    @Test("CLIENT REPLY OFF and SKIP are refused before anything is sent", arguments: Mode.allCases)
-    func clientReplyOffIsRefused(mode: Mode) async throws {
+    @Test("CLIENT REPLY OFF|SKIP and HELLO 3 are refused before anything is sent", arguments: Mode.allCases)
+    func desynchronizingCommandsAreRefused(mode: Mode) async throws {
         let pool = try await Self.makePool(SharedServer.configuration())
-        for replyMode in ["OFF", "SKIP", "off"] {
+        let refused: [[RedisArgument]] = [
+            ["CLIENT", "REPLY", "OFF"], ["CLIENT", "REPLY", "SKIP"], ["client", "reply", "off"], ["HELLO", "3"],
+            ["hello", "3", "SETNAME", "x"],
+        ]
+        for command in refused {
             let single = await expectRedisError {
                 switch mode {
                 case .async:
-                    _ = try await pool.withConnection { try await $0.command("CLIENT", "REPLY", replyMode) }
+                    _ = try await pool.withConnection { try await $0.command(command) }
                 case .blocking:
-                    _ = try await onThread { try pool.withConnectionBlocking { try $0.commandBlocking("CLIENT", "REPLY", replyMode) } }
+                    _ = try await onThread { try pool.withConnectionBlocking { try $0.commandBlocking(command) } }
                 }
             }
-            #expect(single.map { if case .invalidCommand = $0 { true } else { false } } == true, "\(replyMode)")
+            #expect(single.map { if case .invalidCommand = $0 { true } else { false } } == true, "\(command)")
             let inPipeline = await expectRedisError {
-                _ = try await Self.pipeline(pool, mode, [["PING"], ["client", "reply", .string(replyMode)]])
+                _ = try await Self.pipeline(pool, mode, [["PING"], command])
             }
             guard case .invalidCommand(let message)? = inPipeline else {
                 Issue.record("expected invalidCommand, got \(String(describing: inPipeline))")
