@@ -41,7 +41,12 @@ struct RedisReplySpinAdaptivityTests {
         // Spinning on every request would be `requests` spins.
         let allowed = requests / ReplySpin.probeInterval + 1 + Int(ReplySpin.restartScore)
         #expect(after.spins - before.spins <= allowed, "\(before) → \(after)")
-        #expect(!connection.isReplySpinning)
+        // Stopped, or stopping again after a false restart near the end (seen in a parallel swift test).
+        let stoppedAgain = try await eventually(timeout: .seconds(30)) {
+            try await slowCommand()
+            return !connection.isReplySpinning
+        }
+        #expect(stoppedAgain, "\(connection.replySpinStatistics)")
 
         // The same connection, now with fast replies (PING): a probe catches one and the spin is back.
         let restarted = try await eventually(timeout: .seconds(60)) {
