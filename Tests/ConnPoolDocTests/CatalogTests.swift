@@ -201,6 +201,8 @@ struct CatalogTests {
         String(describing: PoolClock.self),
         String(describing: ManualClock.self),
         String(describing: BlockingOffload.self),
+        String(describing: ReuseCondition.self),
+        String(describing: (any ConnectErrorClassifying).self).replacingOccurrences(of: "any ", with: ""),
     ]
 
     @Test("the landing page curates every public type")
