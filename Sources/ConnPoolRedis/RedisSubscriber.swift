@@ -615,9 +615,13 @@ final class SubscriberCore: Sendable {
     private func waitForRequest() async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                // `Task.isCancelled` is read under the lock that the cancellation handler takes: a wait
+                // cancelled before it stored its continuation (the socket won the race) returns at once
+                // instead of being left for the task group to wait on until the next request (a lost
+                // wake-up, seen as a 5 s confirmation timeout in a ThreadSanitizer run).
                 let now = state.withLock { state in
-                    if state.wakePending || state.finished {
-                        state.wakePending = false
+                    if state.wakePending || state.finished || Task.isCancelled {
+                        if !Task.isCancelled { state.wakePending = false }
                         return true
                     }
                     state.wake = continuation
