@@ -612,7 +612,8 @@ final class SubscriberCore: Sendable {
         if case .failed(let error) = outcome { throw error }
     }
 
-    private func waitForRequest() async {
+    /// Internal (not private) for its regression test.
+    func waitForRequest() async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 // `Task.isCancelled` is read under the lock that the cancellation handler takes: a wait
