@@ -40,8 +40,19 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
-        // A small epoll readiness reactor and the reply spin, shared by the backends.
-        .target(name: "ConnPoolIO", dependencies: ["CConnPoolIO"], swiftSettings: strictSettings),
+        // The socket layer both backends speak through: resolve/connect/read/write with deadlines, TLS
+        // (OpenSSL 3), the in-use guard with deferred close, the epoll reactor and the reply spin.
+        .target(
+            name: "ConnPoolIO",
+            dependencies: ["CConnPoolIO", "COpenSSL", "ConnPool", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        // OpenSSL 3 (libssl-dev), found by pkg-config; a header of wrappers for OpenSSL's macros.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
         // glibc declarations Swift's Glibc module lacks (sched_getcpu, for the reply spin's counters).
         .target(name: "CConnPoolIO"),
         // Backend 1: hiredis.

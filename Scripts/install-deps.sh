@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages connpool needs, if any is missing:
-#   libhiredis-dev  (CHiredis, the Redis backend)    pkg-config (finds hiredis)
+#   libhiredis-dev  (CHiredis, the Redis backend)    pkg-config (finds hiredis and OpenSSL)
+#   libssl-dev      (COpenSSL: TLS for both backends)  openssl (the CLI: tests make their certificates)
 #   redis-server, redis-tools (tests, redis-bench, redis-benchmark baseline)
 #   prometheus      (promtool, to validate the Prometheus exposition in tests)
 set -euo pipefail
@@ -8,6 +9,8 @@ set -euo pipefail
 missing=()
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists hiredis 2>/dev/null || missing+=(libhiredis-dev)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)

@@ -1,3 +1,4 @@
+import ConnPool
 import Glibc
 import Synchronization
 
@@ -255,7 +256,7 @@ public final class IOReactor: @unchecked Sendable {
         // The reactor thread often resumes a continuation before its task has suspended; the Swift 6.3
         // runtime then omits the ThreadSanitizer acquire that pairs with the resumer's release (see
         // ConnPool's ThreadSanitizerAnnotations). Record it here so TSan sees the ordering.
-        defer { Self.threadSanitizerAcquireCurrentTask() }
+        defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
         guard fd >= 0 else {
             throw IOReactorError.systemError(errno: EBADF, operation: operationName(fd, writable))
         }
@@ -704,25 +705,5 @@ private struct ReactorState {
             }
         }
         setHeapIndex(of: heap[parent], to: parent)
-    }
-}
-
-extension IOReactor {
-    private typealias TSanAcquire = @convention(c) (UnsafeMutableRawPointer?) -> Void
-
-    /// `__tsan_acquire`, present only in a process built with `-sanitize=thread`.
-    private static let tsanAcquire: TSanAcquire? = {
-        guard let symbol = dlsym(nil, "__tsan_acquire") else { return nil }
-        return unsafeBitCast(symbol, to: TSanAcquire.self)
-    }()
-
-    /// Tells TSan that whoever resumed the current task happened before what follows; a nil check
-    /// without TSan.
-    fileprivate static func threadSanitizerAcquireCurrentTask() {
-        guard let acquire = tsanAcquire else { return }
-        withUnsafeCurrentTask { task in
-            guard let task else { return }
-            acquire(unsafeBitCast(task, to: UnsafeMutableRawPointer.self))
-        }
     }
 }
