@@ -69,7 +69,7 @@ let package = Package(
         // Backend 2: raw TCP sockets.
         .target(
             name: "ConnPoolTCP",
-            dependencies: ["ConnPool", "ConnPoolIO"],
+            dependencies: ["ConnPool", "ConnPoolIO", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         // Starts and stops throwaway redis-server processes on free loopback ports (tests, bench, examples).

@@ -1,3 +1,4 @@
+import ConnPool
 import ConnPoolIO
 
 // PUBLISH through a pooled connection, and the steps ``RedisSubscriber`` drives its dedicated connection
@@ -43,7 +44,7 @@ extension RedisConnection {
         try enter()
         defer { leave() }
         for command in commands { try appendCommand(command) }
-        return try flushOnce()
+        return try flushOnce() == nil
     }
 
     /// Writes as much of the output buffer as the socket takes. Returns `true` once it is empty.
@@ -52,7 +53,7 @@ extension RedisConnection {
     func pubSubFlush() throws(RedisError) -> Bool {
         try enter()
         defer { leave() }
-        return try flushOnce()
+        return try flushOnce() == nil
     }
 
     /// Reads everything the socket has now, without waiting, and returns the whole replies parsed.
@@ -67,7 +68,7 @@ extension RedisConnection {
             defer { leave() }
             while true {
                 while let reply = try takeReply() { replies.append(reply) }
-                if try readOnce() == 0 { return (replies, nil) }
+                if case .wouldBlock = try readOnce() { return (replies, nil) }
             }
         } catch {
             return (replies, error)
@@ -80,11 +81,11 @@ extension RedisConnection {
     ///
     /// - Throws: ``IOReactorError`` (`timedOut` when `deadline` passes); `CancellationError`.
     func waitForPubSub(writable: Bool, deadline: ContinuousClock.Instant?) async throws {
-        defer { Self.tsanAcquireCurrentTask() }
+        defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
         if writable {
-            try await IOReactor.shared.waitWritable(fd, deadline: deadline)
+            try await IOReactor.shared.waitWritable(transport.fd, deadline: deadline)
         } else {
-            try await IOReactor.shared.waitReadable(fd, deadline: deadline)
+            try await IOReactor.shared.waitReadable(transport.fd, deadline: deadline)
         }
     }
 }

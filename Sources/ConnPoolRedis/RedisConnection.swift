@@ -10,16 +10,17 @@ import Glibc
 import Darwin
 #endif
 
-/// A connection to one Redis server through hiredis 0.14.1, with a blocking and an async API over the
-/// same socket.
+/// A connection to one Redis server, plain or TLS, with hiredis 0.14.1 as its codec, and a blocking and
+/// an async API over the same socket.
 ///
 /// ## Design
-/// - **One non-blocking socket for both APIs.** The connection opens the socket itself (non-blocking
-///   connect bounded by ``RedisConnectionConfiguration/connectTimeout``), hands it to hiredis with
-///   `redisConnectFd` and clears hiredis' blocking flag. hiredis is then a protocol codec with buffers:
-///   `redisAppendCommandArgv` formats binary-safe commands into its output buffer, a `send()` twin of
-///   `redisBufferWrite` flushes it (no SIGPIPE when the server has gone), `redisBufferRead` feeds the reader
-///   and `redisGetReplyFromReader` takes whole replies out. Only the waiting differs:
+/// - **hiredis codec over the shared transport.** The socket is a ConnPoolIO `Transport` (the socket
+///   layer the TCP backend uses too): a non-blocking connect bounded by
+///   ``RedisConnectionConfiguration/connectTimeout``, TLS through OpenSSL when
+///   ``RedisConnectionConfiguration/tls`` is set, reads and writes without SIGPIPE. hiredis owns no
+///   socket: `redisAppendCommandArgv` formats binary-safe commands into its output buffer, which the
+///   connection writes through the transport; received bytes are fed to its reader
+///   (`redisReaderFeed`) and `redisGetReplyFromReader` takes whole replies out. Only the waiting differs:
 ///   - the blocking API (`…Blocking`) waits with `poll()` and a deadline on the calling thread;
 ///   - the async API suspends the task on ``IOReactor`` (one epoll thread for the whole process), so no
 ///     cooperative thread ever blocks and hundreds of connections need no thread each. The alternative,
@@ -48,62 +49,63 @@ import Darwin
 ///   ``RedisError/concurrentUse`` instead of corrupted buffers.
 ///
 /// ## Sendable
-/// `@unchecked Sendable` is safe because the mutable state (`brokenCause`, `scratch`, `spin`, and hiredis'
-/// context behind `context`) is read and written only by the thread or task that holds the in-use flag
-/// `inUse`: it is taken with a sequentially consistent compare-exchange before any access and released with a
-/// sequentially consistent store after the last one, which orders every access of one holder before every
-/// access of the next. The context is freed exactly once, by whoever wins the `freed` compare-exchange while
-/// holding `inUse` (close, the end of an operation during which close was requested, or `deinit`). The
-/// package-only `replySpin…` readers read `spin` between operations, after an acquiring load of `inUse` that
-/// pairs with the last holder's release. Every other stored property is a `let` of a Sendable type or an
-/// `Atomic`.
+/// `@unchecked Sendable` is safe because the mutable state (`brokenCause`, `scratch`, `hasReceived`, the
+/// bytes behind `readBuffer`, and hiredis' context behind `context`) is read and written only by the thread
+/// or task that holds the transport's in-use flag (``Transport/begin()`` / ``Transport/end()``): it is taken
+/// with a sequentially consistent compare-exchange before any access and released with a sequentially
+/// consistent store after the last one, which orders every access of one holder before every access of the
+/// next. The context and the read buffer are freed only in `deinit`, when no operation can run. The socket
+/// (and its TLS object) belong to the ``Transport``, which frees them exactly once and never under an
+/// operation in progress. Every other stored property is a `let` of a Sendable type or an `Atomic`.
 public final class RedisConnection: Connection, @unchecked Sendable, CustomStringConvertible {
     /// The configuration this connection was made with (its password is redacted when printed).
     public let configuration: RedisConnectionConfiguration
 
+    /// hiredis as a codec: its output buffer and its reply reader; it owns no socket.
     private let context: UnsafeMutablePointer<redisContext>
-    let fd: Int32
+    /// The socket (plain or TLS), its in-use flag, its deferred close and its reply spin.
+    let transport: Transport
     private let logger: Logger
-    private let inUse = Atomic<Bool>(false)
     /// ``StateFlags``: broken, and what a borrower changed in the session. Written only by the holder of
-    /// `inUse` (or by the pool's reset, which holds the connection alone); read by ``isBroken`` and
+    /// the transport (or by the pool's reset, which holds the connection alone); read by ``isBroken`` and
     /// ``reuseCondition`` on release, which the releasing thread does after its last operation.
     private let stateFlags = Atomic<UInt8>(0)
     /// Set when `RESET` turned out to be unknown (a server before 6.2).
     private let serverLacksReset = Atomic<Bool>(false)
-    private let closeRequested = Atomic<Bool>(false)
-    private let freed = Atomic<Bool>(false)
-    // Touched only by the holder of `inUse` (see the Sendable note above).
+    // Touched only by the holder of the transport (see the Sendable note above).
     private var brokenCause: RedisError?
     private var scratch = ArgvScratch()
-    /// This connection's reply spin: its count in the process' operations and its record of reply
-    /// times.
-    private var spin: ReplySpin.Gate
+    /// Whether any byte was received yet (the first ones tell a TLS port answering plain text).
+    private var hasReceived = false
+    /// Received bytes on their way to hiredis' reader: one buffer per connection, allocated once.
+    private let readBuffer: UnsafeMutableRawPointer
 
-    /// hiredis' read chunk: a read that returns this many bytes probably left more in the socket.
+    /// The read chunk: a read that returns this many bytes probably left more in the socket.
     private static let readChunk = 16 * 1024
 
     private init(
-        context: UnsafeMutablePointer<redisContext>, configuration: RedisConnectionConfiguration, logger: Logger
+        context: UnsafeMutablePointer<redisContext>, transport: Transport, configuration: RedisConnectionConfiguration,
+        logger: Logger
     ) {
         self.context = context
-        self.fd = context.pointee.fd
+        self.transport = transport
         self.configuration = configuration
         self.logger = logger
-        spin = ReplySpin.Gate(policy: configuration.replySpin)
+        readBuffer = .allocate(byteCount: Self.readChunk, alignment: 16)
     }
 
     deinit {
-        if freed.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged {
-            redisFree(context)
-        }
+        // No operation can run (each holds a reference); the transport closes the socket in its own
+        // deinit if close() was never called.
+        redisFree(context)
+        readBuffer.deallocate()
         scratch.deallocate()
     }
 
-    /// `RedisConnection(endpoint: …, fd: …, broken: …)`; never includes the password.
+    /// `RedisConnection(endpoint: …, tls: …, fd: …, broken: …)`; never includes the password.
     public var description: String {
-        "RedisConnection(endpoint: \(configuration.endpoint), database: \(configuration.database), fd: \(fd), "
-            + "broken: \(isBroken), closed: \(closeRequested.load(ordering: .relaxed)))"
+        "RedisConnection(endpoint: \(configuration.endpoint), database: \(configuration.database), "
+            + "tls: \(transport.isTLS), fd: \(transport.fd), broken: \(isBroken), closed: \(transport.isClosing))"
     }
 
     /// `true` once an I/O error, a timeout, a protocol error or a cancelled wait left the connection's
@@ -124,37 +126,40 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     }
 
     /// `true` once ``close()`` (or ``closeBlocking()``) was called.
-    public var isClosed: Bool { closeRequested.load(ordering: .relaxed) }
+    public var isClosed: Bool { transport.isClosing }
+
+    /// Whether this connection speaks TLS.
+    public var isTLS: Bool { transport.isTLS }
+
+    /// Whether this connection's TLS handshake resumed an earlier session of its factory (an abbreviated
+    /// handshake); `false` without TLS.
+    public var isTLSSessionReused: Bool { transport.isTLSSessionReused }
 
     /// What this connection's reply spin did so far (see ``ReplySpin``). For tests and diagnostics: read
     /// it between operations, from the code that uses the connection (it belongs to whoever holds the
     /// connection, like the connection's buffers).
-    package var replySpinStatistics: ReplySpin.Statistics {
-        // Acquires what the last operation released with the in-use flag, so that a read from another
-        // thread after that operation ended sees its writes (and ThreadSanitizer sees the edge).
-        _ = inUse.load(ordering: .acquiring)
-        return spin.statistics
-    }
+    package var replySpinStatistics: ReplySpin.Statistics { transport.replySpinStatistics }
 
     /// Whether this connection's record of reply times lets it spin (see ``ReplySpin/Gate/isSpinning``).
     /// Read it as ``replySpinStatistics``.
-    package var isReplySpinning: Bool {
-        _ = inUse.load(ordering: .acquiring)
-        return spin.isSpinning
-    }
+    package var isReplySpinning: Bool { transport.isReplySpinning }
 
     // MARK: - Connecting
 
-    /// Opens a connection without blocking a cooperative thread: a non-blocking connect waited on the
-    /// ``IOReactor``, then AUTH, SELECT and CLIENT SETNAME (as configured; a PING instead when none is and
-    /// ``RedisConnectionConfiguration/pingOnConnect`` is set) sent as one pipeline. All of it is bounded by
-    /// ``RedisConnectionConfiguration/connectTimeout``. A host name (not an IP literal) is
-    /// resolved with `getaddrinfo` on a dispatch thread (``BlockingOffload``); that lookup is not bounded
-    /// by the timeout.
+    /// Opens a connection without blocking a cooperative thread: resolves the host (a name with
+    /// `getaddrinfo` on a dispatch thread), connects without blocking (the ``IOReactor`` waits), completes
+    /// the TLS handshake when ``RedisConnectionConfiguration/tls`` is set, then sends AUTH, SELECT and
+    /// CLIENT SETNAME (as configured; a PING instead when none is and
+    /// ``RedisConnectionConfiguration/pingOnConnect`` is set) as one pipeline. All of it is bounded by
+    /// ``RedisConnectionConfiguration/connectTimeout``.
+    ///
+    /// Each call makes its own TLS context: connections made by a ``RedisConnectionFactory`` share one,
+    /// and resume each other's TLS sessions.
     ///
     /// - Throws: ``RedisConfigurationError`` for an invalid configuration; ``RedisError/connectionRefused(endpoint:)``,
     ///   ``RedisError/connectTimeout(endpoint:timeout:)``, ``RedisError/connectFailed(endpoint:operation:errno:)``,
-    ///   ``RedisError/hostNotFound(host:detail:)``, ``RedisError/authenticationFailed(_:)``,
+    ///   ``RedisError/hostNotFound(host:detail:)``, ``RedisError/tls(_:)`` (a certificate that fails
+    ///   verification, a plain port, a missing client certificate, …), ``RedisError/authenticationFailed(_:)``,
     ///   ``RedisError/handshakeFailed(command:message:)`` or an I/O ``RedisError``; `CancellationError` if
     ///   the task is cancelled.
     public static func connect(
@@ -162,86 +167,38 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         logger: Logger = Logger(label: "ConnPoolRedis")
     ) async throws -> RedisConnection {
         try configuration.validate()
+        return try await connect(configuration: configuration, tlsContext: makeTLSContext(configuration, logger: logger), logger: logger)
+    }
+
+    /// ``connect(configuration:logger:)`` with a TLS context shared by the caller's connections (the
+    /// factory's), for session resumption.
+    static func connect(
+        configuration: RedisConnectionConfiguration, tlsContext: TLSContext?, logger: Logger
+    ) async throws -> RedisConnection {
         try Task.checkCancellation()
-        let endpoint = configuration.endpoint.description
         let deadline = ContinuousClock.now.advanced(by: configuration.connectTimeout)
-        let addresses: [SocketAddress]
-        switch configuration.endpoint {
-        case .tcp(let host, let port):
-            if let numeric = SocketAddress.numeric(host: host, port: port) {
-                addresses = [numeric]
-            } else {
-                defer { Self.tsanAcquireCurrentTask() }
-                addresses = try await BlockingOffload.run { try SocketAddress.resolve(host: host, port: port) }
-            }
-        case .unixSocket(let path):
-            addresses = [.unix(path: path)]
+        let transport: Transport
+        do {
+            transport = try await Transport.connect(
+                to: configuration.socketEndpoint, options: configuration.socketOptions, tls: tlsContext,
+                replySpin: configuration.replySpin, deadline: deadline)
+        } catch let error as TransportError {
+            throw connectError(error, configuration)
         }
-
-        var lastError: any Error = RedisError.connectionRefused(endpoint: endpoint)
-        var socketFD: Int32?
-        addressLoop: for address in addresses {
-            do {
-                while true {
-                    switch try Sockets.startConnect(address, endpoint: endpoint) {
-                    case .connected(let fd):
-                        socketFD = fd
-                        break addressLoop
-                    case .inProgress(let fd):
-                        do {
-                            if !Sockets.isReady(fd, events: Int16(POLLOUT)) {
-                                defer { Self.tsanAcquireCurrentTask() }
-                                try await IOReactor.shared.waitWritable(fd, deadline: deadline)
-                            }
-                        } catch let error as IOReactorError {
-                            closeDescriptor(fd)
-                            switch error {
-                            case .timedOut:
-                                throw RedisError.connectTimeout(
-                                    endpoint: endpoint, timeout: configuration.connectTimeout)
-                            case .closed:
-                                throw RedisError.connectFailed(
-                                    endpoint: endpoint, operation: "wait (the reactor was shut down)", errno: ESHUTDOWN)
-                            case .systemError(let code, let operation):
-                                throw RedisError.connectFailed(endpoint: endpoint, operation: operation, errno: code)
-                            }
-                        } catch {
-                            closeDescriptor(fd)  // CancellationError
-                            throw error
-                        }
-                        try Sockets.finishConnect(fd, endpoint: endpoint)
-                        socketFD = fd
-                        break addressLoop
-                    case .retryLater:
-                        if ContinuousClock.now >= deadline {
-                            throw RedisError.connectTimeout(endpoint: endpoint, timeout: configuration.connectTimeout)
-                        }
-                        try await Task.sleep(for: .milliseconds(1))
-                    }
-                }
-            } catch let error as RedisError {
-                if error.isTimeout { throw error }
-                lastError = error
-            }
-        }
-        guard let socketFD else { throw lastError }
-
-        let connection = try makeConnection(fd: socketFD, configuration: configuration, logger: logger)
+        let connection = try makeConnection(transport: transport, configuration: configuration, logger: logger)
         do {
             try await connection.handshake(deadline: deadline)
         } catch {
             connection.closeNow()
             throw error
         }
-        logger.debug("redis connection opened", metadata: ["endpoint": "\(endpoint)"])
+        logger.debug("redis connection opened", metadata: ["endpoint": "\(configuration.endpoint)", "tls": "\(transport.isTLS)"])
         return connection
     }
 
-    /// Opens a connection, blocking the calling thread (never call it on a cooperative thread): a
-    /// non-blocking connect waited with `poll()`, then AUTH, SELECT and CLIENT SETNAME (as configured; a
-    /// PING instead when none is and ``RedisConnectionConfiguration/pingOnConnect`` is set) sent as one
-    /// pipeline, all bounded by ``RedisConnectionConfiguration/connectTimeout`` (a host-name
-    /// lookup excepted).
+    /// Opens a connection, blocking the calling thread (never call it on a cooperative thread): the same
+    /// steps as ``connect(configuration:logger:)``, waiting with `poll()`, all bounded by
+    /// ``RedisConnectionConfiguration/connectTimeout``.
     ///
     /// - Throws: the errors of ``connect(configuration:logger:)`` except `CancellationError`.
     public static func connectBlocking(
@@ -249,75 +206,73 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         logger: Logger = Logger(label: "ConnPoolRedis")
     ) throws -> RedisConnection {
         try configuration.validate()
-        let endpoint = configuration.endpoint.description
+        return try connectBlocking(configuration: configuration, tlsContext: makeTLSContext(configuration, logger: logger), logger: logger)
+    }
+
+    /// ``connectBlocking(configuration:logger:)`` with a shared TLS context.
+    static func connectBlocking(
+        configuration: RedisConnectionConfiguration, tlsContext: TLSContext?, logger: Logger
+    ) throws -> RedisConnection {
         let deadline = ContinuousClock.now.advanced(by: configuration.connectTimeout)
-        let addresses: [SocketAddress]
-        switch configuration.endpoint {
-        case .tcp(let host, let port): addresses = try SocketAddress.resolve(host: host, port: port)
-        case .unixSocket(let path): addresses = [.unix(path: path)]
+        let transport: Transport
+        do {
+            transport = try Transport.connectBlocking(
+                to: configuration.socketEndpoint, options: configuration.socketOptions, tls: tlsContext,
+                replySpin: configuration.replySpin, deadline: deadline)
+        } catch {
+            throw connectError(error, configuration)
         }
-
-        var lastError: RedisError = .connectionRefused(endpoint: endpoint)
-        var socketFD: Int32?
-        addressLoop: for address in addresses {
-            do {
-                while true {
-                    switch try Sockets.startConnect(address, endpoint: endpoint) {
-                    case .connected(let fd):
-                        socketFD = fd
-                        break addressLoop
-                    case .inProgress(let fd):
-                        let ready: Bool
-                        do {
-                            ready = try Sockets.poll(fd, events: Int16(POLLOUT), deadline: deadline)
-                        } catch {
-                            closeDescriptor(fd)
-                            throw error
-                        }
-                        guard ready else {
-                            closeDescriptor(fd)
-                            throw RedisError.connectTimeout(endpoint: endpoint, timeout: configuration.connectTimeout)
-                        }
-                        try Sockets.finishConnect(fd, endpoint: endpoint)
-                        socketFD = fd
-                        break addressLoop
-                    case .retryLater:
-                        if ContinuousClock.now >= deadline {
-                            throw RedisError.connectTimeout(endpoint: endpoint, timeout: configuration.connectTimeout)
-                        }
-                        usleep(1000)
-                    }
-                }
-            } catch let error as RedisError {
-                if error.isTimeout { throw error }
-                lastError = error
-            }
-        }
-        guard let socketFD else { throw lastError }
-
-        let connection = try makeConnection(fd: socketFD, configuration: configuration, logger: logger)
+        let connection = try makeConnection(transport: transport, configuration: configuration, logger: logger)
         do {
             try connection.handshakeBlocking(deadline: deadline)
         } catch {
             connection.closeNow()
             throw error
         }
-        logger.debug("redis connection opened", metadata: ["endpoint": "\(endpoint)"])
+        logger.debug("redis connection opened", metadata: ["endpoint": "\(configuration.endpoint)", "tls": "\(transport.isTLS)"])
         return connection
     }
 
-    private static func makeConnection(
-        fd: Int32, configuration: RedisConnectionConfiguration, logger: Logger
-    ) throws(RedisError) -> RedisConnection {
-        if case .tcp = configuration.endpoint {
-            Sockets.configureTCP(fd, keepAlive: configuration.tcpKeepAlive)
+    /// A TLS context for `configuration`, or `nil` when it does not use TLS.
+    ///
+    /// - Throws: ``RedisError/tls(_:)`` with ``TLSError/invalidConfiguration(field:reason:)``.
+    static func makeTLSContext(_ configuration: RedisConnectionConfiguration, logger: Logger) throws(RedisError) -> TLSContext? {
+        guard let tls = configuration.tls else { return nil }
+        do {
+            return try TLSContext(configuration: tls, logger: logger)
+        } catch {
+            throw .tls(error)
         }
-        guard let context = redisConnectFd(fd) else {
-            closeDescriptor(fd)
+    }
+
+    /// The ``RedisError`` for a failed connect.
+    private static func connectError(_ error: TransportError, _ configuration: RedisConnectionConfiguration) -> RedisError {
+        let endpoint = configuration.endpoint.description
+        switch error {
+        case .hostNotFound(let host, let detail): return .hostNotFound(host: host, detail: detail)
+        case .connectionRefused: return .connectionRefused(endpoint: endpoint)
+        case .connectTimedOut, .timedOut: return .connectTimeout(endpoint: endpoint, timeout: configuration.connectTimeout)
+        case .connectFailed(let operation, let code), .io(let operation, let code):
+            return .connectFailed(endpoint: endpoint, operation: operation, errno: code)
+        case .tls(let tlsError): return .tls(tlsError)
+        case .endOfStream, .connectionReset:
+            return .connectFailed(endpoint: endpoint, operation: "connect (the server closed the connection)", errno: ECONNRESET)
+        case .reactorShutDown:
+            return .connectFailed(endpoint: endpoint, operation: "wait (the reactor was shut down)", errno: ESHUTDOWN)
+        case .closedLocally, .concurrentUse:
+            return .connectFailed(endpoint: endpoint, operation: "connect", errno: ECANCELED)
+        }
+    }
+
+    private static func makeConnection(
+        transport: Transport, configuration: RedisConnectionConfiguration, logger: Logger
+    ) throws(RedisError) -> RedisConnection {
+        // hiredis gets no socket (-1): it only formats commands and parses replies.
+        guard let context = redisConnectFd(-1) else {
+            transport.close()
             throw .connectFailed(endpoint: configuration.endpoint.description, operation: "redisConnectFd", errno: ENOMEM)
         }
-        connpool_redisSetNonBlockingFlag(context)
-        return RedisConnection(context: context, configuration: configuration, logger: logger)
+        return RedisConnection(context: context, transport: transport, configuration: configuration, logger: logger)
     }
 
     // MARK: Handshake
@@ -569,10 +524,8 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     }
 
     private func flushBlocking(deadline: ContinuousClock.Instant?, budget: Duration? = nil) throws(RedisError) {
-        while try !flushOnce() {
-            let ready: Bool
-            do { ready = try Sockets.poll(fd, events: Int16(POLLOUT), deadline: deadline) } catch { throw breakWith(error) }
-            if !ready { throw breakWith(.timeout(budget ?? configuration.commandTimeout ?? .zero)) }
+        while let interest = try flushOnce() {
+            do { try transport.waitBlocking(for: interest, deadline: deadline) } catch { throw breakWith(ioError(error, budget: budget)) }
         }
     }
 
@@ -581,15 +534,13 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func receiveBlocking(
         deadline: ContinuousClock.Instant?, budget: Duration? = nil
     ) throws(RedisError) -> RedisReply {
-        var mayHaveMore = false
+        var next: SocketInterest? = .readable
         while true {
             if let reply = try takeReply() { return reply }
-            if !mayHaveMore, !spin.waitReadable(fd) {
-                let ready: Bool
-                do { ready = try Sockets.poll(fd, events: Int16(POLLIN), deadline: deadline) } catch { throw breakWith(error) }
-                if !ready { throw breakWith(.timeout(budget ?? configuration.commandTimeout ?? .zero)) }
+            if let interest = next {
+                do { try transport.waitBlocking(for: interest, deadline: deadline) } catch { throw breakWith(ioError(error, budget: budget)) }
             }
-            mayHaveMore = try readOnce() == Self.readChunk
+            next = try readOnce().nextWait
         }
     }
 
@@ -692,8 +643,8 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     }
 
     private func flush(deadline: ContinuousClock.Instant?, budget: Duration? = nil) async throws {
-        while try !flushOnce() {
-            try await wait(writable: true, deadline: deadline, budget: budget)
+        while let interest = try flushOnce() {
+            try await wait(for: interest, deadline: deadline, budget: budget)
         }
     }
 
@@ -702,40 +653,22 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func receive(
         deadline: ContinuousClock.Instant?, budget: Duration? = nil
     ) async throws -> RedisReply {
-        var mayHaveMore = false
+        var next: SocketInterest? = .readable
         while true {
             if let reply = try takeReply() { return reply }
-            if !mayHaveMore, !spin.waitReadable(fd) {
-                try await wait(writable: false, deadline: deadline, budget: budget)
-            }
-            mayHaveMore = try readOnce() == Self.readChunk
+            if let interest = next { try await wait(for: interest, deadline: deadline, budget: budget) }
+            next = try readOnce().nextWait
         }
     }
 
-    /// Suspends on the reactor until the socket is ready; maps its errors to ``RedisError`` and breaks the
-    /// connection on any of them.
-    ///
-    /// A zero-timeout `poll()` first skips the reactor when the socket is already ready (a reply that
-    /// arrived while the previous one was parsed, a loopback connect that completed at once): one cheap
-    /// syscall instead of arming epoll and suspending.
-    private func wait(writable: Bool, deadline: ContinuousClock.Instant?, budget: Duration?) async throws {
-        if Sockets.isReady(fd, events: writable ? Int16(POLLOUT) : Int16(POLLIN)) { return }
+    /// Suspends until the socket is ready (``Transport/wait(for:deadline:)``: TLS input first, then the
+    /// reply spin for readability, a zero-timeout `poll()`, then the reactor); breaks the connection on
+    /// any failure.
+    private func wait(for interest: SocketInterest, deadline: ContinuousClock.Instant?, budget: Duration?) async throws {
         do {
-            defer { Self.tsanAcquireCurrentTask() }
-            if writable {
-                try await IOReactor.shared.waitWritable(fd, deadline: deadline)
-            } else {
-                try await IOReactor.shared.waitReadable(fd, deadline: deadline)
-            }
-        } catch let error as IOReactorError {
-            switch error {
-            case .timedOut:
-                throw breakWith(.timeout(budget ?? configuration.commandTimeout ?? .zero))
-            case .closed:
-                throw breakWith(.io(operation: "wait (the reactor was shut down)", errno: ESHUTDOWN))
-            case .systemError(let code, let operation):
-                throw breakWith(.io(operation: operation, errno: code))
-            }
+            try await transport.wait(for: interest, deadline: deadline)
+        } catch let error as TransportError {
+            throw breakWith(ioError(error, budget: budget))
         } catch {
             // CancellationError: the command may be half sent or its reply still coming.
             _ = breakWith(.cancelled)
@@ -745,64 +678,34 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
 
     // MARK: - Shared steps (called only while holding `inUse`)
 
-    /// Tells ThreadSanitizer that whoever resumed the current task happened before what follows (see
-    /// `connpool_tsan_acquire` in the CHiredis shim: the Swift runtime omits this annotation when a
-    /// continuation is resumed before its task suspends). A no-op without TSan.
-    static func tsanAcquireCurrentTask() {
-        withUnsafeCurrentTask { task in
-            guard let task else { return }
-            connpool_tsan_acquire(unsafeBitCast(task, to: UnsafeRawPointer.self))
-        }
-    }
-
-    /// Claims the connection for one operation, and counts the operation in with its ``ReplySpin/Gate``.
-    /// Pair with ``leave()``.
+    /// Claims the connection for one operation (the transport's in-use flag, and its reply spin's
+    /// count). Pair with ``leave()``.
     ///
     /// - Throws: ``RedisError/concurrentUse``, ``RedisError/connectionClosedLocally`` or
     ///   ``RedisError/connectionBroken(cause:)``, with nothing claimed or counted.
     func enter() throws(RedisError) {
-        guard inUse.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
-        else {
-            if closeRequested.load(ordering: .sequentiallyConsistent) { throw .connectionClosedLocally }
-            throw .concurrentUse
-        }
-        if closeRequested.load(ordering: .sequentiallyConsistent) {
-            unclaim()
-            throw .connectionClosedLocally
+        do {
+            try transport.begin()
+        } catch {
+            throw error == .concurrentUse ? .concurrentUse : .connectionClosedLocally
         }
         if let brokenCause {
-            unclaim()
+            transport.end()
             throw .connectionBroken(cause: brokenCause)
         }
-        spin.begin()
     }
 
     func leave() {
-        spin.end()
-        unclaim()
+        transport.end()
     }
 
-    private func unclaim() {
-        inUse.store(false, ordering: .sequentiallyConsistent)
-        if closeRequested.load(ordering: .sequentiallyConsistent) { freeIfIdle() }
-    }
-
+    /// Closes the socket (waking an operation in progress, which then throws
+    /// ``RedisError/connectionClosedLocally``); the socket is freed when that operation ends.
     private func closeNow() {
-        closeRequested.store(true, ordering: .sequentiallyConsistent)
-        freeIfIdle()
-    }
-
-    /// Takes the in-use flag for good (no operation can start afterwards) and frees the context once.
-    /// With `unclaim()` storing `inUse` before loading `closeRequested`, and `closeNow()` storing
-    /// `closeRequested` before this compare-exchange (all sequentially consistent), at least one of them
-    /// sees the other, so the context is always freed once an in-progress operation ends.
-    private func freeIfIdle() {
-        guard inUse.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
-        else { return }
-        if freed.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged {
-            redisFree(context)
+        if !transport.isClosing {
             logger.trace("redis connection closed", metadata: ["endpoint": "\(configuration.endpoint)"])
         }
+        transport.close()
     }
 
     private func commandDeadline() -> ContinuousClock.Instant? {
@@ -853,24 +756,81 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         }
     }
 
-    /// Writes as much of the output buffer as the socket takes. Returns `true` once it is empty.
-    func flushOnce() throws(RedisError) -> Bool {
-        var done: Int32 = 0
-        var code: Int32 = 0
-        if connpool_redisBufferWriteNoSignal(context, &done, &code) != REDIS_OK {
-            throw breakWith(contextError(operation: "send", errno: code))
+    /// Writes as much of the output buffer as the socket takes.
+    ///
+    /// - Returns: `nil` once the buffer is empty; otherwise what the socket must become before the next
+    ///   try.
+    func flushOnce() throws(RedisError) -> SocketInterest? {
+        while true {
+            var length = 0
+            guard let bytes = connpool_redisOutput(context, &length), length > 0 else { return nil }
+            let result: TransferResult
+            do { result = try transport.send(from: bytes, count: length) } catch { throw breakWith(ioError(error, budget: nil)) }
+            switch result {
+            case .transferred(let count): connpool_redisConsumeOutput(context, count)
+            case .wouldBlock(let interest): return interest
+            case .endOfStream: throw breakWith(transport.isClosing ? .connectionClosedLocally : .connectionClosed)
+            }
         }
-        return done != 0
     }
 
-    /// Reads once from the socket into hiredis' reader. Returns the number of bytes read (0 when the socket
-    /// had nothing: EAGAIN).
-    func readOnce() throws(RedisError) -> Int {
-        let before = connpool_redisReaderLength(context)
-        if redisBufferRead(context) != REDIS_OK {
-            throw breakWith(contextError(operation: "read", errno: errno))
+    /// What one read did.
+    enum ReadProgress {
+        /// This many bytes went to the reader.
+        case read(Int)
+        /// Nothing was available: wait for this before reading again.
+        case wouldBlock(SocketInterest)
+
+        /// What to wait for before the next read: nothing after a full chunk (more is probably there).
+        var nextWait: SocketInterest? {
+            switch self {
+            case .read(let count): count == RedisConnection.readChunk ? nil : .readable
+            case .wouldBlock(let interest): interest
+            }
         }
-        return connpool_redisReaderLength(context) &- before
+    }
+
+    /// Reads once from the transport into hiredis' reader.
+    ///
+    /// - Throws: ``RedisError/connectionClosed`` at the end of the stream, an I/O or TLS error, or
+    ///   ``RedisError/tls(_:)`` with ``TLSError/serverRequiresTLS`` when a plain connection's first bytes
+    ///   are a TLS record (a TLS-only port); each breaks the connection.
+    func readOnce() throws(RedisError) -> ReadProgress {
+        let result: TransferResult
+        do { result = try transport.receive(into: readBuffer, count: Self.readChunk) } catch { throw breakWith(ioError(error, budget: nil)) }
+        switch result {
+        case .transferred(let count):
+            if !hasReceived {
+                hasReceived = true
+                // A TLS alert (0x15) or handshake record (0x16) where a RESP reply was expected.
+                let first = readBuffer.load(as: UInt8.self)
+                if !transport.isTLS, first == 0x15 || first == 0x16 { throw breakWith(.tls(.serverRequiresTLS)) }
+            }
+            if connpool_redisFeed(context, readBuffer.assumingMemoryBound(to: CChar.self), count) != REDIS_OK {
+                throw breakWith(.io(operation: "read", errno: ENOMEM))
+            }
+            return .read(count)
+        case .wouldBlock(let interest):
+            return .wouldBlock(interest)
+        case .endOfStream:
+            throw breakWith(transport.isClosing ? .connectionClosedLocally : .connectionClosed)
+        }
+    }
+
+    /// The ``RedisError`` for a transport failure during an operation (`budget`: the timeout reported).
+    private func ioError(_ error: TransportError, budget: Duration?) -> RedisError {
+        if transport.isClosing { return .connectionClosedLocally }
+        switch error {
+        case .timedOut, .connectTimedOut: return .timeout(budget ?? configuration.commandTimeout ?? .zero)
+        case .io(let operation, let code), .connectFailed(let operation, let code): return .io(operation: operation, errno: code)
+        case .endOfStream: return .connectionClosed
+        case .connectionReset: return .io(operation: "recv", errno: ECONNRESET)
+        case .reactorShutDown: return .io(operation: "wait (the reactor was shut down)", errno: ESHUTDOWN)
+        case .closedLocally: return .connectionClosedLocally
+        case .concurrentUse: return .concurrentUse
+        case .tls(let tlsError): return .tls(tlsError)
+        case .connectionRefused, .hostNotFound: return .io(operation: "connect", errno: ECONNREFUSED)
+        }
     }
 
     /// Takes one whole reply out of the reader, if one is buffered; copies and frees it.

@@ -33,16 +33,18 @@ public enum RedisConfigurationError: Error, Sendable, Equatable, CustomStringCon
     case invalidClientName
     /// A password was given without a user name where one is required, or the reverse.
     case invalidCredentials(reason: String)
+    /// The TLS settings are inconsistent (`reason` says which and how to fix it), or a `rediss://` query
+    /// parameter has a value that is not allowed.
+    case invalidTLS(reason: String)
 
     /// A readable explanation naming the problem; never quotes the password or the URL.
     public var description: String {
         switch self {
         case .malformedURL(let reason):
-            return "malformed Redis URL: \(reason) (expected redis://[user:password@]host[:port][/db] "
-                + "or unix:///path/to/socket[?db=N])"
+            return "malformed Redis URL: \(reason) (expected redis://[user:password@]host[:port][/db], "
+                + "rediss://… for TLS, or unix:///path/to/socket[?db=N])"
         case .unknownScheme(let scheme):
-            let hint = scheme == "rediss" ? " (TLS is not supported by hiredis 0.14.1)" : ""
-            return "unknown Redis URL scheme '\(scheme)'\(hint): use redis:// or unix://"
+            return "unknown Redis URL scheme '\(scheme)': use redis://, rediss:// (TLS) or unix://"
         case .emptyHost:
             return "Redis host is empty"
         case .invalidPort(let text):
@@ -56,13 +58,16 @@ public enum RedisConfigurationError: Error, Sendable, Equatable, CustomStringCon
         case .invalidSocketPath(let reason):
             return "Redis unix socket path is invalid: \(reason)"
         case .unsupportedQueryParameter(let name):
-            return "unsupported Redis URL query parameter '\(name)' (only 'db' is supported)"
+            return "unsupported Redis URL query parameter '\(name)' (redis:// and unix:// take 'db'; rediss:// also "
+                + "takes 'ca', 'server_name', 'verify', 'cert' and 'key')"
         case .invalidTimeout(let name, let value):
             return "Redis \(name) must be positive, got \(value)"
         case .invalidClientName:
             return "Redis client name must be non-empty without spaces or newlines"
         case .invalidCredentials(let reason):
             return "invalid Redis credentials: \(reason)"
+        case .invalidTLS(let reason):
+            return "invalid Redis TLS settings: \(reason)"
         }
     }
 }
@@ -136,8 +141,25 @@ public struct RedisConnectionConfiguration: Sendable, Hashable {
     /// process whose spare CPU matters more than the latency of a lone request. Default
     /// ``ReplySpinPolicy/adaptive``.
     public var replySpin: ReplySpinPolicy = .adaptive
+    /// TLS for the connection (`rediss://` URLs set it); `nil` speaks plain text. See
+    /// ``TLSConfiguration`` for the trusted roots, the verification, the server name and the client
+    /// certificate. Default `nil`.
+    public var tls: TLSConfiguration?
 
     private var secret: RedisSecret?
+
+    /// The endpoint in the socket layer's terms.
+    var socketEndpoint: SocketEndpoint {
+        switch endpoint {
+        case .tcp(let host, let port): .tcp(host: host, port: port)
+        case .unixSocket(let path): .unixSocket(path: path)
+        }
+    }
+
+    /// TCP_NODELAY, and keepalive as ``tcpKeepAlive`` says.
+    var socketOptions: SocketOptions {
+        SocketOptions(noDelay: true, keepAlive: tcpKeepAlive != nil, keepAliveIdle: tcpKeepAlive)
+    }
 
     /// A TCP endpoint. Defaults: `127.0.0.1:6379`.
     ///
@@ -156,11 +178,18 @@ public struct RedisConnectionConfiguration: Sendable, Hashable {
         try validate()
     }
 
-    /// Parses `redis://[[user]:password@]host[:port][/db][?db=N]` or
-    /// `unix://[[user]:password@]/path/to/socket[?db=N]`.
+    /// Parses `redis://[[user]:password@]host[:port][/db][?db=N]`,
+    /// `rediss://[[user]:password@]host[:port][/db][?db=N&ca=…&server_name=…&verify=…&cert=…&key=…]` (TLS)
+    /// or `unix://[[user]:password@]/path/to/socket[?db=N]`.
     ///
     /// User and password are percent-decoded (write `%40` for `@`, `%3A` for `:`, `%25` for `%`); the
     /// port defaults to 6379 and the database to 0; an IPv6 host goes in brackets (`redis://[::1]:6379`).
+    ///
+    /// `rediss://` sets ``tls`` to the defaults (system roots, full verification) changed by its query
+    /// parameters, each percent-decoded: `ca` (a CA certificate file), `server_name` (the name checked
+    /// and sent as SNI), `verify` (`full`, `no-hostname` or `none`; `none` is logged as a warning at
+    /// connect), `cert` and `key` (a client certificate and its key file, for mutual TLS; both or neither).
+    /// A key passphrase cannot be given in a URL: set ``TLSConfiguration/ClientCertificate/passphrase``.
     ///
     /// - Throws: ``RedisConfigurationError`` naming the problem: ``RedisConfigurationError/malformedURL(reason:)``,
     ///   ``RedisConfigurationError/unknownScheme(_:)``, ``RedisConfigurationError/emptyHost``,
@@ -209,6 +238,13 @@ public struct RedisConnectionConfiguration: Sendable, Hashable {
         if username != nil && secret == nil {
             throw .invalidCredentials(reason: "a user name needs a password")
         }
+        if let tls {
+            do {
+                try tls.validate()
+            } catch {
+                throw .invalidTLS(reason: error.description)
+            }
+        }
     }
 }
 
@@ -222,6 +258,7 @@ extension RedisConnectionConfiguration: CustomStringConvertible, CustomDebugStri
         if let clientName { parts.append("clientName: \(clientName)") }
         if pingOnConnect { parts.append("pingOnConnect: true") }
         if replySpin != .adaptive { parts.append("replySpin: \(replySpin)") }
+        if let tls { parts.append("tls: \(tls)") }
         parts.append("connectTimeout: \(connectTimeout)")
         parts.append("commandTimeout: \(commandTimeout.map { "\($0)" } ?? "none")")
         parts.append("tcpKeepAlive: \(tcpKeepAlive.map { "\($0)" } ?? "off")")
@@ -243,6 +280,7 @@ extension RedisConnectionConfiguration: CustomStringConvertible, CustomDebugStri
                 "clientName": clientName as Any,
                 "pingOnConnect": pingOnConnect,
                 "replySpin": replySpin,
+                "tls": tls.map(\.description) as Any,
                 "connectTimeout": connectTimeout,
                 "commandTimeout": commandTimeout as Any,
                 "tcpKeepAlive": tcpKeepAlive as Any,
@@ -299,7 +337,7 @@ enum RedisURLParser {
         }
 
         switch scheme {
-        case "redis":
+        case "redis", "rediss":
             // The user info ends at the last '@' (a password may hold raw '/', ':' or '?').
             var username: String?
             var password: String?
@@ -308,7 +346,7 @@ enum RedisURLParser {
                 knownPassword = password
                 rest = rest[rest.index(after: at)...]
             }
-            let queryDatabase = try parseQuery(queryParameters)
+            let (queryDatabase, tls) = try parseQuery(queryParameters, tls: scheme == "rediss")
             let authority: Substring
             var path: Substring = ""
             if let slash = rest.firstIndex(of: "/") {
@@ -321,9 +359,10 @@ enum RedisURLParser {
             var database = 0
             if !path.isEmpty { database = try parseDatabase(String(path)) }
             if let queryDatabase { database = queryDatabase }
-            let configuration = RedisConnectionConfiguration(
+            var configuration = RedisConnectionConfiguration(
                 endpoint: .tcp(host: host, port: port), username: username, password: password,
                 database: database)
+            configuration.tls = tls
             try configuration.validate()
             return configuration
         case "unix":
@@ -337,7 +376,7 @@ enum RedisURLParser {
                 knownPassword = password
                 rest = rest[rest.index(after: at)...]
             }
-            let queryDatabase = try parseQuery(queryParameters)
+            let (queryDatabase, _) = try parseQuery(queryParameters, tls: false)
             guard let path = percentDecode(rest) else {
                 throw .malformedURL(reason: "invalid percent-encoding in the socket path")
             }
@@ -352,15 +391,49 @@ enum RedisURLParser {
         }
     }
 
+    /// The database (`db`) and, for `rediss://`, the TLS settings of the query.
     private static func parseQuery(
-        _ parameters: [(name: String, value: String)]
-    ) throws(RedisConfigurationError) -> Int? {
+        _ parameters: [(name: String, value: String)], tls: Bool
+    ) throws(RedisConfigurationError) -> (database: Int?, tls: TLSConfiguration?) {
         var database: Int?
-        for (name, value) in parameters {
-            guard name == "db" else { throw .unsupportedQueryParameter(safeEcho(name)) }
-            database = try parseDatabase(value)
+        var configuration: TLSConfiguration? = tls ? TLSConfiguration() : nil
+        var certificatePath: String?
+        var keyPath: String?
+        for (name, rawValue) in parameters {
+            if name == "db" {
+                database = try parseDatabase(rawValue)
+                continue
+            }
+            guard tls, ["ca", "server_name", "verify", "cert", "key"].contains(name) else {
+                throw .unsupportedQueryParameter(safeEcho(name))
+            }
+            guard let value = percentDecode(Substring(rawValue)), !value.isEmpty else {
+                throw .invalidTLS(reason: "the URL parameter '\(name)' needs a value")
+            }
+            switch name {
+            case "ca": configuration?.trustRoots = .certificateFile(value)
+            case "server_name": configuration?.serverName = value
+            case "cert": certificatePath = value
+            case "key": keyPath = value
+            default:
+                switch value {
+                case "full": configuration?.certificateVerification = .fullVerification
+                case "no-hostname": configuration?.certificateVerification = .noHostnameVerification
+                case "none": configuration?.certificateVerification = .none
+                default:
+                    throw .invalidTLS(reason: "verify=\(safeEcho(value)) is not one of full, no-hostname, none")
+                }
+            }
         }
-        return database
+        switch (certificatePath, keyPath) {
+        case (let certificate?, let key?):
+            configuration?.clientCertificate = .files(certificatePath: certificate, privateKeyPath: key)
+        case (nil, nil):
+            break
+        default:
+            throw .invalidTLS(reason: "a client certificate needs both 'cert' and 'key' in the URL")
+        }
+        return (database, configuration)
     }
 
     private static func parseUserInfo(
@@ -500,6 +573,7 @@ extension RedisConfigurationError {
         case .invalidSocketPath(let reason): return .invalidSocketPath(reason: scrub(reason))
         case .unsupportedQueryParameter(let name): return .unsupportedQueryParameter(scrub(name))
         case .invalidCredentials(let reason): return .invalidCredentials(reason: scrub(reason))
+        case .invalidTLS(let reason): return .invalidTLS(reason: scrub(reason))
         case .emptyHost, .portOutOfRange, .databaseOutOfRange, .invalidTimeout, .invalidClientName: return self
         }
     }

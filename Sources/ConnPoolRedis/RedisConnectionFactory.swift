@@ -1,5 +1,6 @@
 public import ConnPool
 public import Logging
+package import ConnPoolIO
 
 /// Makes connected, authenticated and configured ``RedisConnection``s for a ``ConnectionPool``.
 ///
@@ -16,6 +17,8 @@ public struct RedisConnectionFactory: ConnectionFactory, CustomStringConvertible
     public let configuration: RedisConnectionConfiguration
     /// Receives debug messages (connection opened, broken, failed to connect); never the password.
     public let logger: Logger
+    /// The TLS context all this factory's connections share (session resumption), made on first use.
+    private let tlsContext: SharedTLSContext
 
     /// A factory for `configuration`.
     ///
@@ -26,6 +29,16 @@ public struct RedisConnectionFactory: ConnectionFactory, CustomStringConvertible
         try configuration.validate()
         self.configuration = configuration
         self.logger = logger
+        tlsContext = SharedTLSContext(configuration: configuration.tls, logger: logger)
+    }
+
+    /// The shared TLS context, or `nil` without TLS.
+    private func sharedTLSContext() throws(RedisError) -> TLSContext? {
+        do {
+            return try tlsContext.context()
+        } catch {
+            throw .tls(error)
+        }
     }
 
     /// A factory for a `redis://` or `unix://` URL (see ``RedisConnectionConfiguration/init(url:)``).
@@ -43,7 +56,8 @@ public struct RedisConnectionFactory: ConnectionFactory, CustomStringConvertible
     ///   ``RedisError/authenticationFailed(_:)``, …) or `CancellationError`.
     public func makeConnection() async throws -> RedisConnection {
         do {
-            return try await RedisConnection.connect(configuration: configuration, logger: logger)
+            return try await RedisConnection.connect(
+                configuration: configuration, tlsContext: sharedTLSContext(), logger: logger)
         } catch {
             logger.debug(
                 "redis connect failed", metadata: ["endpoint": "\(configuration.endpoint)", "error": "\(error)"])
@@ -57,7 +71,8 @@ public struct RedisConnectionFactory: ConnectionFactory, CustomStringConvertible
     /// - Throws: as ``makeConnection()`` except `CancellationError`.
     public func makeConnectionBlocking() throws -> RedisConnection {
         do {
-            return try RedisConnection.connectBlocking(configuration: configuration, logger: logger)
+            return try RedisConnection.connectBlocking(
+                configuration: configuration, tlsContext: sharedTLSContext(), logger: logger)
         } catch {
             logger.debug(
                 "redis connect failed", metadata: ["endpoint": "\(configuration.endpoint)", "error": "\(error)"])

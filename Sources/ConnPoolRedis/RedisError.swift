@@ -1,4 +1,5 @@
 public import ConnPool
+public import ConnPoolIO
 
 /// An error from a Redis connection: a reply the server sent, or a failure to talk to the server.
 ///
@@ -38,6 +39,10 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible, Con
     case handshakeFailed(command: String, message: String)
     /// The reply stream could not be parsed.
     case protocolError(String)
+    /// TLS failed: the server's certificate did not verify (expired, wrong host name, unknown CA), the
+    /// server wants a client certificate, the port does not speak TLS (or speaks only TLS), the TLS
+    /// configuration cannot be loaded, or a TLS record failed.
+    case tls(TLSError)
     /// A command was cancelled (task cancellation) while it waited for the server. Recorded as the cause
     /// of ``connectionBroken(cause:)``; the cancelled call itself throws `CancellationError`.
     case cancelled
@@ -73,13 +78,24 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible, Con
         }
     }
 
-    /// `true` for ``authenticationFailed(_:)`` and ``handshakeFailed(command:message:)`` (a wrong
-    /// password, a missing ACL permission, a database index out of range): connecting again with the
+    /// `true` for ``authenticationFailed(_:)``, ``handshakeFailed(command:message:)`` (a wrong
+    /// password, a missing ACL permission, a database index out of range) and the TLS failures that
+    /// repeat (a certificate that does not verify, a missing client certificate, a port that does not
+    /// speak TLS, or speaks only TLS, an unloadable TLS configuration): connecting again with the
     /// same configuration fails the same way, so a ``ConnectionPool`` fails acquires at once instead of
     /// retrying as it does for a refused or timed-out connect (see `ConnectErrorClassifying`).
     public var isPermanent: Bool {
         switch self {
         case .authenticationFailed, .handshakeFailed: return true
+        case .tls(let error):
+            switch error {
+            // A certificate, a configuration or a port that is wrong stays wrong.
+            case .invalidConfiguration, .certificateVerificationFailed, .clientCertificateRequired,
+                .serverDidNotSpeakTLS, .serverRequiresTLS:
+                return true
+            case .handshakeFailed, .recordFailed:
+                return false
+            }
         default: return false
         }
     }
@@ -109,6 +125,8 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible, Con
             return "Redis connection setup failed: \(command): \(message)"
         case .protocolError(let message):
             return "Redis protocol error: \(message)"
+        case .tls(let error):
+            return "Redis \(error)"
         case .cancelled:
             return "Redis command cancelled while waiting for the server"
         case .connectionBroken(let cause):

@@ -3,8 +3,11 @@ package import ConnPoolIO
 import Glibc
 import Synchronization
 
-/// A raw TCP connection for a ``ConnectionPool``: connect with a timeout, send and read with
+/// A raw TCP connection, plain or TLS, for a ``ConnectionPool``: connect with a timeout, send and read with
 /// deadlines, framing by exact length or by delimiter, a cheap validity check and an optional probe.
+///
+/// The socket is ConnPoolIO's `Transport`, the layer the Redis backend speaks through too; with
+/// ``TCPConnectionConfiguration/tls`` set, the bytes go through TLS (OpenSSL), the framing is the same.
 ///
 /// ## Two APIs, one socket
 /// The socket is always non-blocking. Every I/O call exists twice, with the same behaviour:
@@ -59,72 +62,59 @@ import Synchronization
 /// with ``TCPConnectionError/connectionClosed``, and the descriptor is closed when it ends, exactly once.
 ///
 /// ## Exclusive use
-/// Like every ``Connection``, a `TCPConnection` serves one borrower at a time. Two calls running at
-/// the same time on one connection are a programming error and trap (a precondition checked with an
-/// atomic flag, instead of a silent data race). ``close()``, ``isBroken``, ``isMidExchange`` and
-/// ``isClosed`` may be called from any thread.
+/// Like every ``Connection``, a `TCPConnection` serves one borrower at a time. A call made while another
+/// runs on the same connection throws ``TCPConnectionError/concurrentUse`` without touching the socket
+/// (the transport's atomic in-use flag; the Redis backend answers the same way). ``close()``,
+/// ``isBroken``, ``isMidExchange`` and ``isClosed`` may be called from any thread.
 public final class TCPConnection: Connection, @unchecked Sendable {
     // @unchecked Sendable is safe because:
-    // - `fd`, `configuration`, `expectsReply` and `remoteAddress` are immutable;
-    // - `busy`, `closeState`, `descriptorClosed`, `descriptorCloses` and `health` are atomics;
+    // - `transport`, `configuration`, `expectsReply` and `remoteAddress` are immutable, `health` is an
+    //   atomic, and the Transport is Sendable (see its note);
     // - the test hook `onCallWokenByClose` is written before a call starts and read by that call;
-    // - the read buffer behind `buffer` and the reply spin's record `spin` are touched only inside an
-    //   I/O call (`spin` also by the package-only `replySpin…` readers, between calls, after an
-    //   acquiring load of `busy`), and `busy` (taken with a sequentially consistent compare-exchange at
-    //   the start of every call and released with a sequentially consistent store at its end) guarantees
-    //   that at most one call runs at a time and that each call sees the previous call's writes; a second
-    //   concurrent call traps instead of racing. Once closed, `busy` is taken for good. The buffer is
-    //   freed in deinit, when no call can run.
-    // - the descriptor is closed exactly once (see `closeDescriptorIfIdle()`), never while a call holds
-    //   `busy`.
+    // - the read buffer behind `buffer` is touched only inside an I/O call, between the transport's
+    //   begin() and end(), whose in-use flag (a sequentially consistent compare-exchange and store)
+    //   guarantees that at most one call runs at a time and that each call sees the previous call's
+    //   writes; it is freed in deinit, when no call can run;
+    // - the descriptor belongs to the transport, which closes it exactly once, never under a call.
 
     /// The configuration this connection was opened with.
     public let configuration: TCPConnectionConfiguration
     /// The address actually connected to, such as `127.0.0.1:6379` or `[::1]:6379`.
     public let remoteAddress: String
 
-    private let fd: Int32
+    private let transport: Transport
     private let buffer: UnsafeMutablePointer<ReadBuffer>
     /// ``TCPConnectionConfiguration/expectsReplyAfterSend``, copied out for the end of every call.
     private let expectsReply: Bool
-    /// Held by the call in progress, and for good once the descriptor is closed.
-    private let busy = Atomic<Bool>(false)
-    /// ``CloseState``: open, shutting down (inside ``close()``), or shut down.
-    private let closeState = Atomic<UInt8>(CloseState.open)
-    /// Set by whoever closes the descriptor (``close()``, the end of a call, or deinit).
-    private let descriptorClosed = Atomic<Bool>(false)
     /// ``Health`` bits: broken for good, and mid-exchange. ``isBroken`` is one load of it.
     private let health = Atomic<UInt8>(0)
-    /// How many times the descriptor was closed (0 or 1), for tests.
-    private let descriptorCloses = Atomic<Int>(0)
     /// For tests: called on the call's own thread when a call in progress fails because ``close()``
     /// shut the socket down, before the call releases the descriptor. Set it before the call starts
     /// (the call's start orders the write before its read); only the failure path reads it.
     package var onCallWokenByClose: (@Sendable () -> Void)?
-    /// This connection's reply spin: its count in the process' operations and its record of reply
-    /// times.
-    private var spin: ReplySpin.Gate
 
-    init(fd: Int32, configuration: TCPConnectionConfiguration, remoteAddress: String) {
-        self.fd = fd
+    init(transport: Transport, configuration: TCPConnectionConfiguration) {
+        self.transport = transport
         self.configuration = configuration
-        self.remoteAddress = remoteAddress
+        self.remoteAddress = transport.remoteAddress
         expectsReply = configuration.expectsReplyAfterSend
-        spin = ReplySpin.Gate(policy: configuration.replySpin)
         buffer = .allocate(capacity: 1)
         buffer.initialize(to: ReadBuffer())
     }
 
     deinit {
-        // No call can run and no close() can be under way (both hold a reference), and the last
-        // release of the reference orders their writes before this exchange.
-        if !descriptorClosed.exchange(true, ordering: .sequentiallyConsistent) {
-            Glibc.close(fd)
-        }
+        // No call can run (each holds a reference); the transport closes the socket in its own deinit.
         buffer.pointee.free()
         buffer.deinitialize(count: 1)
         buffer.deallocate()
     }
+
+    /// Whether this connection speaks TLS.
+    public var isTLS: Bool { transport.isTLS }
+
+    /// Whether this connection's TLS handshake resumed an earlier session of its factory; `false`
+    /// without TLS.
+    public var isTLSSessionReused: Bool { transport.isTLSSessionReused }
 
     // MARK: - Connecting
 
@@ -132,48 +122,34 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     ///
     /// Resolves ``TCPConnectionConfiguration/host`` (a numeric address inline, a name with
     /// `getaddrinfo` on a dispatch thread), then tries each IPv4 and IPv6 address in turn with a
-    /// non-blocking connect, until one accepts. ``TCPConnectionConfiguration/connectTimeout`` bounds
-    /// the whole call. Sets `TCP_NODELAY` and `SO_KEEPALIVE` as configured.
+    /// non-blocking connect, until one accepts, then completes the TLS handshake when
+    /// ``TCPConnectionConfiguration/tls`` is set. ``TCPConnectionConfiguration/connectTimeout`` bounds
+    /// the whole call. Sets `TCP_NODELAY` and `SO_KEEPALIVE` as configured. Each call makes its own TLS
+    /// context; the connections of one ``TCPConnectionFactory`` share one (session resumption).
     ///
     /// - Throws: ``TCPConnectionError/invalidConfiguration(field:reason:)``,
     ///   ``TCPConnectionError/resolutionFailed(host:reason:)``,
     ///   ``TCPConnectionError/connectionRefused(host:port:)`` (an address refused and none accepted),
     ///   ``TCPConnectionError/connectTimedOut(host:port:timeout:)``,
-    ///   ``TCPConnectionError/connectFailed(host:port:errno:)``,
+    ///   ``TCPConnectionError/connectFailed(host:port:errno:)``, ``TCPConnectionError/tls(_:)``,
     ///   ``TCPConnectionError/systemError(operation:errno:)``, or `CancellationError` (the socket is
     ///   closed).
     public static func connect(_ configuration: TCPConnectionConfiguration) async throws -> TCPConnection {
         try configuration.validate()
-        let timeout = configuration.connectTimeout
-        let deadline = ContinuousClock.now + timeout
-        let addresses = try await SocketSupport.resolveAsync(
-            host: configuration.hostForResolution, port: configuration.port, deadline: deadline, timeout: timeout)
-        var failures = ConnectFailures(configuration)
-        for address in addresses {
-            if ContinuousClock.now >= deadline {
-                throw failures.timedOut
-            }
-            switch try SocketSupport.startConnect(address, configuration: configuration) {
-            case .connected(let fd):
-                return TCPConnection(fd: fd, configuration: configuration, remoteAddress: address.description)
-            case .failed(let code):
-                failures.record(code)
-            case .inProgress(let fd):
-                do {
-                    try await IOReactor.shared.waitWritable(fd, deadline: deadline)
-                } catch {
-                    Glibc.close(fd)
-                    throw TCPConnection.mapReactorError(error, timeoutError: failures.timedOut)
-                }
-                let code = SocketSupport.connectResult(fd)
-                if code == 0 {
-                    return TCPConnection(fd: fd, configuration: configuration, remoteAddress: address.description)
-                }
-                Glibc.close(fd)
-                failures.record(code)
-            }
+        return try await connect(configuration, tlsContext: makeTLSContext(configuration))
+    }
+
+    /// ``connect(_:)`` with a TLS context shared by a factory's connections.
+    static func connect(_ configuration: TCPConnectionConfiguration, tlsContext: TLSContext?) async throws -> TCPConnection {
+        let deadline = ContinuousClock.now + configuration.connectTimeout
+        do {
+            let transport = try await Transport.connect(
+                to: configuration.socketEndpoint, options: configuration.socketOptions, tls: tlsContext,
+                replySpin: configuration.replySpin, deadline: deadline)
+            return TCPConnection(transport: transport, configuration: configuration)
+        } catch let error as TransportError {
+            throw connectError(error, configuration)
         }
-        throw failures.error
     }
 
     /// Opens a connection, blocking the calling thread (in `poll`) for at most
@@ -183,40 +159,44 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     /// - Throws: the ``TCPConnectionError`` cases listed for ``connect(_:)``.
     public static func connectBlocking(_ configuration: TCPConnectionConfiguration) throws(TCPConnectionError) -> TCPConnection {
         try configuration.validate()
-        let timeout = configuration.connectTimeout
-        let deadline = ContinuousClock.now + timeout
-        let addresses = try SocketSupport.resolveBlocking(
-            host: configuration.hostForResolution, port: configuration.port, deadline: deadline, timeout: timeout)
-        var failures = ConnectFailures(configuration)
-        for address in addresses {
-            if ContinuousClock.now >= deadline {
-                throw failures.timedOut
-            }
-            switch try SocketSupport.startConnect(address, configuration: configuration) {
-            case .connected(let fd):
-                return TCPConnection(fd: fd, configuration: configuration, remoteAddress: address.description)
-            case .failed(let code):
-                failures.record(code)
-            case .inProgress(let fd):
-                switch SocketSupport.pollWait(fd, events: Int16(POLLOUT), deadline: deadline) {
-                case .ready:
-                    break
-                case .timedOut:
-                    Glibc.close(fd)
-                    throw failures.timedOut
-                case .failed(let code):
-                    Glibc.close(fd)
-                    throw .systemError(operation: "poll", errno: code)
-                }
-                let code = SocketSupport.connectResult(fd)
-                if code == 0 {
-                    return TCPConnection(fd: fd, configuration: configuration, remoteAddress: address.description)
-                }
-                Glibc.close(fd)
-                failures.record(code)
-            }
+        return try connectBlocking(configuration, tlsContext: makeTLSContext(configuration))
+    }
+
+    /// ``connectBlocking(_:)`` with a shared TLS context.
+    static func connectBlocking(
+        _ configuration: TCPConnectionConfiguration, tlsContext: TLSContext?
+    ) throws(TCPConnectionError) -> TCPConnection {
+        let deadline = ContinuousClock.now + configuration.connectTimeout
+        do {
+            let transport = try Transport.connectBlocking(
+                to: configuration.socketEndpoint, options: configuration.socketOptions, tls: tlsContext,
+                replySpin: configuration.replySpin, deadline: deadline)
+            return TCPConnection(transport: transport, configuration: configuration)
+        } catch {
+            throw connectError(error, configuration)
         }
-        throw failures.error
+    }
+
+    /// A TLS context for `configuration`, or `nil` when it does not use TLS.
+    static func makeTLSContext(_ configuration: TCPConnectionConfiguration) throws(TCPConnectionError) -> TLSContext? {
+        guard let tls = configuration.tls else { return nil }
+        do {
+            return try TLSContext(configuration: tls)
+        } catch {
+            throw .tls(error)
+        }
+    }
+
+    /// The ``TCPConnectionError`` for a failed connect.
+    private static func connectError(_ error: TransportError, _ configuration: TCPConnectionConfiguration) -> TCPConnectionError {
+        let host = configuration.host
+        let port = configuration.port
+        switch error {
+        case .connectionRefused: return .connectionRefused(host: host, port: port)
+        case .connectTimedOut, .timedOut: return .connectTimedOut(host: host, port: port, timeout: configuration.connectTimeout)
+        case .connectFailed(_, let code): return .connectFailed(host: host, port: port, errno: code)
+        default: return TCPConnectionError(error)
+        }
     }
 
     // MARK: - Async I/O
@@ -344,37 +324,25 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     }
 
     /// `true` after ``close()`` or ``closeBlocking()``.
-    public var isClosed: Bool {
-        closeState.load(ordering: .relaxed) != CloseState.open
-    }
+    public var isClosed: Bool { transport.isClosing }
 
     /// The socket's descriptor, for tests (for example to check with `fcntl` that it is still open).
-    package var fileDescriptor: Int32 { fd }
+    package var fileDescriptor: Int32 { transport.fd }
 
     /// Whether a call holds the connection (also `true` for good once the descriptor is closed), for
     /// tests.
-    package var isInUse: Bool { busy.load(ordering: .acquiring) }
+    package var isInUse: Bool { transport.isInUse }
 
     /// How many times the descriptor has been closed so far (0 or 1; deinit's close not counted), for
     /// tests.
-    package var descriptorCloseCount: Int { descriptorCloses.load(ordering: .acquiring) }
+    package var descriptorCloseCount: Int { transport.descriptorCloseCount }
 
     /// What this connection's reply spin did so far (see ``ReplySpin``). For tests and diagnostics: read
-    /// it between calls, from the code that uses the connection (it belongs to whoever holds the
-    /// connection, like its read buffer).
-    package var replySpinStatistics: ReplySpin.Statistics {
-        // Acquires what the last operation released with the in-use flag, so that a read from another
-        // thread after that operation ended sees its writes (and ThreadSanitizer sees the edge).
-        _ = busy.load(ordering: .acquiring)
-        return spin.statistics
-    }
+    /// it between calls.
+    package var replySpinStatistics: ReplySpin.Statistics { transport.replySpinStatistics }
 
     /// Whether this connection's record of reply times lets it spin (see ``ReplySpin/Gate/isSpinning``).
-    /// Read it as ``replySpinStatistics``.
-    package var isReplySpinning: Bool {
-        _ = busy.load(ordering: .acquiring)
-        return spin.isSpinning
-    }
+    package var isReplySpinning: Bool { transport.isReplySpinning }
 
     /// Checks the connection without blocking a cooperative thread.
     ///
@@ -441,15 +409,6 @@ public final class TCPConnection: Connection, @unchecked Sendable {
 
     // MARK: - Internals
 
-    /// The values of `closeState`.
-    private enum CloseState {
-        static let open: UInt8 = 0
-        /// ``close()`` has begun and is shutting the socket down: the descriptor must stay open.
-        static let shuttingDown: UInt8 = 1
-        /// The socket is shut down: the descriptor is closed as soon as no call holds `busy`.
-        static let shutDown: UInt8 = 2
-    }
-
     /// The bits of `health`.
     private enum Health {
         /// Broken for good: calls throw ``TCPConnectionError/connectionBroken``.
@@ -458,43 +417,12 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         static let midExchange: UInt8 = 2
     }
 
-    // Closing mirrors RedisConnection's enter/leave/unclaim/closeNow/freeIfIdle, with `closeState` as
-    // its `closeRequested`, `descriptorClosed` as its `freed`, and a shutdown step first.
-
-    /// Closes the socket once: marks the connection closed and broken, shuts the socket down (which
-    /// wakes a call in progress), then closes the descriptor if no call holds it.
+    /// Closes the socket once: marks the connection broken and closes the transport (which wakes a call
+    /// in progress and frees the descriptor when it ends).
     private func closeSocket() {
-        // Sequentially consistent, as every access of `busy` and `closeState`: see closeDescriptorIfIdle.
-        guard closeState.compareExchange(
-            expected: CloseState.open, desired: CloseState.shuttingDown, ordering: .sequentiallyConsistent
-        ).exchanged else { return }
+        guard !transport.isClosing else { return }
         markBroken()
-        // The descriptor is still open here: only closeDescriptorIfIdle() closes it, and only after the
-        // store of `shutDown` below (unclaim() and this method call it only once they see that state),
-        // or deinit, which cannot run while this method holds `self`. So the shutdown can never hit a
-        // reused descriptor number. Its result does not matter (ENOTCONN after a reset is fine).
-        _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
-        closeState.store(CloseState.shutDown, ordering: .sequentiallyConsistent)
-        closeDescriptorIfIdle()
-    }
-
-    /// Takes `busy` for good (no call can start afterwards) and closes the descriptor once, if no call
-    /// holds `busy`. With `unclaim()` storing `busy` (false) before loading `closeState`, and
-    /// `closeSocket()` storing `closeState` (`shutDown`) before this compare-exchange, all sequentially
-    /// consistent (one total order over the four), at least one of them sees the other's store: either
-    /// unclaim() sees `shutDown` and calls this, or this compare-exchange sees `busy` false. So the
-    /// descriptor is always closed once the call in progress ends, and never while it runs. Weaker
-    /// orderings would allow both loads to miss both stores (the store-load reordering that only
-    /// sequential consistency forbids), leaking the descriptor.
-    private func closeDescriptorIfIdle() {
-        guard busy.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
-        else { return }
-        // Only one thread can win the compare-exchange above (`busy` is never released again); the
-        // flag is for deinit.
-        if !descriptorClosed.exchange(true, ordering: .sequentiallyConsistent) {
-            descriptorCloses.add(1, ordering: .releasing)
-            Glibc.close(fd)
-        }
+        transport.close()
     }
 
     private func markBroken() {
@@ -524,53 +452,32 @@ public final class TCPConnection: Connection, @unchecked Sendable {
     /// ``TCPConnectionError/connectionClosed`` instead of the error it saw (end of stream, `EPIPE`, …).
     /// Calls the test hook `onCallWokenByClose` then.
     private func wokenByClose() -> Bool {
-        guard closeState.load(ordering: .relaxed) != CloseState.open else { return false }
+        guard transport.isClosing else { return false }
         onCallWokenByClose?()
         return true
     }
 
-    /// Claims the connection for one call, or throws why it cannot be used, and counts the call in with
-    /// its ``ReplySpin/Gate``. Pair with ``endUse()``.
+    /// Claims the connection for one call (the transport's in-use flag and reply spin count), or throws
+    /// why it cannot be used. Pair with ``endUse()``.
     ///
-    /// - Throws: ``TCPConnectionError/connectionClosed`` or ``TCPConnectionError/connectionBroken``, with
-    ///   nothing claimed or counted.
+    /// - Throws: ``TCPConnectionError/connectionClosed``, ``TCPConnectionError/concurrentUse`` or
+    ///   ``TCPConnectionError/connectionBroken``, with nothing claimed.
     @inline(__always)
     private func beginUse() throws(TCPConnectionError) {
-        // Sequentially consistent (see closeDescriptorIfIdle); it also acquires the previous call's
-        // writes, which its store in unclaim() released.
-        guard busy.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
-        else {
-            // Held for good after a close, or by a call in progress.
-            if closeState.load(ordering: .sequentiallyConsistent) != CloseState.open {
-                throw .connectionClosed
-            }
-            preconditionFailure("TCPConnection: two calls at once on one connection (it serves one borrower at a time)")
-        }
-        if closeState.load(ordering: .sequentiallyConsistent) != CloseState.open {
-            unclaim()
-            throw .connectionClosed
+        do {
+            try transport.begin()
+        } catch {
+            throw error == .concurrentUse ? .concurrentUse : .connectionClosed
         }
         if health.load(ordering: .relaxed) & Health.broken != 0 {
-            unclaim()
+            transport.end()
             throw .connectionBroken
         }
-        spin.begin()
     }
 
     @inline(__always)
     private func endUse() {
-        spin.end()
-        unclaim()
-    }
-
-    /// Releases `busy` (sequentially consistent, which also releases this call's writes to the next
-    /// one), then closes the descriptor if ``close()`` ran meanwhile (see closeDescriptorIfIdle).
-    @inline(__always)
-    private func unclaim() {
-        busy.store(false, ordering: .sequentiallyConsistent)
-        if closeState.load(ordering: .sequentiallyConsistent) == CloseState.shutDown {
-            closeDescriptorIfIdle()
-        }
+        transport.end()
     }
 
     /// The first part of a validation: usable, claimed, and the peer has not closed.
@@ -583,7 +490,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         } catch {
             return false
         }
-        if SocketSupport.peerHasClosed(fd) {
+        if transport.peerHasClosed() {
             markBroken()
             endUse()
             return false
@@ -626,9 +533,8 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         return output
     }
 
-    /// The async driver: steps the operation and waits for readiness through the shared reactor (for
-    /// readability, after the reply spin if the connection's ``ReplySpin/Gate`` allows one). Any
-    /// failure marks the connection broken.
+    /// The async driver: steps the operation and waits for readiness through the transport (the
+    /// shared reactor, after the reply spin for readability). Any failure marks the connection broken.
     private nonisolated(nonsending) func drive<Operation: SocketOperation>(
         _ operation: inout Operation,
         deadline: ContinuousClock.Instant,
@@ -637,7 +543,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         while true {
             let step: SocketStep<Operation.Output>
             do {
-                step = try operation.step(fd: fd, buffer: buffer)
+                step = try operation.step(transport: transport, buffer: buffer)
             } catch {
                 markBroken()
                 throw wokenByClose() ? .connectionClosed : error
@@ -646,24 +552,21 @@ public final class TCPConnection: Connection, @unchecked Sendable {
             case .finished(let output):
                 return output
             case .waitFor(let interest):
-                if interest == .readable, spin.waitReadable(fd) { continue }
                 do {
-                    if interest == .readable {
-                        try await IOReactor.shared.waitReadable(fd, deadline: deadline)
-                    } else {
-                        try await IOReactor.shared.waitWritable(fd, deadline: deadline)
-                    }
-                } catch {
+                    try await transport.wait(for: interest, deadline: deadline)
+                } catch let error as TransportError {
                     markBroken()
-                    throw wokenByClose() ? TCPConnectionError.connectionClosed : TCPConnection.mapReactorError(error, timeoutError: timeoutError)
+                    throw wokenByClose() ? .connectionClosed : TCPConnectionError(error, timeoutError: timeoutError)
+                } catch {
+                    markBroken()  // CancellationError
+                    throw error
                 }
             }
         }
     }
 
-    /// The blocking driver: steps the operation and waits for readiness in `poll` (for readability,
-    /// after the reply spin if the connection's ``ReplySpin/Gate`` allows one). Any failure marks the
-    /// connection broken.
+    /// The blocking driver: steps the operation and waits for readiness in `poll` (after the reply spin
+    /// for readability). Any failure marks the connection broken.
     private func driveBlocking<Operation: SocketOperation>(
         _ operation: inout Operation,
         deadline: ContinuousClock.Instant,
@@ -672,7 +575,7 @@ public final class TCPConnection: Connection, @unchecked Sendable {
         while true {
             let step: SocketStep<Operation.Output>
             do {
-                step = try operation.step(fd: fd, buffer: buffer)
+                step = try operation.step(transport: transport, buffer: buffer)
             } catch {
                 markBroken()
                 throw wokenByClose() ? .connectionClosed : error
@@ -681,34 +584,13 @@ public final class TCPConnection: Connection, @unchecked Sendable {
             case .finished(let output):
                 return output
             case .waitFor(let interest):
-                if interest == .readable, spin.waitReadable(fd) { continue }
-                let events = interest == .readable ? Int16(POLLIN) : Int16(POLLOUT)
-                switch SocketSupport.pollWait(fd, events: events, deadline: deadline) {
-                case .ready:
-                    continue
-                case .timedOut:
+                do {
+                    try transport.waitBlocking(for: interest, deadline: deadline)
+                } catch {
                     markBroken()
-                    throw wokenByClose() ? .connectionClosed : timeoutError
-                case .failed(let code):
-                    markBroken()
-                    throw wokenByClose() ? .connectionClosed : .systemError(operation: "poll", errno: code)
+                    throw wokenByClose() ? .connectionClosed : TCPConnectionError(error, timeoutError: timeoutError)
                 }
             }
-        }
-    }
-
-    /// Turns a reactor error into this module's error; `CancellationError` passes through.
-    static func mapReactorError(_ error: any Error, timeoutError: TCPConnectionError) -> any Error {
-        guard let reactorError = error as? IOReactorError else {
-            return error
-        }
-        switch reactorError {
-        case .timedOut:
-            return timeoutError
-        case .closed:
-            return TCPConnectionError.systemError(operation: "IOReactor (shut down)", errno: ECANCELED)
-        case .systemError(let code, let operation):
-            return TCPConnectionError.systemError(operation: operation, errno: code)
         }
     }
 
@@ -717,43 +599,5 @@ public final class TCPConnection: Connection, @unchecked Sendable {
             return String(decoding: bytes.dropLast(), as: UTF8.self)
         }
         return String(decoding: bytes, as: UTF8.self)
-    }
-}
-
-/// Collects why each address failed, to report the most useful error.
-private struct ConnectFailures {
-    let host: String
-    let port: Int
-    let timeout: Duration
-    var refused = false
-    var lastErrno: Int32 = 0
-
-    init(_ configuration: TCPConnectionConfiguration) {
-        host = configuration.host
-        port = configuration.port
-        timeout = configuration.connectTimeout
-    }
-
-    mutating func record(_ code: Int32) {
-        if code == ECONNREFUSED {
-            refused = true
-        }
-        lastErrno = code
-    }
-
-    var timedOut: TCPConnectionError {
-        .connectTimedOut(host: host, port: port, timeout: timeout)
-    }
-
-    /// A refusal is the most telling answer (the host is there, nothing listens); otherwise the last
-    /// address's error.
-    var error: TCPConnectionError {
-        if refused {
-            return .connectionRefused(host: host, port: port)
-        }
-        if lastErrno == ETIMEDOUT {
-            return timedOut
-        }
-        return .connectFailed(host: host, port: port, errno: lastErrno)
     }
 }

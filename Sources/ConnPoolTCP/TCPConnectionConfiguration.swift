@@ -63,6 +63,9 @@ public struct TCPConnectionConfiguration: Sendable, Hashable {
     /// (fire-and-forget), where that rule would discard every connection; unread buffered bytes still
     /// count as mid-exchange.
     public var expectsReplyAfterSend: Bool
+    /// TLS for the connection (OpenSSL: server verification, SNI, mutual TLS, session resumption across
+    /// a factory's connections); `nil` speaks plain TCP. Default `nil`.
+    public var tls: TLSConfiguration?
 
     /// Creates a configuration; see the properties for the meaning and defaults of each setting.
     /// Nothing is checked here: see ``validate()``.
@@ -76,7 +79,8 @@ public struct TCPConnectionConfiguration: Sendable, Hashable {
         keepAlive: Bool = true,
         validationProbe: TCPValidationProbe? = nil,
         replySpin: ReplySpinPolicy = .adaptive,
-        expectsReplyAfterSend: Bool = true
+        expectsReplyAfterSend: Bool = true,
+        tls: TLSConfiguration? = nil
     ) {
         self.host = host
         self.port = port
@@ -88,13 +92,15 @@ public struct TCPConnectionConfiguration: Sendable, Hashable {
         self.validationProbe = validationProbe
         self.replySpin = replySpin
         self.expectsReplyAfterSend = expectsReplyAfterSend
+        self.tls = tls
     }
 
     /// Checks the settings.
     ///
     /// - Throws: ``TCPConnectionError/invalidConfiguration(field:reason:)`` for an empty host (or one
     ///   containing a NUL byte), a port outside 1...65535, a timeout that is zero or negative, or a
-    ///   probe with an empty request or response.
+    ///   probe with an empty request or response; ``TCPConnectionError/tls(_:)`` for inconsistent TLS
+    ///   settings.
     public func validate() throws(TCPConnectionError) {
         if host.isEmpty || host == "[]" {
             throw .invalidConfiguration(field: "host", reason: "is empty")
@@ -118,7 +124,20 @@ public struct TCPConnectionConfiguration: Sendable, Hashable {
                 throw .invalidConfiguration(field: "validationProbe.expectedResponse", reason: "is empty")
             }
         }
+        if let tls {
+            do {
+                try tls.validate()
+            } catch {
+                throw .tls(error)
+            }
+        }
     }
+
+    /// The endpoint in the socket layer's terms.
+    var socketEndpoint: SocketEndpoint { .tcp(host: hostForResolution, port: port) }
+
+    /// `TCP_NODELAY` and `SO_KEEPALIVE` as configured.
+    var socketOptions: SocketOptions { SocketOptions(noDelay: noDelay, keepAlive: keepAlive) }
 
     /// The host without the brackets of an IPv6 literal such as `[::1]`.
     var hostForResolution: String {

@@ -1,3 +1,4 @@
+public import ConnPoolIO
 import Glibc
 
 /// What went wrong with a ``TCPConnection``, its configuration or its connect.
@@ -34,6 +35,40 @@ public enum TCPConnectionError: Error, Hashable, Sendable {
     case connectionBroken
     /// A system call failed unexpectedly; `operation` names it.
     case systemError(operation: String, errno: Int32)
+    /// Two calls at once on one connection: a connection serves one borrower at a time.
+    case concurrentUse
+    /// TLS failed: the server's certificate did not verify, the server wants a client certificate, the
+    /// port does not speak TLS, the TLS configuration cannot be loaded, or a TLS record failed.
+    case tls(TLSError)
+}
+
+extension TCPConnectionError {
+    /// Runs `body`, turning a ``TransportError`` it throws into a ``TCPConnectionError``.
+    @inline(__always)
+    static func converting<Result>(_ body: () throws(TransportError) -> Result) throws(TCPConnectionError) -> Result {
+        do {
+            return try body()
+        } catch {
+            throw TCPConnectionError(error)
+        }
+    }
+
+    /// The TCP error for a transport error during a call (a timeout is the caller's business: it passes
+    /// `timeoutError`).
+    init(_ error: TransportError, timeoutError: TCPConnectionError = .readTimedOut(timeout: .zero)) {
+        switch error {
+        case .timedOut, .connectTimedOut: self = timeoutError
+        case .io(let operation, let code), .connectFailed(let operation, let code): self = .systemError(operation: operation, errno: code)
+        case .endOfStream: self = .peerClosed
+        case .connectionReset: self = .connectionReset
+        case .reactorShutDown: self = .systemError(operation: "IOReactor (shut down)", errno: ECANCELED)
+        case .closedLocally: self = .connectionClosed
+        case .concurrentUse: self = .concurrentUse
+        case .tls(let tlsError): self = .tls(tlsError)
+        case .hostNotFound(let host, let detail): self = .resolutionFailed(host: host, reason: detail)
+        case .connectionRefused: self = .systemError(operation: "connect", errno: ECONNREFUSED)
+        }
+    }
 }
 
 extension TCPConnectionError: CustomStringConvertible {
@@ -66,6 +101,10 @@ extension TCPConnectionError: CustomStringConvertible {
             return "The connection was used after an earlier error or timeout left it in an unknown state; close it and open a new one."
         case .systemError(let operation, let code):
             return "\(operation) failed: \(errorText(code)) (errno \(code))."
+        case .concurrentUse:
+            return "The connection was used by two callers at once; a connection serves one borrower at a time (borrow one per task from the pool)."
+        case .tls(let error):
+            return "\(error)"
         }
     }
 }

@@ -50,7 +50,10 @@ struct RedisConfigurationTests {
         ("localhost:6379", RedisConfigurationError.malformedURL(reason: "missing '://' after the scheme")),
         ("://host", .malformedURL(reason: "missing scheme")),
         ("http://host", .unknownScheme("http")),
-        ("rediss://host", .unknownScheme("rediss")),
+        ("valkeys://host", .unknownScheme("valkeys")),
+        ("rediss://host?verify=maybe", .invalidTLS(reason: "verify=maybe is not one of full, no-hostname, none")),
+        ("rediss://host?cert=/c.pem", .invalidTLS(reason: "a client certificate needs both 'cert' and 'key' in the URL")),
+        ("redis://host?ca=/ca.pem", .unsupportedQueryParameter("ca")),
         ("redis://", .emptyHost),
         ("redis://:6379", .emptyHost),
         ("redis://user:pw@/0", .emptyHost),
@@ -110,7 +113,7 @@ struct RedisConfigurationTests {
         try configuration.validate()
         // errors are readable
         #expect("\(RedisConfigurationError.portOutOfRange(0))" == "Redis port 0 is out of range 1...65535")
-        #expect("\(RedisConfigurationError.unknownScheme("rediss"))".contains("TLS"))
+        #expect("\(RedisConfigurationError.unknownScheme("valkeys"))".contains("rediss:// (TLS)"))
     }
 
     static let secret = "hunter2-S3CRET-value"
@@ -155,7 +158,8 @@ struct RedisConfigurationTests {
         "redis://:hunter2-S3CRET-value@host:99999",
         "redis://:hunter2-S3CRET-value@",
         "redis://:hunter2-S3CRET-value@host/db",
-        "rediss://:hunter2-S3CRET-value@host",
+        "rediss://:hunter2-S3CRET-value@host?verify=hunter2-S3CRET-value",
+        "rediss://:hunter2-S3CRET-value@host?hunter2-S3CRET-value=1",
         "hunter2-S3CRET-value://host",
         "redis//:hunter2-S3CRET-value@host",
         "redis://:hunter2-S3CRET-value%zz@host",

@@ -113,9 +113,12 @@ package final class Transport: @unchecked Sendable {
             while let interest = try transport.tls?.handshakeStep() {
                 try await transport.waitWithoutSpin(for: interest, deadline: deadline, timeout: .connectTimedOut)
             }
+        } catch let error as TransportError {
+            transport.close()
+            throw Self.handshakeError(error)
         } catch {
             transport.close()
-            throw error
+            throw error  // CancellationError
         }
         return transport
     }
@@ -140,9 +143,23 @@ package final class Transport: @unchecked Sendable {
             }
         } catch {
             transport.close()
-            throw error
+            throw handshakeError(error)
         }
         return transport
+    }
+
+    /// An end of stream or a reset during the TLS handshake, said in TLS terms: the server went away or
+    /// does not speak TLS on this port the way the client expects.
+    private static func handshakeError(_ error: TransportError) -> TransportError {
+        switch error {
+        case .endOfStream, .connectionReset:
+            return .tls(
+                .handshakeFailed(
+                    detail: "the server closed the connection during the handshake (was it stopped, or is this port "
+                        + "not a TLS port?)"))
+        default:
+            return error
+        }
     }
 
     private static func make(
@@ -216,6 +233,9 @@ package final class Transport: @unchecked Sendable {
         busy.store(false, ordering: .sequentiallyConsistent)
         if closeState.load(ordering: .sequentiallyConsistent) == CloseState.shutDown { freeIfIdle() }
     }
+
+    /// Whether a call holds the transport (also `true` for good once it is freed), for tests.
+    package var isInUse: Bool { busy.load(ordering: .acquiring) }
 
     /// `true` once ``close()`` began: a call that fails now failed because of it.
     package var isClosing: Bool { closeState.load(ordering: .relaxed) != CloseState.open }

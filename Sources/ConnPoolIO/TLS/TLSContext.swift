@@ -294,3 +294,33 @@ enum TLSErrorQueue {
         return parts.isEmpty ? "no detail from OpenSSL" : parts.joined(separator: "; ")
     }
 }
+
+/// The one ``TLSContext`` of a connection factory, made on first use (so that a factory is created
+/// without touching files, and a failure to load them is reported by the connect that needed them) and
+/// then shared by every connection the factory makes: they resume each other's TLS sessions.
+package final class SharedTLSContext: Sendable {
+    private let configuration: TLSConfiguration?
+    private let logger: Logger
+    private let made = LockedValue<TLSContext?>(nil)
+
+    /// A holder for `configuration`'s context; `nil` configuration: plain text.
+    package init(configuration: TLSConfiguration?, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// The context, made now if this is the first call (or the earlier tries failed); `nil` without TLS.
+    ///
+    /// - Throws: the ``TLSError`` of ``TLSContext/init(configuration:logger:)``.
+    package func context() throws(TLSError) -> TLSContext? {
+        guard let configuration else { return nil }
+        if let context = made.withLock({ $0 }) { return context }
+        let context = try TLSContext(configuration: configuration, logger: logger)
+        // Two first calls at once may both make one; the first stored wins, so all share one cache.
+        return made.withLock { made in
+            if let existing = made { return existing }
+            made = context
+            return context
+        }
+    }
+}

@@ -1,15 +1,11 @@
+import ConnPoolIO
 import Glibc
 
-// Each I/O call of TCPConnection is a small state machine (a `SocketOperation`) that does as much
-// non-blocking work as it can and then says what it waits for. The same operation is driven by the
-// blocking driver (poll() on the calling thread) and by the async driver (IOReactor): the logic for
-// partial reads and writes, EINTR and framing exists once.
-
-/// What an operation waits for before its next step.
-enum SocketInterest {
-    case readable
-    case writable
-}
+// The TCP backend is framing over the shared transport (ConnPoolIO's `Transport`, plain or TLS). Each I/O
+// call of TCPConnection is a small state machine (a `SocketOperation`) that does as much non-blocking work
+// as it can and then says what it waits for. The same operation is driven by the blocking driver (poll()
+// on the calling thread) and by the async driver (IOReactor): the logic for partial reads and writes and
+// framing exists once.
 
 /// The result of one step: finished with a value, or waiting for readiness.
 enum SocketStep<Output> {
@@ -23,7 +19,7 @@ protocol SocketOperation {
     /// Whether the operation sends (a request, whose reply is then expected) rather than reads.
     static var isSend: Bool { get }
     /// Does all the work possible without blocking. Called again after the awaited readiness.
-    mutating func step(fd: Int32, buffer: UnsafeMutablePointer<ReadBuffer>) throws(TCPConnectionError) -> SocketStep<Output>
+    mutating func step(transport: Transport, buffer: UnsafeMutablePointer<ReadBuffer>) throws(TCPConnectionError) -> SocketStep<Output>
 }
 
 extension SocketOperation {
@@ -83,10 +79,12 @@ struct ReadBuffer {
         capacity = newCapacity
     }
 
-    /// Receives as much as fits (one `recv`).
-    mutating func fill(fd: Int32, minimumCapacity: Int = 0) throws(TCPConnectionError) -> SocketSupport.TransferResult {
+    /// Receives as much as fits (one read from the transport).
+    mutating func fill(transport: Transport, minimumCapacity: Int = 0) throws(TCPConnectionError) -> TransferResult {
         reserveTail(minimumCapacity: minimumCapacity)
-        let result = try SocketSupport.receive(fd, into: storage + end, count: capacity - end)
+        let result = try TCPConnectionError.converting { () throws(TransportError) in
+            try transport.receive(into: storage + end, count: capacity - end)
+        }
         if case .transferred(let n) = result {
             end += n
         }
@@ -127,17 +125,19 @@ struct SendOperation: SocketOperation {
         self.bytes = bytes
     }
 
-    mutating func step(fd: Int32, buffer: UnsafeMutablePointer<ReadBuffer>) throws(TCPConnectionError) -> SocketStep<Void> {
+    mutating func step(transport: Transport, buffer: UnsafeMutablePointer<ReadBuffer>) throws(TCPConnectionError) -> SocketStep<Void> {
         while offset < bytes.count {
             let start = offset
             let result = try bytes.withUnsafeBytes { raw in
                 Result { () throws(TCPConnectionError) in
-                    try SocketSupport.send(fd, from: raw.baseAddress! + start, count: raw.count - start)
+                    try TCPConnectionError.converting { () throws(TransportError) in
+                        try transport.send(from: raw.baseAddress! + start, count: raw.count - start)
+                    }
                 }
             }.get()
             switch result {
             case .transferred(let n): offset += n
-            case .wouldBlock: return .waitFor(.writable)
+            case .wouldBlock(let interest): return .waitFor(interest)
             case .endOfStream: throw .peerClosed
             }
         }
@@ -155,7 +155,7 @@ struct ReadExactlyOperation: SocketOperation {
         result = [UInt8](repeating: 0, count: count)
     }
 
-    mutating func step(fd: Int32, buffer: UnsafeMutablePointer<ReadBuffer>) throws(TCPConnectionError) -> SocketStep<[UInt8]> {
+    mutating func step(transport: Transport, buffer: UnsafeMutablePointer<ReadBuffer>) throws(TCPConnectionError) -> SocketStep<[UInt8]> {
         let total = result.count
         while true {
             let available = Swift.min(buffer.pointee.count, total - filled)
@@ -172,23 +172,25 @@ struct ReadExactlyOperation: SocketOperation {
                 return .finished(result)
             }
             let remaining = total - filled
-            let transfer: SocketSupport.TransferResult
+            let transfer: TransferResult
             if remaining >= buffer.pointee.capacity {
                 let at = filled
                 transfer = try result.withUnsafeMutableBytes { raw in
                     Result { () throws(TCPConnectionError) in
-                        try SocketSupport.receive(fd, into: raw.baseAddress! + at, count: remaining)
+                        try TCPConnectionError.converting { () throws(TransportError) in
+                            try transport.receive(into: raw.baseAddress! + at, count: remaining)
+                        }
                     }
                 }.get()
                 if case .transferred(let n) = transfer {
                     filled += n
                 }
             } else {
-                transfer = try buffer.pointee.fill(fd: fd)
+                transfer = try buffer.pointee.fill(transport: transport)
             }
             switch transfer {
             case .transferred: continue
-            case .wouldBlock: return .waitFor(.readable)
+            case .wouldBlock(let interest): return .waitFor(interest)
             case .endOfStream: throw .peerClosed
             }
         }
@@ -202,7 +204,7 @@ struct ReadUntilOperation: SocketOperation {
     let maxLength: Int
     let includeDelimiter: Bool
 
-    mutating func step(fd: Int32, buffer: UnsafeMutablePointer<ReadBuffer>) throws(TCPConnectionError) -> SocketStep<[UInt8]> {
+    mutating func step(transport: Transport, buffer: UnsafeMutablePointer<ReadBuffer>) throws(TCPConnectionError) -> SocketStep<[UInt8]> {
         let length = delimiter.count
         while true {
             let position = delimiter.withUnsafeBytes { buffer.pointee.find($0) }
@@ -220,9 +222,9 @@ struct ReadUntilOperation: SocketOperation {
             if buffer.pointee.count - (length - 1) > maxLength {
                 throw .delimiterNotFound(maxLength: maxLength)
             }
-            switch try buffer.pointee.fill(fd: fd, minimumCapacity: Swift.min(maxLength + length, 1 << 30)) {
+            switch try buffer.pointee.fill(transport: transport, minimumCapacity: Swift.min(maxLength + length, 1 << 30)) {
             case .transferred: continue
-            case .wouldBlock: return .waitFor(.readable)
+            case .wouldBlock(let interest): return .waitFor(interest)
             case .endOfStream: throw .peerClosed
             }
         }

@@ -1,0 +1,4 @@
+// The TLS types of the shared socket layer, re-exported so that `import ConnPoolTCP` is enough to
+// configure TLS (`TCPConnectionConfiguration.tls`) and to match its errors (`TCPConnectionError.tls`).
+@_exported public import struct ConnPoolIO.TLSConfiguration
+@_exported public import enum ConnPoolIO.TLSError
