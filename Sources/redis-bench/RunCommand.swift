@@ -171,16 +171,17 @@ struct RunCommand: AsyncParsableCommand {
         print("warning: this is a debug build; measure with `swift run -c release redis-bench`")
         #endif
 
+        // Ctrl-C, SIGTERM (timeout, CI, process managers) and SIGHUP stop the throwaway server and exit
+        // with 128 + signal. Installed before the server starts; a SIGKILL is covered by the launcher's
+        // parent-death signal.
+        try RedisServerProcess.stopAllAndExitOnSignals([SIGINT, SIGTERM, SIGHUP])
         let target = try startTarget()
-        let signalSource = Self.stopServerOnInterrupt(target.server)
-        defer {
-            signalSource?.cancel()
-            target.server?.stop()
-        }
+        defer { target.server?.stop() }
 
         let redisBenchmark = noCompare ? nil : RedisBenchmarkTool.find()
         print(header(target: target, workloads: workloads, levels: levels, stop: stop, warmup: warmupRequests,
                      redisBenchmark: redisBenchmark))
+        fflush(stdout)  // the server's pid and port, for whoever reads a pipe (tests, scripts)
         try await prepareKeys(target)
 
         let rssStart = ResidentMemory.currentBytes()
@@ -384,20 +385,6 @@ struct RunCommand: AsyncParsableCommand {
         defer { connection.closeBlocking() }
         let value = [UInt8](repeating: UInt8(ascii: "x"), count: valueSize)
         _ = try await connection.command("SET", BenchKeys.value, value)
-    }
-
-    /// Stops the throwaway server and exits on Ctrl-C (the launcher's exit hook does not run on a signal).
-    private static func stopServerOnInterrupt(_ server: RedisServerProcess?) -> (any DispatchSourceSignal)? {
-        guard let server else { return nil }
-        signal(SIGINT, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-        source.setEventHandler {
-            print("\ninterrupted: stopping redis-server")
-            server.stop(timeout: .seconds(2))
-            Glibc.exit(130)
-        }
-        source.resume()
-        return source
     }
 
     private func header(
