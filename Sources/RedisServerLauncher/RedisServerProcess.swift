@@ -490,7 +490,8 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     /// own command line is appended; `nil` where that cannot be used (see ``spawn(executable:port:directory:unixSocketPath:extraArguments:)``).
     private static let deathSignalWrapper: (path: String, arguments: [String])? = {
         #if os(Linux)
-        guard let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].first(where: { access($0, X_OK) == 0 }),
+        let candidates: [String] = ["/usr/bin/setpriv", "/bin/setpriv"]
+        guard let setpriv = candidates.first(where: { access($0, X_OK) == 0 }),
             access("/bin/sh", X_OK) == 0
         else { return nil }
         // $1 is the pid of this process; the server's argv follows. `$PPID` is the parent's pid as the
@@ -822,6 +823,10 @@ private final class SpawnerThread: @unchecked Sendable {
 // MARK: - Termination signals
 
 extension RedisServerProcess {
+    /// SIGINT (Ctrl-C), SIGTERM (`timeout`, CI, process managers) and SIGHUP (a closed terminal): the
+    /// default signals of ``stopAllAndExitOnSignals(_:)``.
+    public static let terminationSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP]
+
     /// Makes `signals` stop every server this process started and still runs, then exit the process with
     /// the conventional status 128 + signal (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP): for
     /// programs (redis-bench, the examples) that are stopped with Ctrl-C, by `timeout`, CI or a process
@@ -837,7 +842,7 @@ extension RedisServerProcess {
     /// Preconditions: the program does not need its own handler for these signals.
     /// - Throws: ``RedisServerLauncherError/systemError(operation:errno:)`` when the pipe, the thread or a
     ///   handler cannot be set up.
-    public static func stopAllAndExitOnSignals(_ signals: [Int32] = [SIGINT, SIGTERM, SIGHUP]) throws {
+    public static func stopAllAndExitOnSignals(_ signals: [Int32] = terminationSignals) throws {
         try TerminationSignals.install(signals)
     }
 }
@@ -854,10 +859,13 @@ private enum TerminationSignals {
         try installed.withLock { installed in
             if !installed {
                 var fds: [Int32] = [-1, -1]
-                guard pipe2(&fds, O_CLOEXEC) == 0 else {
-                    throw RedisServerLauncherError.systemError(operation: "pipe2", errno: errno)
+                guard pipe(&fds) == 0 else {
+                    throw RedisServerLauncherError.systemError(operation: "pipe", errno: errno)
                 }
-                // A burst of signals must never block the handler: the write end does not block.
+                // Close-on-exec (no child needs them; a spawn racing this is harmless: the launcher's
+                // children close every inherited descriptor). A burst of signals must never block the
+                // handler: the write end does not block.
+                for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
                 _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK)
                 let readEnd = fds[0]
                 let context = UnsafeMutableRawPointer(bitPattern: Int(readEnd) + 1)

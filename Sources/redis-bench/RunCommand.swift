@@ -181,7 +181,7 @@ struct RunCommand: AsyncParsableCommand {
         let redisBenchmark = noCompare ? nil : RedisBenchmarkTool.find()
         print(header(target: target, workloads: workloads, levels: levels, stop: stop, warmup: warmupRequests,
                      redisBenchmark: redisBenchmark))
-        fflush(stdout)  // the server's pid and port, for whoever reads a pipe (tests, scripts)
+        fflush(nil)  // the server's pid and port, for whoever reads a pipe (tests, scripts)
         try await prepareKeys(target)
 
         let rssStart = ResidentMemory.currentBytes()

@@ -165,7 +165,10 @@ final class ChildProcess: Sendable {
 
     static func start(_ path: String, _ arguments: [String]) throws -> ChildProcess {
         var fds: [Int32] = [-1, -1]
-        guard pipe2(&fds, O_CLOEXEC) == 0 else { throw Failure("pipe2: errno \(errno)") }
+        guard pipe(&fds) == 0 else { throw Failure("pipe: errno \(errno)") }
+        // Close-on-exec: the child gets the write end through dup2 only. (A spawn on another thread
+        // between pipe and fcntl could inherit it; the launcher's children close inherited descriptors.)
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }

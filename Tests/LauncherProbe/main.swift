@@ -23,27 +23,36 @@ final class Outcome: @unchecked Sendable {
 let outcome = Outcome()
 let context = Unmanaged.passRetained(outcome).toOpaque()
 var thread = pthread_t()
-let created = pthread_create(&thread, nil, { context in
-    let outcome = Unmanaged<Outcome>.fromOpaque(context!).takeRetainedValue()
-    do {
-        let server = try RedisServerProcess.start()
-        outcome.line = "pid=\(server.pid) port=\(server.port) dir=\(server.directory)"
-        // Keep the server: it must outlive this thread. (Released only with the process.)
-        _ = Unmanaged.passRetained(server)
-    } catch {
-        outcome.failure = "\(error)"
+let created = pthread_create(&thread, nil, Starter.entry, context)
+
+/// The starter thread's body, outside the top-level code (whose closures are main-actor isolated).
+enum Starter {
+    static let entry: @convention(c) (UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? = { context in
+        let outcome = Unmanaged<Outcome>.fromOpaque(context!).takeRetainedValue()
+        do {
+            let server = try RedisServerProcess.start()
+            outcome.line = "pid=\(server.pid) port=\(server.port) dir=\(server.directory)"
+            // Keep the server: it must outlive this thread (it is released only with the process).
+            _ = Unmanaged.passRetained(server)
+        } catch {
+            outcome.failure = "\(error)"
+        }
+        return nil
     }
-    return nil
-}, context)
+}
+
+func say(_ text: String, to fd: Int32) {
+    var text = text + "\n"
+    text.withUTF8 { _ = write(fd, $0.baseAddress, $0.count) }
+}
 guard created == 0 else {
-    fputs("launcher-probe: pthread_create failed: \(created)\n", stderr)
+    say("launcher-probe: pthread_create failed: \(created)", to: STDERR_FILENO)
     exit(2)
 }
 pthread_join(thread, nil)
 if let failure = outcome.failure {
-    fputs("launcher-probe: \(failure)\n", stderr)
+    say("launcher-probe: \(failure)", to: STDERR_FILENO)
     exit(1)
 }
-print(outcome.line)
-fflush(stdout)
+say(outcome.line, to: STDOUT_FILENO)
 while true { pause() }
