@@ -74,7 +74,7 @@ public enum RedisServerLauncherError: Error, Sendable, Equatable, CustomStringCo
 /// in async code: it runs the wait on a thread of its own and suspends the caller, so that no cooperative
 /// thread blocks (with two cores there are two, and one blocked stalls every task of the process).
 /// `defer` bodies cannot `await` and pick the blocking form: in async code, use
-/// ``withServer(extraArguments:unixSocket:startTimeout:executablePath:isolation:_:)`` or call
+/// ``withServer(extraArguments:unixSocket:tls:startTimeout:executablePath:isolation:_:)`` or call
 /// `await server.stop()` on every path instead.
 public final class RedisServerProcess: Sendable, CustomStringConvertible {
     /// The loopback address the server listens on: always `127.0.0.1`.
@@ -83,6 +83,11 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     public let port: Int
     /// The unix socket path, when started with `unixSocket: true`.
     public let unixSocketPath: String?
+    /// The TLS port, when started with `tls:` (the server then also listens with TLS there, next to the
+    /// plain ``port``; the same after ``restart(timeout:)``).
+    public let tlsPort: Int?
+    /// The TLS options the server was started with, if any.
+    public let tls: TLSOptions?
     /// The temporary directory holding the server's log (and unix socket); removed by ``stop(timeout:)``.
     public let directory: String
     /// Path of the server's log file, inside ``directory``.
@@ -100,6 +105,9 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
 
     /// `redis://127.0.0.1:<port>`: the server's TCP URL, without credentials.
     public var url: String { "redis://\(host):\(port)" }
+
+    /// `rediss://127.0.0.1:<tlsPort>` when the server listens with TLS, else `nil`.
+    public var tlsURL: String? { tlsPort.map { "rediss://\(host):\($0)" } }
 
     /// `unix://<path>` when the server listens on a unix socket, else `nil`.
     public var unixSocketURL: String? { unixSocketPath.map { "unix://\($0)" } }
@@ -120,11 +128,13 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     public var description: String { "RedisServerProcess(pid: \(pid), port: \(port))" }
 
     private init(
-        port: Int, unixSocketPath: String?, directory: String, executable: String, extraArguments: [String],
-        pid: pid_t
+        port: Int, unixSocketPath: String?, tlsPort: Int?, tls: TLSOptions?, directory: String, executable: String,
+        extraArguments: [String], pid: pid_t
     ) {
         self.port = port
         self.unixSocketPath = unixSocketPath
+        self.tlsPort = tlsPort
+        self.tls = tls
         self.directory = directory
         self.logPath = directory + "/redis.log"
         self.executable = executable
@@ -144,6 +154,10 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     ///   - extraArguments: more `redis-server` arguments, for example `["--requirepass", "secret"]` or
     ///     `["--user", "alice", "on", ">pw", "~*", "&*", "+@all"]`. They are never quoted in errors.
     ///   - unixSocket: also listen on a unix socket in the temporary directory (``unixSocketPath``).
+    ///   - tls: also listen with TLS on a second free port (``tlsPort``, ``tlsURL``) with these
+    ///     certificate files (for example ``TLSOptions/init(certificates:clientAuthentication:)`` with
+    ///     ``TestCertificates``). Readiness is still checked on the plain ``port``. The redis-server must
+    ///     be built with TLS (Debian's is); a bad file makes it exit: see the log tail in the error.
     ///   - startTimeout: how long to wait for the server to answer.
     ///   - executablePath: the `redis-server` to run; `nil` looks at `REDIS_SERVER_PATH`, then `PATH`.
     /// - Throws: ``RedisServerLauncherError/redisServerNotInstalled(searched:)`` when `redis-server` is
@@ -154,6 +168,7 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     public static func start(
         extraArguments: [String] = [],
         unixSocket: Bool = false,
+        tls: TLSOptions? = nil,
         startTimeout: Duration = .seconds(10),
         executablePath: String? = nil
     ) throws -> RedisServerProcess {
@@ -169,20 +184,27 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         let attempts = 8
         for _ in 0..<attempts {
             let port = try pickFreePort()
+            var tlsPort: Int?
+            if tls != nil {
+                // Two distinct ports (the kernel may hand out the same free port twice in a row).
+                var candidate = try pickFreePort()
+                while candidate == port { candidate = try pickFreePort() }
+                tlsPort = candidate
+            }
             let directory = try makeTemporaryDirectory()
             let socketPath = unixSocket ? directory + "/redis.sock" : nil
             let pid: pid_t
             do {
                 pid = try spawn(
                     executable: executable, port: port, directory: directory, unixSocketPath: socketPath,
-                    extraArguments: extraArguments)
+                    tlsPort: tlsPort, tls: tls, extraArguments: extraArguments)
             } catch {
                 removeDirectory(directory)
                 throw error
             }
             let server = RedisServerProcess(
-                port: port, unixSocketPath: socketPath, directory: directory, executable: executable,
-                extraArguments: extraArguments, pid: pid)
+                port: port, unixSocketPath: socketPath, tlsPort: tlsPort, tls: tls, directory: directory,
+                executable: executable, extraArguments: extraArguments, pid: pid)
             switch server.waitUntilReady(timeout: startTimeout) {
             case .ready:
                 LiveServers.shared.insert(server)
@@ -250,8 +272,8 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         }
     }
 
-    /// Stops the server if it runs (or after ``stop(timeout:)``), then starts it again on the same port and
-    /// unix socket with the same arguments (data is not kept: persistence is off). Returns once it
+    /// Stops the server if it runs (or after ``stop(timeout:)``), then starts it again on the same port,
+    /// unix socket and TLS port with the same arguments (data is not kept: persistence is off). Returns once it
     /// answers PING.
     ///
     /// - Throws: ``RedisServerLauncherError/portTakenOnRestart(port:logTail:)`` when another process took
@@ -269,7 +291,7 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         }
         let pid = try Self.spawn(
             executable: executable, port: port, directory: directory, unixSocketPath: unixSocketPath,
-            extraArguments: extraArguments)
+            tlsPort: tlsPort, tls: tls, extraArguments: extraArguments)
         state.withLock { state in
             state.pid = pid
             state.running = true
@@ -470,13 +492,14 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     /// Without `setpriv` (not Linux, or util-linux missing) the server is started directly, and outlives
     /// a process that is killed (``parentDeathSignalEnabled`` is then `false`).
     private static func spawn(
-        executable: String, port: Int, directory: String, unixSocketPath: String?, extraArguments: [String]
+        executable: String, port: Int, directory: String, unixSocketPath: String?, tlsPort: Int?, tls: TLSOptions?,
+        extraArguments: [String]
     ) throws -> pid_t {
         let result = SpawnerThread.shared.run {
             Result {
                 try spawnNow(
                     executable: executable, port: port, directory: directory, unixSocketPath: unixSocketPath,
-                    extraArguments: extraArguments)
+                    tlsPort: tlsPort, tls: tls, extraArguments: extraArguments)
             }.mapError { $0 as? RedisServerLauncherError ?? .systemError(operation: "posix_spawn", errno: EIO) }
         }
         return try result.get()
@@ -487,7 +510,7 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     public static var parentDeathSignalEnabled: Bool { deathSignalWrapper != nil }
 
     /// `setpriv --pdeathsig KILL -- /bin/sh -c <guard> redis-server-guard <our pid>`, to which the server's
-    /// own command line is appended; `nil` where that cannot be used (see ``spawn(executable:port:directory:unixSocketPath:extraArguments:)``).
+    /// own command line is appended; `nil` where that cannot be used (see ``spawn(executable:port:directory:unixSocketPath:tlsPort:tls:extraArguments:)``).
     private static let deathSignalWrapper: (path: String, arguments: [String])? = {
         #if os(Linux)
         let candidates: [String] = ["/usr/bin/setpriv", "/bin/setpriv"]
@@ -508,7 +531,8 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     }()
 
     private static func spawnNow(
-        executable: String, port: Int, directory: String, unixSocketPath: String?, extraArguments: [String]
+        executable: String, port: Int, directory: String, unixSocketPath: String?, tlsPort: Int?, tls: TLSOptions?,
+        extraArguments: [String]
     ) throws -> pid_t {
         var arguments = [
             executable,
@@ -523,6 +547,16 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         ]
         if let unixSocketPath {
             arguments += ["--unixsocket", unixSocketPath, "--unixsocketperm", "700"]
+        }
+        if let tlsPort, let tls {
+            arguments += [
+                "--tls-port", String(tlsPort),
+                "--tls-cert-file", tls.certificatePath,
+                "--tls-key-file", tls.keyPath,
+                "--tls-ca-cert-file", tls.caCertificatePath,
+                "--tls-auth-clients", tls.clientAuthentication.rawValue,
+            ]
+            if let passphrase = tls.keyPassphrase { arguments += ["--tls-key-file-pass", passphrase] }
         }
         arguments += extraArguments
 
@@ -580,7 +614,7 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     /// Adds the file actions that close every descriptor from 3 up in the child: one `closefrom`
     /// action where the C library has it, else a close action per descriptor open now (listed from
     /// `/proc/self/fd`, or every number below the descriptor limit where that is not mounted).
-    private static func closeInheritedDescriptors(_ fileActions: inout posix_spawn_file_actions_t) {
+    static func closeInheritedDescriptors(_ fileActions: inout posix_spawn_file_actions_t) {
         if let addCloseFrom, addCloseFrom(&fileActions, 3) == 0 { return }
         var descriptors: [Int32] = []
         if let directory = opendir("/proc/self/fd") {
@@ -648,20 +682,73 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     }
 }
 
+// MARK: - TLS
+
+extension RedisServerProcess {
+    /// The TLS listener of a server started with `tls:`: the certificate files (PEM) and whether clients
+    /// must present a certificate. The paths must stay readable while the server runs (and for a
+    /// ``RedisServerProcess/restart(timeout:)``); the key passphrase, if any, goes on the server's command
+    /// line (test material only).
+    public struct TLSOptions: Sendable, Hashable {
+        /// `--tls-auth-clients`: whether the server asks clients for a certificate signed by the CA.
+        public enum ClientAuthentication: String, Sendable, Hashable, CaseIterable {
+            /// `yes`: a client without a valid certificate is refused (mutual TLS).
+            case required = "yes"
+            /// `no`: clients are not asked for a certificate.
+            case none = "no"
+            /// `optional`: a certificate is asked for and verified if given, but not required.
+            case optional = "optional"
+        }
+
+        /// The server's certificate (`--tls-cert-file`).
+        public var certificatePath: String
+        /// The server's private key (`--tls-key-file`).
+        public var keyPath: String
+        /// The passphrase of an encrypted ``keyPath`` (`--tls-key-file-pass`), `nil` for a plain key.
+        public var keyPassphrase: String?
+        /// The CA certificates that verify client certificates (`--tls-ca-cert-file`; redis-server
+        /// requires one whenever TLS is on).
+        public var caCertificatePath: String
+        /// `--tls-auth-clients`.
+        public var clientAuthentication: ClientAuthentication
+
+        /// Options from explicit files; see the properties.
+        public init(
+            certificatePath: String, keyPath: String, caCertificatePath: String,
+            clientAuthentication: ClientAuthentication = .none, keyPassphrase: String? = nil
+        ) {
+            self.certificatePath = certificatePath
+            self.keyPath = keyPath
+            self.caCertificatePath = caCertificatePath
+            self.clientAuthentication = clientAuthentication
+            self.keyPassphrase = keyPassphrase
+        }
+
+        /// The valid localhost server certificate of `certificates` (``TestCertificates/serverCertificatePath``,
+        /// ``TestCertificates/serverKeyPath``), trusting its CA for client certificates.
+        public init(certificates: TestCertificates, clientAuthentication: ClientAuthentication = .none) {
+            self.init(
+                certificatePath: certificates.serverCertificatePath, keyPath: certificates.serverKeyPath,
+                caCertificatePath: certificates.caCertificatePath, clientAuthentication: clientAuthentication)
+        }
+    }
+}
+
 // MARK: - Async forms
 
 extension RedisServerProcess {
-    /// ``start(extraArguments:unixSocket:startTimeout:executablePath:)`` on a thread of its own: the
+    /// ``start(extraArguments:unixSocket:tls:startTimeout:executablePath:)`` on a thread of its own: the
     /// caller suspends while the server starts, and no cooperative thread blocks.
     public static func start(
         extraArguments: [String] = [],
         unixSocket: Bool = false,
+        tls: TLSOptions? = nil,
         startTimeout: Duration = .seconds(10),
         executablePath: String? = nil
     ) async throws -> RedisServerProcess {
         try await OwnThread.run {
             try start(
-                extraArguments: extraArguments, unixSocket: unixSocket, startTimeout: startTimeout,
+                extraArguments: extraArguments, unixSocket: unixSocket, tls: tls, startTimeout: startTimeout,
                 executablePath: executablePath)
         }
     }
@@ -669,17 +756,18 @@ extension RedisServerProcess {
     /// Starts a server, runs `body` with it, and stops it (``stop(timeout:)``, awaited) whether `body`
     /// returns or throws: the async replacement for `defer { server.stop() }`.
     ///
-    /// - Throws: what ``start(extraArguments:unixSocket:startTimeout:executablePath:)`` or `body` throws.
+    /// - Throws: what ``start(extraArguments:unixSocket:tls:startTimeout:executablePath:)`` or `body` throws.
     public static func withServer<Result>(
         extraArguments: [String] = [],
         unixSocket: Bool = false,
+        tls: TLSOptions? = nil,
         startTimeout: Duration = .seconds(10),
         executablePath: String? = nil,
         isolation: isolated (any Actor)? = #isolation,
         _ body: (RedisServerProcess) async throws -> sending Result
     ) async throws -> sending Result {
         let server = try await start(
-            extraArguments: extraArguments, unixSocket: unixSocket, startTimeout: startTimeout,
+            extraArguments: extraArguments, unixSocket: unixSocket, tls: tls, startTimeout: startTimeout,
             executablePath: executablePath)
         do {
             let result = try await body(server)

@@ -140,8 +140,8 @@ struct ServerLifetimeTests {
     }
 }
 
-/// A child process with its standard output on a pipe (standard input and error: /dev/null), started
-/// with posix_spawn and reaped by its owner only.
+/// A child process with its standard output (and, if asked, its standard error) on a pipe, standard
+/// input and otherwise standard error on /dev/null, started with posix_spawn and reaped by its owner only.
 final class ChildProcess: Sendable {
     struct Failure: Error, CustomStringConvertible {
         let description: String
@@ -163,7 +163,7 @@ final class ChildProcess: Sendable {
 
     deinit { close(output) }
 
-    static func start(_ path: String, _ arguments: [String]) throws -> ChildProcess {
+    static func start(_ path: String, _ arguments: [String], mergeStandardError: Bool = false) throws -> ChildProcess {
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { throw Failure("pipe: errno \(errno)") }
         // Close-on-exec: the child gets the write end through dup2 only. (A spawn on another thread
@@ -174,7 +174,11 @@ final class ChildProcess: Sendable {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        if mergeStandardError {
+            posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -223,6 +227,33 @@ final class ChildProcess: Sendable {
             text += String(decoding: buffer[0..<count], as: UTF8.self)
             pending += buffer[0..<count]
         }
+    }
+
+    /// Runs a program to its end (killed after `timeout`) and returns how it ended and its standard output
+    /// and error, interleaved. Blocks: call it through `onThread`.
+    ///
+    /// - Throws: ``Failure`` when it cannot be started or does not end in time.
+    static func run(_ path: String, _ arguments: [String], timeout: Duration = .seconds(30)) throws -> (status: Status, output: String) {
+        let child = try start(path, arguments, mergeStandardError: true)
+        defer { child.killAndReap() }
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        var output: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw Failure("\(path) did not end within \(timeout); output: \(String(decoding: output, as: UTF8.self))") }
+            var entry = pollfd(fd: child.output, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&entry, 1, Int32(clamping: left.components.seconds * 1000 + 1))
+            if ready <= 0 { continue }
+            let count = read(child.output, &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { break }
+            output += buffer[0..<count]
+        }
+        guard let status = child.waitForExit(timeout: deadline - ContinuousClock.now) else {
+            throw Failure("\(path) closed its output but did not exit within \(timeout)")
+        }
+        return (status, String(decoding: output, as: UTF8.self))
     }
 
     /// Polls for the child's exit and reaps it; `nil` when it still runs after `timeout`.
