@@ -2,7 +2,11 @@
 // examples. Nothing beyond the C library and the package's own `LockedValue` (a pthread mutex: a contended
 // `Synchronization.Mutex` draws false ThreadSanitizer reports here, and servers start in parallel): the
 // child is started with posix_spawn and reaped with waitpid by this file alone, so nothing else in the
-// process can steal its exit status.
+// process can steal its exit status. On Linux every child is started through `setpriv --pdeathsig KILL`
+// (util-linux) from one long-lived spawner thread, so that it dies with this process however this process
+// ends (see `spawn`); `stopAllAndExitOnSignals` lets a program stop its servers on SIGINT/SIGTERM/SIGHUP.
+// (`Synchronization.Atomic`, used only for the signal handler's descriptor, is lock-free and draws no
+// such report.)
 
 #if canImport(Glibc)
 import Glibc
@@ -695,7 +699,7 @@ extension RedisServerProcess {
             /// `yes`: a client without a valid certificate is refused (mutual TLS).
             case required = "yes"
             /// `no`: clients are not asked for a certificate.
-            case none = "no"
+            case off = "no"
             /// `optional`: a certificate is asked for and verified if given, but not required.
             case optional = "optional"
         }
@@ -715,7 +719,7 @@ extension RedisServerProcess {
         /// Options from explicit files; see the properties.
         public init(
             certificatePath: String, keyPath: String, caCertificatePath: String,
-            clientAuthentication: ClientAuthentication = .none, keyPassphrase: String? = nil
+            clientAuthentication: ClientAuthentication = .off, keyPassphrase: String? = nil
         ) {
             self.certificatePath = certificatePath
             self.keyPath = keyPath
@@ -726,7 +730,7 @@ extension RedisServerProcess {
 
         /// The valid localhost server certificate of `certificates` (``TestCertificates/serverCertificatePath``,
         /// ``TestCertificates/serverKeyPath``), trusting its CA for client certificates.
-        public init(certificates: TestCertificates, clientAuthentication: ClientAuthentication = .none) {
+        public init(certificates: TestCertificates, clientAuthentication: ClientAuthentication = .off) {
             self.init(
                 certificatePath: certificates.serverCertificatePath, keyPath: certificates.serverKeyPath,
                 caCertificatePath: certificates.caCertificatePath, clientAuthentication: clientAuthentication)
