@@ -109,6 +109,14 @@ let package = Package(
             path: "Examples/RedisCounter",
             swiftSettings: strictSettings
         ),
+        // A helper process for ServerLifetimeTests: starts a throwaway redis-server from a short-lived
+        // thread, prints its pid and port, and waits to be killed.
+        .executableTarget(
+            name: "launcher-probe",
+            dependencies: ["RedisServerLauncher"],
+            path: "Tests/LauncherProbe",
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "TCPLineClientExample",
             dependencies: ["ConnPool", "ConnPoolTCP"],

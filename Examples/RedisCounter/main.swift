@@ -113,6 +113,9 @@ do {
     if CommandLine.arguments.count > 1 {
         url = CommandLine.arguments[1]
     } else {
+        // Ctrl-C, SIGTERM or SIGHUP stop the throwaway server (and exit 128 + signal); if this process is
+        // killed outright, the server dies with it (the launcher's parent-death signal).
+        try RedisServerProcess.stopAllAndExitOnSignals()
         let started = try RedisServerProcess.start()
         server = started
         print("started redis-server pid \(started.pid) on \(started.url)")

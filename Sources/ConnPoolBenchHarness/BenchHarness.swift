@@ -66,9 +66,14 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
             _ = await runPhase(
                 spec, driver: driver, operation: operation, stop: .requests(warmup), label: label + " warm-up")
         }
+        // The whole process's CPU over the measured phase (workers, the pool, the I/O reactor's thread,
+        // the progress line), as for an external tool measured with wait4.
+        let cpuBefore = ProcessCPU.selfMicroseconds()
         let (recorder, elapsed, rssBefore) = await runPhase(
             spec, driver: driver, operation: operation, stop: spec.effectiveStop, label: label)
+        let cpuAfter = ProcessCPU.selfMicroseconds()
         let rssAfter = ResidentMemory.currentBytes()
+        let cpuUsed = cpuBefore.flatMap { before in cpuAfter.map { $0 - before } }
         await driver.tearDown()
 
         let seconds = Double(elapsed) / 1e9
@@ -78,7 +83,8 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
             commandsPerRequest: spec.commandsPerRequest, durationSeconds: seconds,
             opsPerSecond: seconds > 0 ? Double(recorder.successes * spec.commandsPerRequest) / seconds : 0,
             latency: recorder.summary, errors: recorder.errorCount, errorsByType: recorder.errors,
-            rssBeforeBytes: rssBefore, rssAfterBytes: rssAfter)
+            rssBeforeBytes: rssBefore, rssAfterBytes: rssAfter,
+            clientCPUMicrosecondsPerOp: ProcessCPU.perRequest(cpuMicroseconds: cpuUsed, requests: recorder.requests))
     }
 
     /// Runs several specs in order with the same operation (for example those of

@@ -58,13 +58,14 @@ public enum BenchReport {
         return comparison
     }
 
-    /// An aligned text table, one row per result in the given order, with the comparison ratios on the
+    /// An aligned text table, one row per result in the given order: the figures (`cpu µs/req` is
+    /// ``BenchResult/clientCPUMicrosecondsPerOp``, `-` when not measured), and the comparison ratios on the
     /// pooled rows: `vs r-b` (pooled ÷ redis-benchmark), `vs per-req`, `vs shared` and, at concurrency 1,
     /// `overhead` (1 − pooled ÷ shared).
     public static func table(_ results: [BenchResult]) -> String {
         let headers = [
             "backend", "workload", "mode", "baseline", "conc", "pool", "requests", "ops/s", "p50 µs", "p90 µs",
-            "p99 µs", "p99.9 µs", "max µs", "errors", "vs r-b", "vs per-req", "vs shared", "overhead",
+            "p99 µs", "p99.9 µs", "max µs", "cpu µs/req", "errors", "vs r-b", "vs per-req", "vs shared", "overhead",
         ]
         let leftAligned: Set<Int> = [0, 1, 2, 3]
         var rows: [[String]] = []
@@ -83,14 +84,14 @@ public enum BenchReport {
                 TextFormat.grouped(result.opsPerSecond), TextFormat.microseconds(result.p50Microseconds),
                 TextFormat.microseconds(result.p90Microseconds), TextFormat.microseconds(result.p99Microseconds),
                 TextFormat.microseconds(result.p999Microseconds), TextFormat.microseconds(result.maxMicroseconds),
-                errors, ratio(comparison.versusRedisBenchmark), ratio(comparison.versusPerRequest),
+                result.clientCPUMicrosecondsPerOp.map { TextFormat.fixed($0, 2) } ?? "-", errors, ratio(comparison.versusRedisBenchmark), ratio(comparison.versusPerRequest),
                 ratio(comparison.versusShared),
                 comparison.poolOverhead.map { TextFormat.fixed($0 * 100, 1) + "%" } ?? "",
             ])
         }
         // Drop comparison columns that are empty everywhere.
         var keep = Array(0..<headers.count)
-        keep.removeAll { column in column >= 14 && rows.allSatisfy { $0[column].isEmpty } }
+        keep.removeAll { column in column >= 15 && rows.allSatisfy { $0[column].isEmpty } }
         var widths = keep.map { headers[$0].count }
         for row in rows {
             for (position, column) in keep.enumerated() { widths[position] = max(widths[position], row[column].count) }

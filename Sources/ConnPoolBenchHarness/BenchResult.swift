@@ -3,8 +3,9 @@
 ///
 /// JSON keys (snake case): `backend`, `workload`, `mode`, `baseline`, `concurrency`, `pool_size`,
 /// `requests`, `commands_per_request`, `duration_s`, `ops_per_sec`, `p50_us`, `p90_us`, `p99_us`,
-/// `p999_us`, `max_us`, `mean_us`, `errors`, `errors_by_type`, `rss_before_bytes`, `rss_after_bytes`.
-/// Figures an external tool does not report (p90 and p99.9 for `redis-benchmark`) are `null`.
+/// `p999_us`, `max_us`, `mean_us`, `errors`, `errors_by_type`, `rss_before_bytes`, `rss_after_bytes`,
+/// `client_cpu_us_per_op`. Figures an external tool does not report (p90 and p99.9 for
+/// `redis-benchmark`) are `null`.
 public struct BenchResult: Sendable, Hashable, Codable {
     /// Label: the backend (`redis`, `tcp`, `mock`, …).
     public var backend: String
@@ -46,6 +47,12 @@ public struct BenchResult: Sendable, Hashable, Codable {
     public var rssBeforeBytes: Int?
     /// Resident set size after the measured phase (bytes; `nil` when unknown).
     public var rssAfterBytes: Int?
+    /// The client's CPU time per request, µs: the CPU time (user + system) the client process used over
+    /// the measured phase ÷ ``requests`` (see ``ProcessCPU/perRequest(cpuMicroseconds:requests:)``).
+    /// For this process, the `getrusage(RUSAGE_SELF)` difference across the measured phase (every
+    /// thread of the process counts, as for an external tool); for an external tool, the CPU time of its
+    /// whole run from `wait4`. `nil` when not measured. JSON key `client_cpu_us_per_op`.
+    public var clientCPUMicrosecondsPerOp: Double?
 
     enum CodingKeys: String, CodingKey {
         case backend, workload, mode, baseline, concurrency
@@ -64,6 +71,7 @@ public struct BenchResult: Sendable, Hashable, Codable {
         case errorsByType = "errors_by_type"
         case rssBeforeBytes = "rss_before_bytes"
         case rssAfterBytes = "rss_after_bytes"
+        case clientCPUMicrosecondsPerOp = "client_cpu_us_per_op"
     }
 
     /// A result from explicit figures; see the properties for the meaning of each parameter.
@@ -71,7 +79,7 @@ public struct BenchResult: Sendable, Hashable, Codable {
         backend: String, workload: String, mode: String, baseline: BenchBaseline, concurrency: Int,
         poolSize: Int?, requests: Int, commandsPerRequest: Int, durationSeconds: Double, opsPerSecond: Double,
         latency: LatencySummary?, errors: Int, errorsByType: [String: Int], rssBeforeBytes: Int?,
-        rssAfterBytes: Int?
+        rssAfterBytes: Int?, clientCPUMicrosecondsPerOp: Double? = nil
     ) {
         self.backend = backend
         self.workload = workload
@@ -93,20 +101,22 @@ public struct BenchResult: Sendable, Hashable, Codable {
         self.errorsByType = errorsByType
         self.rssBeforeBytes = rssBeforeBytes
         self.rssAfterBytes = rssAfterBytes
+        self.clientCPUMicrosecondsPerOp = clientCPUMicrosecondsPerOp
     }
 
     /// A figure measured by an external tool (mode `external`): only what such tools report.
     public static func external(
         backend: String, workload: String, baseline: BenchBaseline = .redisBenchmark, concurrency: Int,
         requests: Int, commandsPerRequest: Int = 1, opsPerSecond: Double, p50Microseconds: Double?,
-        p99Microseconds: Double?, maxMicroseconds: Double?, meanMicroseconds: Double? = nil
+        p99Microseconds: Double?, maxMicroseconds: Double?, meanMicroseconds: Double? = nil,
+        clientCPUMicrosecondsPerOp: Double? = nil
     ) -> BenchResult {
         var result = BenchResult(
             backend: backend, workload: workload, mode: "external", baseline: baseline, concurrency: concurrency,
             poolSize: nil, requests: requests, commandsPerRequest: commandsPerRequest,
             durationSeconds: opsPerSecond > 0 ? Double(requests * commandsPerRequest) / opsPerSecond : 0,
             opsPerSecond: opsPerSecond, latency: nil, errors: 0, errorsByType: [:], rssBeforeBytes: nil,
-            rssAfterBytes: nil)
+            rssAfterBytes: nil, clientCPUMicrosecondsPerOp: clientCPUMicrosecondsPerOp)
         result.p50Microseconds = p50Microseconds
         result.p99Microseconds = p99Microseconds
         result.maxMicroseconds = maxMicroseconds
@@ -137,6 +147,7 @@ public struct BenchResult: Sendable, Hashable, Codable {
         errorsByType = try container.decodeIfPresent([String: Int].self, forKey: .errorsByType) ?? [:]
         rssBeforeBytes = try container.decodeIfPresent(Int.self, forKey: .rssBeforeBytes)
         rssAfterBytes = try container.decodeIfPresent(Int.self, forKey: .rssAfterBytes)
+        clientCPUMicrosecondsPerOp = try container.decodeIfPresent(Double.self, forKey: .clientCPUMicrosecondsPerOp)
     }
 
     /// Encodes every key, writing `null` for a figure that is not known (so that every result has the
@@ -163,6 +174,8 @@ public struct BenchResult: Sendable, Hashable, Codable {
         try container.encode(errorsByType, forKey: .errorsByType)
         try container.encode(rssBeforeBytes, forKey: .rssBeforeBytes)
         try container.encode(rssAfterBytes, forKey: .rssAfterBytes)
+        try container.encode(
+            clientCPUMicrosecondsPerOp.map { Self.rounded($0, places: 3) }, forKey: .clientCPUMicrosecondsPerOp)
     }
 
     private static func rounded(_ value: Double, places: Int) -> Double {

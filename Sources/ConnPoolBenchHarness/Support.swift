@@ -34,6 +34,40 @@ public enum ResidentMemory {
     }
 }
 
+/// CPU time used by a process (user + system), for the client-CPU-per-request figure
+/// (``BenchResult/clientCPUMicrosecondsPerOp``).
+public enum ProcessCPU {
+    /// The user + system CPU time this process (every thread) has used so far, in µs, from
+    /// `getrusage(RUSAGE_SELF)`; `nil` if that fails.
+    public static func selfMicroseconds() -> Double? {
+        var usage = rusage()
+        #if canImport(Glibc)
+        let who = RUSAGE_SELF.rawValue  // an enum in glibc's header
+        #else
+        let who = RUSAGE_SELF
+        #endif
+        guard getrusage(who, &usage) == 0 else { return nil }
+        return microseconds(
+            userSeconds: Int(usage.ru_utime.tv_sec), userMicroseconds: Int(usage.ru_utime.tv_usec),
+            systemSeconds: Int(usage.ru_stime.tv_sec), systemMicroseconds: Int(usage.ru_stime.tv_usec))
+    }
+
+    /// `user + system` CPU time in µs, from the two `timeval`s of a `rusage` (as `getrusage` or `wait4`
+    /// fill it) given as seconds and microseconds.
+    public static func microseconds(
+        userSeconds: Int, userMicroseconds: Int, systemSeconds: Int, systemMicroseconds: Int
+    ) -> Double {
+        Double(userSeconds + systemSeconds) * 1e6 + Double(userMicroseconds + systemMicroseconds)
+    }
+
+    /// CPU µs per request: `cpuMicroseconds ÷ requests`; `nil` when there were no requests or the CPU
+    /// time is unknown or negative (a clock that went backwards).
+    public static func perRequest(cpuMicroseconds: Double?, requests: Int) -> Double? {
+        guard let cpuMicroseconds, cpuMicroseconds >= 0, requests > 0 else { return nil }
+        return cpuMicroseconds / Double(requests)
+    }
+}
+
 /// How a failed request is counted: a short category for an error.
 public enum BenchErrorCategory {
     /// The error's type name, followed by its enum case when the case carries a payload

@@ -2,7 +2,11 @@
 // examples. Nothing beyond the C library and the package's own `LockedValue` (a pthread mutex: a contended
 // `Synchronization.Mutex` draws false ThreadSanitizer reports here, and servers start in parallel): the
 // child is started with posix_spawn and reaped with waitpid by this file alone, so nothing else in the
-// process can steal its exit status.
+// process can steal its exit status. On Linux every child is started through `setpriv --pdeathsig KILL`
+// (util-linux) from one long-lived spawner thread, so that it dies with this process however this process
+// ends (see `spawn`); `stopAllAndExitOnSignals` lets a program stop its servers on SIGINT/SIGTERM/SIGHUP.
+// (`Synchronization.Atomic`, used only for the signal handler's descriptor, is lock-free and draws no
+// such report.)
 
 #if canImport(Glibc)
 import Glibc
@@ -12,6 +16,7 @@ import Musl
 import Darwin
 #endif
 import ConnPool
+import Synchronization
 
 /// Why a ``RedisServerProcess`` could not be started or restarted.
 ///
@@ -57,9 +62,14 @@ public enum RedisServerLauncherError: Error, Sendable, Equatable, CustomStringCo
 /// with persistence off (`--save '' --appendonly no`) and its working directory and log in a fresh
 /// temporary directory that ``stop(timeout:)`` removes.
 ///
-/// The process is stopped by ``stop(timeout:)``, by `deinit` as a last resort, and by an `atexit` hook for
-/// servers still running when the process exits normally. A process killed by a signal (a crash) cannot
-/// run any of these: its servers then outlive it.
+/// The process is stopped by ``stop(timeout:)``, by `deinit` as a last resort, by an `atexit` hook for
+/// servers still running when the process exits normally, and by the handlers of
+/// ``stopAllAndExitOnSignals(_:)`` when a program installs them (SIGINT, SIGTERM, SIGHUP). A process
+/// that dies in any other way (SIGKILL, a crash, the default action of a signal) cannot run any of these;
+/// on Linux its servers are then killed by the kernel all the same: each server is started with a parent-
+/// death signal (`PR_SET_PDEATHSIG`, SIGKILL) through `setpriv` from one long-lived thread, so it dies
+/// with the process that started it (its temporary directory is then left behind). See
+/// ``parentDeathSignalEnabled``.
 ///
 /// All members are safe to call from any thread: the mutable state (the child's pid) is behind a mutex.
 ///
@@ -68,7 +78,7 @@ public enum RedisServerLauncherError: Error, Sendable, Equatable, CustomStringCo
 /// in async code: it runs the wait on a thread of its own and suspends the caller, so that no cooperative
 /// thread blocks (with two cores there are two, and one blocked stalls every task of the process).
 /// `defer` bodies cannot `await` and pick the blocking form: in async code, use
-/// ``withServer(extraArguments:unixSocket:startTimeout:executablePath:isolation:_:)`` or call
+/// ``withServer(extraArguments:unixSocket:tls:startTimeout:executablePath:isolation:_:)`` or call
 /// `await server.stop()` on every path instead.
 public final class RedisServerProcess: Sendable, CustomStringConvertible {
     /// The loopback address the server listens on: always `127.0.0.1`.
@@ -77,6 +87,11 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     public let port: Int
     /// The unix socket path, when started with `unixSocket: true`.
     public let unixSocketPath: String?
+    /// The TLS port, when started with `tls:` (the server then also listens with TLS there, next to the
+    /// plain ``port``; the same after ``restart(timeout:)``).
+    public let tlsPort: Int?
+    /// The TLS options the server was started with, if any.
+    public let tls: TLSOptions?
     /// The temporary directory holding the server's log (and unix socket); removed by ``stop(timeout:)``.
     public let directory: String
     /// Path of the server's log file, inside ``directory``.
@@ -94,6 +109,9 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
 
     /// `redis://127.0.0.1:<port>`: the server's TCP URL, without credentials.
     public var url: String { "redis://\(host):\(port)" }
+
+    /// `rediss://127.0.0.1:<tlsPort>` when the server listens with TLS, else `nil`.
+    public var tlsURL: String? { tlsPort.map { "rediss://\(host):\($0)" } }
 
     /// `unix://<path>` when the server listens on a unix socket, else `nil`.
     public var unixSocketURL: String? { unixSocketPath.map { "unix://\($0)" } }
@@ -114,11 +132,13 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     public var description: String { "RedisServerProcess(pid: \(pid), port: \(port))" }
 
     private init(
-        port: Int, unixSocketPath: String?, directory: String, executable: String, extraArguments: [String],
-        pid: pid_t
+        port: Int, unixSocketPath: String?, tlsPort: Int?, tls: TLSOptions?, directory: String, executable: String,
+        extraArguments: [String], pid: pid_t
     ) {
         self.port = port
         self.unixSocketPath = unixSocketPath
+        self.tlsPort = tlsPort
+        self.tls = tls
         self.directory = directory
         self.logPath = directory + "/redis.log"
         self.executable = executable
@@ -138,6 +158,10 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     ///   - extraArguments: more `redis-server` arguments, for example `["--requirepass", "secret"]` or
     ///     `["--user", "alice", "on", ">pw", "~*", "&*", "+@all"]`. They are never quoted in errors.
     ///   - unixSocket: also listen on a unix socket in the temporary directory (``unixSocketPath``).
+    ///   - tls: also listen with TLS on a second free port (``tlsPort``, ``tlsURL``) with these
+    ///     certificate files (for example ``TLSOptions/init(certificates:clientAuthentication:)`` with
+    ///     ``TestCertificates``). Readiness is still checked on the plain ``port``. The redis-server must
+    ///     be built with TLS (Debian's is); a bad file makes it exit: see the log tail in the error.
     ///   - startTimeout: how long to wait for the server to answer.
     ///   - executablePath: the `redis-server` to run; `nil` looks at `REDIS_SERVER_PATH`, then `PATH`.
     /// - Throws: ``RedisServerLauncherError/redisServerNotInstalled(searched:)`` when `redis-server` is
@@ -148,6 +172,7 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     public static func start(
         extraArguments: [String] = [],
         unixSocket: Bool = false,
+        tls: TLSOptions? = nil,
         startTimeout: Duration = .seconds(10),
         executablePath: String? = nil
     ) throws -> RedisServerProcess {
@@ -163,20 +188,27 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         let attempts = 8
         for _ in 0..<attempts {
             let port = try pickFreePort()
+            var tlsPort: Int?
+            if tls != nil {
+                // Two distinct ports (the kernel may hand out the same free port twice in a row).
+                var candidate = try pickFreePort()
+                while candidate == port { candidate = try pickFreePort() }
+                tlsPort = candidate
+            }
             let directory = try makeTemporaryDirectory()
             let socketPath = unixSocket ? directory + "/redis.sock" : nil
             let pid: pid_t
             do {
                 pid = try spawn(
                     executable: executable, port: port, directory: directory, unixSocketPath: socketPath,
-                    extraArguments: extraArguments)
+                    tlsPort: tlsPort, tls: tls, extraArguments: extraArguments)
             } catch {
                 removeDirectory(directory)
                 throw error
             }
             let server = RedisServerProcess(
-                port: port, unixSocketPath: socketPath, directory: directory, executable: executable,
-                extraArguments: extraArguments, pid: pid)
+                port: port, unixSocketPath: socketPath, tlsPort: tlsPort, tls: tls, directory: directory,
+                executable: executable, extraArguments: extraArguments, pid: pid)
             switch server.waitUntilReady(timeout: startTimeout) {
             case .ready:
                 LiveServers.shared.insert(server)
@@ -244,8 +276,8 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         }
     }
 
-    /// Stops the server if it runs (or after ``stop(timeout:)``), then starts it again on the same port and
-    /// unix socket with the same arguments (data is not kept: persistence is off). Returns once it
+    /// Stops the server if it runs (or after ``stop(timeout:)``), then starts it again on the same port,
+    /// unix socket and TLS port with the same arguments (data is not kept: persistence is off). Returns once it
     /// answers PING.
     ///
     /// - Throws: ``RedisServerLauncherError/portTakenOnRestart(port:logTail:)`` when another process took
@@ -263,7 +295,7 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         }
         let pid = try Self.spawn(
             executable: executable, port: port, directory: directory, unixSocketPath: unixSocketPath,
-            extraArguments: extraArguments)
+            tlsPort: tlsPort, tls: tls, extraArguments: extraArguments)
         state.withLock { state in
             state.pid = pid
             state.running = true
@@ -444,8 +476,67 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         }
     }
 
+    /// Starts the server process. On Linux with `setpriv` (util-linux), the server dies with this process:
+    ///
+    /// - `PR_SET_PDEATHSIG` cannot be set by `posix_spawn`, so the child is `setpriv --pdeathsig KILL`,
+    ///   which sets it and then executes the rest of the command line (the death signal survives `execve`
+    ///   of a program that is not set-user-ID and has no file capabilities: redis-server, /bin/sh).
+    /// - The kernel sends the death signal when the *thread* that spawned the child exits, not the process
+    ///   (the child is then handed to another thread of the process, and signalled). Servers are started
+    ///   from arbitrary threads here, some short-lived (``OwnThread``, a test's thread), so every spawn
+    ///   runs on ``SpawnerThread``, one thread that lives as long as the process: the signal then comes
+    ///   exactly when the process dies, by whatever cause (SIGKILL included). `waitpid` still works from
+    ///   any thread: on Linux the threads of a process share their children.
+    /// - The process could die after `posix_spawn` and before `setpriv` sets the signal (the child would
+    ///   then be handed to init without a signal): so `setpriv` runs `/bin/sh`, which checks that its
+    ///   parent (`$PPID`, read after the signal is set) is still this process, and only then `exec`s
+    ///   redis-server; else it exits. The pid is the same through the three `execve`s, so ``pid``,
+    ///   `kill` and `waitpid` address the server itself.
+    ///
+    /// Without `setpriv` (not Linux, or util-linux missing) the server is started directly, and outlives
+    /// a process that is killed (``parentDeathSignalEnabled`` is then `false`).
     private static func spawn(
-        executable: String, port: Int, directory: String, unixSocketPath: String?, extraArguments: [String]
+        executable: String, port: Int, directory: String, unixSocketPath: String?, tlsPort: Int?, tls: TLSOptions?,
+        extraArguments: [String]
+    ) throws -> pid_t {
+        let result = SpawnerThread.shared.run {
+            Result {
+                try spawnNow(
+                    executable: executable, port: port, directory: directory, unixSocketPath: unixSocketPath,
+                    tlsPort: tlsPort, tls: tls, extraArguments: extraArguments)
+            }.mapError { $0 as? RedisServerLauncherError ?? .systemError(operation: "posix_spawn", errno: EIO) }
+        }
+        return try result.get()
+    }
+
+    /// Whether servers are started with a parent-death signal, so that they die with this process even
+    /// when it is killed with SIGKILL: `true` on Linux when `setpriv` (util-linux) and `/bin/sh` exist.
+    public static var parentDeathSignalEnabled: Bool { deathSignalWrapper != nil }
+
+    /// `setpriv --pdeathsig KILL -- /bin/sh -c <guard> redis-server-guard <our pid>`, to which the server's
+    /// own command line is appended; `nil` where that cannot be used (see ``spawn(executable:port:directory:unixSocketPath:tlsPort:tls:extraArguments:)``).
+    private static let deathSignalWrapper: (path: String, arguments: [String])? = {
+        #if os(Linux)
+        let candidates: [String] = ["/usr/bin/setpriv", "/bin/setpriv"]
+        guard let setpriv = candidates.first(where: { access($0, X_OK) == 0 }),
+            access("/bin/sh", X_OK) == 0
+        else { return nil }
+        // $1 is the pid of this process; the server's argv follows. `$PPID` is the parent's pid as the
+        // shell read it at startup, after setpriv set the death signal: if it is not us, we died before
+        // the signal was set and no one would ever kill the server.
+        let script = #"[ "$PPID" = "$1" ] || exit 97; shift; exec "$@""#
+        return (
+            setpriv,
+            [setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", script, "redis-server-guard", String(getpid())]
+        )
+        #else
+        return nil
+        #endif
+    }()
+
+    private static func spawnNow(
+        executable: String, port: Int, directory: String, unixSocketPath: String?, tlsPort: Int?, tls: TLSOptions?,
+        extraArguments: [String]
     ) throws -> pid_t {
         var arguments = [
             executable,
@@ -460,6 +551,16 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         ]
         if let unixSocketPath {
             arguments += ["--unixsocket", unixSocketPath, "--unixsocketperm", "700"]
+        }
+        if let tlsPort, let tls {
+            arguments += [
+                "--tls-port", String(tlsPort),
+                "--tls-cert-file", tls.certificatePath,
+                "--tls-key-file", tls.keyPath,
+                "--tls-ca-cert-file", tls.caCertificatePath,
+                "--tls-auth-clients", tls.clientAuthentication.rawValue,
+            ]
+            if let passphrase = tls.keyPassphrase { arguments += ["--tls-key-file-pass", passphrase] }
         }
         arguments += extraArguments
 
@@ -488,12 +589,17 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
         posix_spawnattr_setsigmask(&attributes, &noSignals)
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
 
+        var program = executable
+        if let wrapper = deathSignalWrapper {
+            program = wrapper.path
+            arguments = wrapper.arguments + arguments
+        }
         let cArguments: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { for pointer in cArguments { free(pointer) } }
         var pid: pid_t = 0
-        let result = posix_spawn(&pid, executable, &fileActions, &attributes, cArguments, environ)
+        let result = posix_spawn(&pid, program, &fileActions, &attributes, cArguments, environ)
         guard result == 0 else {
-            throw RedisServerLauncherError.systemError(operation: "posix_spawn \(executable)", errno: result)
+            throw RedisServerLauncherError.systemError(operation: "posix_spawn \(program)", errno: result)
         }
         return pid
     }
@@ -512,7 +618,7 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     /// Adds the file actions that close every descriptor from 3 up in the child: one `closefrom`
     /// action where the C library has it, else a close action per descriptor open now (listed from
     /// `/proc/self/fd`, or every number below the descriptor limit where that is not mounted).
-    private static func closeInheritedDescriptors(_ fileActions: inout posix_spawn_file_actions_t) {
+    static func closeInheritedDescriptors(_ fileActions: inout posix_spawn_file_actions_t) {
         if let addCloseFrom, addCloseFrom(&fileActions, 3) == 0 { return }
         var descriptors: [Int32] = []
         if let directory = opendir("/proc/self/fd") {
@@ -580,20 +686,73 @@ public final class RedisServerProcess: Sendable, CustomStringConvertible {
     }
 }
 
+// MARK: - TLS
+
+extension RedisServerProcess {
+    /// The TLS listener of a server started with `tls:`: the certificate files (PEM) and whether clients
+    /// must present a certificate. The paths must stay readable while the server runs (and for a
+    /// ``RedisServerProcess/restart(timeout:)``); the key passphrase, if any, goes on the server's command
+    /// line (test material only).
+    public struct TLSOptions: Sendable, Hashable {
+        /// `--tls-auth-clients`: whether the server asks clients for a certificate signed by the CA.
+        public enum ClientAuthentication: String, Sendable, Hashable, CaseIterable {
+            /// `yes`: a client without a valid certificate is refused (mutual TLS).
+            case required = "yes"
+            /// `no`: clients are not asked for a certificate.
+            case off = "no"
+            /// `optional`: a certificate is asked for and verified if given, but not required.
+            case optional = "optional"
+        }
+
+        /// The server's certificate (`--tls-cert-file`).
+        public var certificatePath: String
+        /// The server's private key (`--tls-key-file`).
+        public var keyPath: String
+        /// The passphrase of an encrypted ``keyPath`` (`--tls-key-file-pass`), `nil` for a plain key.
+        public var keyPassphrase: String?
+        /// The CA certificates that verify client certificates (`--tls-ca-cert-file`; redis-server
+        /// requires one whenever TLS is on).
+        public var caCertificatePath: String
+        /// `--tls-auth-clients`.
+        public var clientAuthentication: ClientAuthentication
+
+        /// Options from explicit files; see the properties.
+        public init(
+            certificatePath: String, keyPath: String, caCertificatePath: String,
+            clientAuthentication: ClientAuthentication = .off, keyPassphrase: String? = nil
+        ) {
+            self.certificatePath = certificatePath
+            self.keyPath = keyPath
+            self.caCertificatePath = caCertificatePath
+            self.clientAuthentication = clientAuthentication
+            self.keyPassphrase = keyPassphrase
+        }
+
+        /// The valid localhost server certificate of `certificates` (``TestCertificates/serverCertificatePath``,
+        /// ``TestCertificates/serverKeyPath``), trusting its CA for client certificates.
+        public init(certificates: TestCertificates, clientAuthentication: ClientAuthentication = .off) {
+            self.init(
+                certificatePath: certificates.serverCertificatePath, keyPath: certificates.serverKeyPath,
+                caCertificatePath: certificates.caCertificatePath, clientAuthentication: clientAuthentication)
+        }
+    }
+}
+
 // MARK: - Async forms
 
 extension RedisServerProcess {
-    /// ``start(extraArguments:unixSocket:startTimeout:executablePath:)`` on a thread of its own: the
+    /// ``start(extraArguments:unixSocket:tls:startTimeout:executablePath:)`` on a thread of its own: the
     /// caller suspends while the server starts, and no cooperative thread blocks.
     public static func start(
         extraArguments: [String] = [],
         unixSocket: Bool = false,
+        tls: TLSOptions? = nil,
         startTimeout: Duration = .seconds(10),
         executablePath: String? = nil
     ) async throws -> RedisServerProcess {
         try await OwnThread.run {
             try start(
-                extraArguments: extraArguments, unixSocket: unixSocket, startTimeout: startTimeout,
+                extraArguments: extraArguments, unixSocket: unixSocket, tls: tls, startTimeout: startTimeout,
                 executablePath: executablePath)
         }
     }
@@ -601,17 +760,18 @@ extension RedisServerProcess {
     /// Starts a server, runs `body` with it, and stops it (``stop(timeout:)``, awaited) whether `body`
     /// returns or throws: the async replacement for `defer { server.stop() }`.
     ///
-    /// - Throws: what ``start(extraArguments:unixSocket:startTimeout:executablePath:)`` or `body` throws.
+    /// - Throws: what ``start(extraArguments:unixSocket:tls:startTimeout:executablePath:)`` or `body` throws.
     public static func withServer<Result>(
         extraArguments: [String] = [],
         unixSocket: Bool = false,
+        tls: TLSOptions? = nil,
         startTimeout: Duration = .seconds(10),
         executablePath: String? = nil,
         isolation: isolated (any Actor)? = #isolation,
         _ body: (RedisServerProcess) async throws -> sending Result
     ) async throws -> sending Result {
         let server = try await start(
-            extraArguments: extraArguments, unixSocket: unixSocket, startTimeout: startTimeout,
+            extraArguments: extraArguments, unixSocket: unixSocket, tls: tls, startTimeout: startTimeout,
             executablePath: executablePath)
         do {
             let result = try await body(server)
@@ -680,6 +840,176 @@ enum OwnThread {
     }
 }
 
+/// The one thread that spawns every server process, for the lifetime of the process (it is never asked
+/// to exit). A child started with a parent-death signal is signalled when the *thread* that spawned it
+/// exits; spawning from this thread only makes that the moment the process dies. See
+/// `RedisServerProcess.spawn`.
+///
+/// `@unchecked Sendable` is safe because `queue` and every ``Job``'s `result` are only read or written
+/// with `mutex` held, `condition` is only waited on with it, and both pthread objects live at fixed
+/// addresses for the lifetime of the process (the one instance is a global that is never released).
+private final class SpawnerThread: @unchecked Sendable {
+    static let shared = SpawnerThread()
+
+    private final class Job {
+        let body: @Sendable () -> Result<pid_t, RedisServerLauncherError>
+        var result: Result<pid_t, RedisServerLauncherError>?
+        init(_ body: @escaping @Sendable () -> Result<pid_t, RedisServerLauncherError>) { self.body = body }
+    }
+
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private var queue: [Job] = []
+
+    private init() {
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        condition = .allocate(capacity: 1)
+        condition.initialize(to: pthread_cond_t())
+        pthread_cond_init(condition, nil)
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { context in
+            let spawner = Unmanaged<SpawnerThread>.fromOpaque(context!).takeRetainedValue()
+            // Signals are for the other threads (a program's handlers, a `sigwait` thread): this one only
+            // spawns. The children get an empty mask and default dispositions from posix_spawn.
+            var all = sigset_t()
+            sigfillset(&all)
+            pthread_sigmask(SIG_BLOCK, &all, nil)
+            spawner.loop()
+            return nil
+        }, context)
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+        pthread_detach(thread)
+    }
+
+    /// Runs `body` on the spawner thread and returns its result; blocks the calling thread meanwhile
+    /// (for the time of a `posix_spawn`, about a millisecond).
+    func run(_ body: @escaping @Sendable () -> Result<pid_t, RedisServerLauncherError>) -> Result<pid_t, RedisServerLauncherError> {
+        let job = Job(body)
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        queue.append(job)
+        pthread_cond_broadcast(condition)
+        while true {
+            if let result = job.result { return result }
+            pthread_cond_wait(condition, mutex)
+        }
+    }
+
+    private func loop() -> Never {
+        pthread_mutex_lock(mutex)
+        while true {
+            while queue.isEmpty { pthread_cond_wait(condition, mutex) }
+            let job = queue.removeFirst()
+            pthread_mutex_unlock(mutex)
+            let result = job.body()
+            pthread_mutex_lock(mutex)
+            job.result = result
+            pthread_cond_broadcast(condition)
+        }
+    }
+}
+
+// MARK: - Termination signals
+
+extension RedisServerProcess {
+    /// SIGINT (Ctrl-C), SIGTERM (`timeout`, CI, process managers) and SIGHUP (a closed terminal): the
+    /// default signals of ``stopAllAndExitOnSignals(_:)``.
+    public static let terminationSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP]
+
+    /// Makes `signals` stop every server this process started and still runs, then exit the process with
+    /// the conventional status 128 + signal (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP): for
+    /// programs (redis-bench, the examples) that are stopped with Ctrl-C, by `timeout`, CI or a process
+    /// manager, whose servers and temporary directories would otherwise be left behind (on Linux the
+    /// parent-death signal still kills the servers, but cannot remove their directories).
+    ///
+    /// The handler only writes the signal number to a pipe (async-signal-safe); a thread of the
+    /// launcher's reads it, prints `interrupted by signal N: stopping redis-server` to standard error
+    /// when there is a server to stop, stops the servers (``stop(timeout:)`` with 2 s each), flushes
+    /// standard output and calls `_exit`. Works whichever thread the signal is delivered to; replaces any
+    /// handler installed for these signals before. Call it once, early (calling it again adds signals).
+    ///
+    /// Preconditions: the program does not need its own handler for these signals.
+    /// - Throws: ``RedisServerLauncherError/systemError(operation:errno:)`` when the pipe, the thread or a
+    ///   handler cannot be set up.
+    public static func stopAllAndExitOnSignals(_ signals: [Int32] = terminationSignals) throws {
+        try TerminationSignals.install(signals)
+    }
+}
+
+/// The state behind ``RedisServerProcess/stopAllAndExitOnSignals(_:)``.
+private enum TerminationSignals {
+    /// The pipe's write end, for the signal handler; -1 until installed. Lock-free (a handler must not
+    /// take a lock), and initialized (by `install`'s store) before any handler exists, so the handler's
+    /// access is a plain atomic load, never the global's lazy initialization.
+    static let writeEnd = Atomic<Int32>(-1)
+    private static let installed = LockedValue(false)
+
+    static func install(_ signals: [Int32]) throws {
+        try installed.withLock { installed in
+            if !installed {
+                var fds: [Int32] = [-1, -1]
+                guard pipe(&fds) == 0 else {
+                    throw RedisServerLauncherError.systemError(operation: "pipe", errno: errno)
+                }
+                // Close-on-exec (no child needs them; a spawn racing this is harmless: the launcher's
+                // children close every inherited descriptor). A burst of signals must never block the
+                // handler: the write end does not block.
+                for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+                _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK)
+                let readEnd = fds[0]
+                let context = UnsafeMutableRawPointer(bitPattern: Int(readEnd) + 1)
+                var thread = pthread_t()
+                let rc = pthread_create(&thread, nil, { context in
+                    TerminationSignals.waitAndExit(readEnd: Int32(Int(bitPattern: context) - 1))
+                }, context)
+                guard rc == 0 else {
+                    close(fds[0])
+                    close(fds[1])
+                    throw RedisServerLauncherError.systemError(operation: "pthread_create", errno: rc)
+                }
+                pthread_detach(thread)
+                writeEnd.store(fds[1], ordering: .releasing)
+                installed = true
+            }
+            for signal in signals {
+                var action = sigaction()
+                action.__sigaction_handler.sa_handler = { signal in
+                    let fd = TerminationSignals.writeEnd.load(ordering: .acquiring)
+                    guard fd >= 0 else { return }
+                    let savedErrno = errno
+                    var byte = UInt8(truncatingIfNeeded: signal)
+                    _ = write(fd, &byte, 1)
+                    errno = savedErrno
+                }
+                sigemptyset(&action.sa_mask)
+                action.sa_flags = SA_RESTART
+                guard sigaction(signal, &action, nil) == 0 else {
+                    throw RedisServerLauncherError.systemError(operation: "sigaction(\(signal))", errno: errno)
+                }
+            }
+        }
+    }
+
+    private static func waitAndExit(readEnd: Int32) -> Never {
+        var byte: UInt8 = 0
+        while true {
+            let count = read(readEnd, &byte, 1)
+            if count == 1 { break }
+            if count < 0 && errno == EINTR { continue }
+            // The write end is never closed; a failing read leaves the signals unhandled rather than
+            // exiting for no reason.
+            while true { pause() }
+        }
+        let signal = Int32(byte)
+        LiveServers.shared.stopAll(announce: "interrupted by signal \(signal): stopping redis-server\n")
+        fflush(nil)
+        _exit(128 + signal)
+    }
+}
+
 /// Servers still running, stopped by an `atexit` hook when the process exits normally (a test runner
 /// that ends without releasing every server).
 private final class LiveServers: Sendable {
@@ -704,11 +1034,16 @@ private final class LiveServers: Sendable {
         servers.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(server)) }
     }
 
-    func stopAll() {
+    /// Stops every server still running (2 s each); writes `announce` to standard error first when there
+    /// is one.
+    func stopAll(announce: String? = nil) {
         let all = servers.withLock { servers in
             let all = servers.values.compactMap(\.server)
             servers.removeAll()
             return all
+        }
+        if var announce, !all.isEmpty {
+            announce.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
         }
         for server in all { server.stop(timeout: .seconds(2)) }
     }

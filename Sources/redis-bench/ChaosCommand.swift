@@ -1,5 +1,6 @@
 import ArgumentParser
 import ConnPoolChaos
+import RedisServerLauncher
 
 #if canImport(Glibc)
 import Glibc
@@ -114,6 +115,8 @@ struct ChaosCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Ctrl-C, SIGTERM and SIGHUP stop the engine's redis-server and exit with 128 + signal.
+        try RedisServerProcess.stopAllAndExitOnSignals([SIGINT, SIGTERM, SIGHUP])
         let engine = ChaosEngine(options: options()) { line in
             var text = line + "\n"
             text.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }

@@ -49,12 +49,13 @@ struct RedisBenchmarkTool: Sendable {
         return arguments
     }
 
-    /// Runs redis-benchmark and returns its rows, keyed by lower-cased test name (`ping_mbulk`, `get`, …).
+    /// Runs redis-benchmark and returns its rows, keyed by lower-cased test name (`ping_mbulk`, `get`, …),
+    /// and the CPU time (user + system, µs) its process used, from `wait4` (`nil` if not known).
     ///
     /// - Throws: ``RedisBenchmarkToolError`` when it cannot be started, fails, or prints no CSV.
-    func run(arguments: [String]) async throws -> [String: RedisBenchmarkRow] {
+    func run(arguments: [String]) async throws -> (rows: [String: RedisBenchmarkRow], cpuMicroseconds: Double?) {
         let path = self.path
-        let output: (status: Int32, stdout: String, stderr: String) = try await withCheckedThrowingContinuation { continuation in
+        let output: Subprocess.Output = try await withCheckedThrowingContinuation { continuation in
             DispatchQueue.global().async {
                 continuation.resume(with: Result { try Subprocess.run(path, arguments) })
             }
@@ -64,7 +65,7 @@ struct RedisBenchmarkTool: Sendable {
             let detail = (output.stderr + output.stdout).split(separator: "\n").suffix(3).joined(separator: " | ")
             throw RedisBenchmarkToolError.failed(status: output.status, detail: detail)
         }
-        return rows
+        return (rows, output.cpuMicroseconds)
     }
 
     /// Parses `redis-benchmark --csv` output; ignores the header and any line that is not a data row.
@@ -124,8 +125,18 @@ enum Subprocess {
         var description: String { "\(operation) failed: \(String(cString: strerror(code)))" }
     }
 
+    /// What a run printed and how it ended.
+    struct Output {
+        /// The exit code, or 128 + signal when a signal ended it.
+        var status: Int32
+        var stdout: String
+        var stderr: String
+        /// User + system CPU time of the program (its own, from `wait4`), in µs; `nil` if unknown.
+        var cpuMicroseconds: Double?
+    }
+
     /// Blocks the calling thread (call it on a dispatch thread, not a cooperative one) until the program exits.
-    static func run(_ path: String, _ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    static func run(_ path: String, _ arguments: [String]) throws -> Output {
         var outPipe: [Int32] = [0, 0]
         var errPipe: [Int32] = [0, 0]
         guard pipe(&outPipe) == 0 else { throw SpawnError(operation: "pipe", code: errno) }
@@ -174,9 +185,20 @@ enum Subprocess {
                 }
             }
         }
+        // wait4 rather than waitpid: the child's own resource usage comes with its status (a
+        // RUSAGE_CHILDREN difference would also count any other child reaped meanwhile).
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        var usage = rusage()
+        var reaped: pid_t
+        repeat { reaped = wait4(pid, &status, 0, &usage) } while reaped < 0 && errno == EINTR
         let exitCode = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return (exitCode, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+        let cpu: Double? = reaped == pid
+            ? ProcessCPU.microseconds(
+                userSeconds: Int(usage.ru_utime.tv_sec), userMicroseconds: Int(usage.ru_utime.tv_usec),
+                systemSeconds: Int(usage.ru_stime.tv_sec), systemMicroseconds: Int(usage.ru_stime.tv_usec))
+            : nil
+        return Output(
+            status: exitCode, stdout: String(decoding: out, as: UTF8.self), stderr: String(decoding: err, as: UTF8.self),
+            cpuMicroseconds: cpu)
     }
 }

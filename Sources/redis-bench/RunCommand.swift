@@ -171,16 +171,17 @@ struct RunCommand: AsyncParsableCommand {
         print("warning: this is a debug build; measure with `swift run -c release redis-bench`")
         #endif
 
+        // Ctrl-C, SIGTERM (timeout, CI, process managers) and SIGHUP stop the throwaway server and exit
+        // with 128 + signal. Installed before the server starts; a SIGKILL is covered by the launcher's
+        // parent-death signal.
+        try RedisServerProcess.stopAllAndExitOnSignals([SIGINT, SIGTERM, SIGHUP])
         let target = try startTarget()
-        let signalSource = Self.stopServerOnInterrupt(target.server)
-        defer {
-            signalSource?.cancel()
-            target.server?.stop()
-        }
+        defer { target.server?.stop() }
 
         let redisBenchmark = noCompare ? nil : RedisBenchmarkTool.find()
         print(header(target: target, workloads: workloads, levels: levels, stop: stop, warmup: warmupRequests,
                      redisBenchmark: redisBenchmark))
+        fflush(nil)  // the server's pid and port, for whoever reads a pipe (tests, scripts)
         try await prepareKeys(target)
 
         let rssStart = ResidentMemory.currentBytes()
@@ -297,11 +298,15 @@ struct RunCommand: AsyncParsableCommand {
             connection: connection, concurrency: concurrency, requests: requests * pipeline, tests: [test],
             valueSize: valueSize, pipeline: pipeline)
         var best: RedisBenchmarkRow?
+        var bestCPU: Double?
         for _ in 0..<`repeat` {
             do {
-                let rows = try await tool.run(arguments: arguments)
+                let (rows, cpu) = try await tool.run(arguments: arguments)
                 guard let row = rows[test] else { return nil }
-                if best.map({ row.requestsPerSecond > $0.requestsPerSecond }) ?? true { best = row }
+                if best.map({ row.requestsPerSecond > $0.requestsPerSecond }) ?? true {
+                    best = row
+                    bestCPU = cpu
+                }
             } catch {
                 print("  redis-benchmark baseline skipped: \(error)")
                 return nil
@@ -314,13 +319,17 @@ struct RunCommand: AsyncParsableCommand {
             p50Microseconds: row.p50Milliseconds.map { $0 * 1000 },
             p99Microseconds: row.p99Milliseconds.map { $0 * 1000 },
             maxMicroseconds: row.maxMilliseconds.map { $0 * 1000 },
-            meanMicroseconds: row.averageMilliseconds.map { $0 * 1000 })
+            meanMicroseconds: row.averageMilliseconds.map { $0 * 1000 },
+            // Its whole process (start-up and connecting included) ÷ the same request count as ours: it
+            // ran `requests × pipeline` commands, `pipeline` per request.
+            clientCPUMicrosecondsPerOp: ProcessCPU.perRequest(cpuMicroseconds: bestCPU, requests: requests))
     }
 
     static func summaryLine(_ result: BenchResult) -> String {
         var line = "  \(result.backend) \(result.workload) \(result.seriesName) c=\(result.concurrency): "
             + "\(TextFormat.grouped(result.opsPerSecond)) ops/s, p50 \(TextFormat.microseconds(result.p50Microseconds)) µs, "
             + "p99 \(TextFormat.microseconds(result.p99Microseconds)) µs"
+            + (result.clientCPUMicrosecondsPerOp.map { ", cpu \(TextFormat.fixed($0, 2)) µs/req" } ?? "")
         if result.errors > 0 { line += ", \(result.errors) errors" }
         return line
     }
@@ -384,20 +393,6 @@ struct RunCommand: AsyncParsableCommand {
         defer { connection.closeBlocking() }
         let value = [UInt8](repeating: UInt8(ascii: "x"), count: valueSize)
         _ = try await connection.command("SET", BenchKeys.value, value)
-    }
-
-    /// Stops the throwaway server and exits on Ctrl-C (the launcher's exit hook does not run on a signal).
-    private static func stopServerOnInterrupt(_ server: RedisServerProcess?) -> (any DispatchSourceSignal)? {
-        guard let server else { return nil }
-        signal(SIGINT, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-        source.setEventHandler {
-            print("\ninterrupted: stopping redis-server")
-            server.stop(timeout: .seconds(2))
-            Glibc.exit(130)
-        }
-        source.resume()
-        return source
     }
 
     private func header(

@@ -127,6 +127,9 @@ struct HarnessRunTests {
         let result = try await harness(MemoryFactory()).run(spec, operation: countingOperation(log))
         #expect(result.requests == 1_000)
         #expect(log.count.load(ordering: .relaxed) == 1_250)
+        // The client's CPU per request is measured (this process's, over the measured phase).
+        let cpu = try #require(result.clientCPUMicrosecondsPerOp)
+        #expect(cpu >= 0)
     }
 
     @Test("the per-request baseline is capped")
@@ -532,5 +535,67 @@ struct SupportTests {
         #expect(
             BenchErrorCategory.default(ConnectionPoolError.acquireTimeout(after: .seconds(1), lastConnectError: nil))
                 == "ConnectionPoolError.acquireTimeout")
+    }
+}
+
+@Suite("Client CPU per request")
+struct ClientCPUTests {
+    @Test("CPU per request is the CPU time divided by the requests")
+    func perRequest() {
+        #expect(ProcessCPU.perRequest(cpuMicroseconds: 1_500_000, requests: 50_000) == 30)
+        #expect(ProcessCPU.perRequest(cpuMicroseconds: 0, requests: 10) == 0)
+        #expect(ProcessCPU.perRequest(cpuMicroseconds: 100, requests: 0) == nil)
+        #expect(ProcessCPU.perRequest(cpuMicroseconds: nil, requests: 10) == nil)
+        #expect(ProcessCPU.perRequest(cpuMicroseconds: -1, requests: 10) == nil)
+        #expect(
+            ProcessCPU.microseconds(userSeconds: 1, userMicroseconds: 250_000, systemSeconds: 2, systemMicroseconds: 750_000)
+                == 4_000_000)
+    }
+
+    @Test("this process's CPU time grows with work")
+    func selfCPU() throws {
+        let before = try #require(ProcessCPU.selfMicroseconds())
+        var x: UInt64 = 1
+        var after = before
+        // Busy work until 10 ms of CPU show (however busy the machine), with a wall-clock bound.
+        let deadline = ContinuousClock.now.advanced(by: .seconds(20))
+        while after - before < 10_000 && ContinuousClock.now < deadline {
+            for _ in 0..<100_000 { x = x &* 6364136223846793005 &+ 1442695040888963407 }
+            after = try #require(ProcessCPU.selfMicroseconds())
+        }
+        #expect(x != 0)
+        #expect(after - before >= 10_000, "20 s of busy work used \(after - before) µs of CPU")
+    }
+
+    @Test("the JSON of every result has client_cpu_us_per_op, null when not measured, and it decodes back")
+    func json() throws {
+        var ours = ReportTests.sample()[1]
+        ours.clientCPUMicrosecondsPerOp = 12.3456
+        let external = BenchResult.external(
+            backend: "redis", workload: "ping", concurrency: 1, requests: 1_000, opsPerSecond: 25_000,
+            p50Microseconds: 31, p99Microseconds: 63, maxMicroseconds: 300, clientCPUMicrosecondsPerOp: 7.5)
+        let unmeasured = ReportTests.sample()[0]
+        let text = try BenchReport.json([ours, external, unmeasured])
+        let array = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]])
+        #expect(array[0]["client_cpu_us_per_op"] as? Double == 12.346)
+        #expect(array[1]["client_cpu_us_per_op"] as? Double == 7.5)
+        #expect(array[2]["client_cpu_us_per_op"] is NSNull)
+        let decoded = try BenchReport.results(fromJSON: text)
+        #expect(decoded.map(\.clientCPUMicrosecondsPerOp) == [12.346, 7.5, nil])
+        // Older JSON without the key decodes with nil.
+        let old = text.replacingOccurrences(of: "\"client_cpu_us_per_op\" : 7.5,", with: "")
+        #expect(old != text)
+        #expect(try BenchReport.results(fromJSON: old)[1].clientCPUMicrosecondsPerOp == nil)
+    }
+
+    @Test("the table has a cpu µs/req column")
+    func table() throws {
+        var results = ReportTests.sample()
+        results[1].clientCPUMicrosecondsPerOp = 12.3456
+        let table = BenchReport.table(results)
+        let lines = table.split(separator: "\n")
+        #expect(lines[0].contains("cpu µs/req"))
+        #expect(lines[3].contains("12.35"))
+        #expect(lines[2].contains(" - "))
     }
 }
