@@ -116,6 +116,20 @@ struct TLSFixtureTests {
         }
     }
 
+    @Test func optionalClientAuthenticationAcceptsBoth() async throws {
+        let set = try await Self.certificates()
+        try await RedisServerProcess.withServer(tls: .init(certificates: set, clientAuthentication: .optional)) { server in
+            let port = String(try #require(server.tlsPort))
+            let without = try await Self.redisCLI(["--tls", "--cacert", set.caCertificatePath, "-h", "127.0.0.1", "-p", port, "PING"])
+            #expect(without.output.contains("PONG"), "\(without.output)")
+            let with = try await Self.redisCLI([
+                "--tls", "--cacert", set.caCertificatePath, "--cert", set.clientCertificatePath, "--key", set.clientKeyPath,
+                "-h", "127.0.0.1", "-p", port, "PING",
+            ])
+            #expect(with.output.contains("PONG"), "\(with.output)")
+        }
+    }
+
     @Test func restartKeepsTheTLSPort() async throws {
         let set = try await Self.certificates()
         try await RedisServerProcess.withServer(tls: .init(certificates: set)) { server in
