@@ -169,7 +169,7 @@ let package = Package(
         .testTarget(name: "ConnPoolBenchHarnessTests", dependencies: ["ConnPool", "ConnPoolBenchHarness"], swiftSettings: strictSettings),
         .testTarget(
             name: "ConnPoolTCPTests",
-            dependencies: ["ConnPool", "ConnPoolTCP", "ConnPoolIO", "RedisServerLauncher", "ConnPoolTestSupport"],
+            dependencies: ["ConnPool", "ConnPoolTCP", "ConnPoolIO", "RedisServerLauncher", "ConnPoolTestSupport", "COpenSSL"],
             swiftSettings: strictSettings
         ),
         // The DocC catalog's code samples, compiled and run; checks that the articles quote them verbatim.

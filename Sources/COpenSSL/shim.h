@@ -46,6 +46,10 @@ static inline int connpool_SSL_CTX_get_ex_new_index(void) {
     return SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
+static inline int connpool_SSL_get_ex_new_index(void) {
+    return SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
 static inline void connpool_BIO_clear_retry_flags(BIO *bio) {
     BIO_clear_retry_flags(bio);
 }

@@ -299,7 +299,10 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         if let clientName = configuration.clientName {
             steps.append(HandshakeStep(name: "CLIENT SETNAME", arguments: ["CLIENT", "SETNAME", .string(clientName)]))
         }
-        if steps.isEmpty && configuration.pingOnConnect {
+        // Over TLS a PING always goes: with TLS 1.3 the server refuses a missing or wrong client
+        // certificate only after the client's handshake has finished, so without a round trip such a
+        // connection would look made and fail at its first command.
+        if steps.isEmpty && (configuration.pingOnConnect || configuration.tls != nil) {
             steps.append(HandshakeStep(name: "PING", arguments: ["PING"]))
         }
         return steps
@@ -311,9 +314,8 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         let replies: [RedisReply]
         do {
             replies = try await pipelineWithDeadline(steps.map(\.arguments), deadline: deadline)
-        } catch let error as RedisError where error.isTimeout {
-            throw RedisError.connectTimeout(
-                endpoint: configuration.endpoint.description, timeout: configuration.connectTimeout)
+        } catch let error as RedisError {
+            throw handshakeError(error)
         }
         try checkHandshake(steps, replies)
     }
@@ -324,11 +326,32 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         let replies: [RedisReply]
         do {
             replies = try pipelineBlockingWithDeadline(steps.map(\.arguments), deadline: deadline)
-        } catch let error as RedisError where error.isTimeout {
-            throw RedisError.connectTimeout(
-                endpoint: configuration.endpoint.description, timeout: configuration.connectTimeout)
+        } catch let error as RedisError {
+            throw handshakeError(error)
         }
         try checkHandshake(steps, replies)
+    }
+
+    /// The connect's error for a failed handshake pipeline: a timeout is the connect's; a plain
+    /// connection that the server drops before answering anything is most likely talking to a TLS-only
+    /// port (redis-server resets a client whose bytes are not TLS), and the error says so.
+    private func handshakeError(_ error: RedisError) -> RedisError {
+        if error.isTimeout {
+            return .connectTimeout(endpoint: configuration.endpoint.description, timeout: configuration.connectTimeout)
+        }
+        let dropped: Bool
+        switch error {
+        case .connectionClosed, .io(_, ECONNRESET): dropped = true
+        default: dropped = false
+        }
+        if dropped, !transport.isTLS, !hasReceived {
+            return .connectFailed(
+                endpoint: configuration.endpoint.description,
+                operation: "handshake (the server closed the connection without answering: if this is a TLS port, "
+                    + "connect with rediss:// or set tls)",
+                errno: ECONNRESET)
+        }
+        return error
     }
 
     /// Checks the handshake's replies; the connection's session is then as configured (the steps'

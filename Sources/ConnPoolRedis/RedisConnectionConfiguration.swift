@@ -144,6 +144,10 @@ public struct RedisConnectionConfiguration: Sendable, Hashable {
     /// TLS for the connection (`rediss://` URLs set it); `nil` speaks plain text. See
     /// ``TLSConfiguration`` for the trusted roots, the verification, the server name and the client
     /// certificate. Default `nil`.
+    ///
+    /// A TLS connect always ends with a round trip (a PING when no AUTH, SELECT or CLIENT SETNAME is
+    /// sent): with TLS 1.3 a server refuses a missing client certificate only after the client's side of
+    /// the handshake, and the connect, not the first command, should fail then.
     public var tls: TLSConfiguration?
 
     private var secret: RedisSecret?

@@ -68,11 +68,12 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible, Con
         }
     }
 
-    /// `true` for ``timeout(_:)`` and ``connectTimeout(endpoint:timeout:)`` (also as the cause of
-    /// ``connectionBroken(cause:)``).
+    /// `true` for ``timeout(_:)``, ``connectTimeout(endpoint:timeout:)`` and a TLS handshake that timed
+    /// out (``TLSError/handshakeTimedOut(serverAnswered:)``), also as the cause of
+    /// ``connectionBroken(cause:)``.
     public var isTimeout: Bool {
         switch self {
-        case .timeout, .connectTimeout: return true
+        case .timeout, .connectTimeout, .tls(.handshakeTimedOut): return true
         case .connectionBroken(let cause): return cause.isTimeout
         default: return false
         }
@@ -93,7 +94,7 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible, Con
             case .invalidConfiguration, .certificateVerificationFailed, .clientCertificateRequired,
                 .serverDidNotSpeakTLS, .serverRequiresTLS:
                 return true
-            case .handshakeFailed, .recordFailed:
+            case .handshakeFailed, .handshakeTimedOut, .recordFailed:
                 return false
             }
         default: return false

@@ -83,12 +83,12 @@ package struct SocketAddress: @unchecked Sendable {
                 var address = raw.loadUnaligned(as: sockaddr_in6.self)
                 var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
                 _ = inet_ntop(AF_INET6, &address.sin6_addr, &text, socklen_t(text.count))
-                return "[\(String(cString: text))]:\(UInt16(bigEndian: address.sin6_port))"
+                return "[\(text.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })]:\(UInt16(bigEndian: address.sin6_port))"
             case AF_INET:
                 var address = raw.loadUnaligned(as: sockaddr_in.self)
                 var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN) + 1)
                 _ = inet_ntop(AF_INET, &address.sin_addr, &text, socklen_t(text.count))
-                return "\(String(cString: text)):\(UInt16(bigEndian: address.sin_port))"
+                return "\(text.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }):\(UInt16(bigEndian: address.sin_port))"
             default:
                 let path = raw.dropFirst(MemoryLayout<sa_family_t>.size).prefix { $0 != 0 }
                 return "unix:" + String(decoding: path, as: UTF8.self)

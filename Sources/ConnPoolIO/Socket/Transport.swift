@@ -66,6 +66,8 @@ package final class Transport: @unchecked Sendable {
     private let descriptorCloses = Atomic<Int>(0)
     /// The reply spin's per-connection record; touched only by the holder of `busy`.
     private var spin: ReplySpin.Gate
+    /// Whether a read returned data yet; touched only by the holder of `busy`.
+    private var hasReceivedData = false
 
     private enum CloseState {
         static let open: UInt8 = 0
@@ -115,7 +117,7 @@ package final class Transport: @unchecked Sendable {
             }
         } catch let error as TransportError {
             transport.close()
-            throw Self.handshakeError(error)
+            throw transport.handshakeError(error)
         } catch {
             transport.close()
             throw error  // CancellationError
@@ -143,15 +145,17 @@ package final class Transport: @unchecked Sendable {
             }
         } catch {
             transport.close()
-            throw handshakeError(error)
+            throw transport.handshakeError(error)
         }
         return transport
     }
 
-    /// An end of stream or a reset during the TLS handshake, said in TLS terms: the server went away or
-    /// does not speak TLS on this port the way the client expects.
-    private static func handshakeError(_ error: TransportError) -> TransportError {
+    /// A timeout, an end of stream or a reset during the TLS handshake, said in TLS terms: the server
+    /// is frozen or went away, or does not speak TLS on this port.
+    private func handshakeError(_ error: TransportError) -> TransportError {
         switch error {
+        case .connectTimedOut:
+            return .tls(.handshakeTimedOut(serverAnswered: tls?.hasReceivedBytes ?? false))
         case .endOfStream, .connectionReset:
             return .tls(
                 .handshakeFailed(
@@ -280,7 +284,17 @@ package final class Transport: @unchecked Sendable {
     ///   ``TransportError/tls(_:)`` for a bad TLS record.
     @inline(__always)
     package func receive(into pointer: UnsafeMutableRawPointer, count: Int) throws(TransportError) -> TransferResult {
-        if let tls { return try tls.receive(into: pointer, count: count) }
+        if let tls {
+            let result: TransferResult
+            do {
+                result = try tls.receive(into: pointer, count: count)
+            } catch {
+                throw firstReadError(error)
+            }
+            if !hasReceivedData, case .transferred = result { hasReceivedData = true }
+            if result == .endOfStream { return hasReceivedData ? result : try endOfFirstRead() }
+            return result
+        }
         while true {
             let n = recv(fd, pointer, count, 0)
             if n > 0 { return .transferred(n) }
@@ -295,13 +309,38 @@ package final class Transport: @unchecked Sendable {
         }
     }
 
+    /// With TLS 1.3 a server refuses a missing client certificate after the client's handshake is done,
+    /// with an alert that a reset often destroys in flight (the server closes while the client's first
+    /// request is unread; the first write can fail as well as the first read). When the server asked for a
+    /// certificate we do not have, an end of stream or a reset before any data is that refusal.
+    private func firstReadError(_ error: TransportError) -> TransportError {
+        guard !hasReceivedData, error == .endOfStream || error == .connectionReset,
+            tls?.serverAskedForMissingCertificate == true
+        else { return error }
+        return .tls(
+            .clientCertificateRequired(
+                detail: "the server asked for a client certificate, none is configured, and it closed the connection"))
+    }
+
+    private func endOfFirstRead() throws(TransportError) -> TransferResult {
+        let error = firstReadError(.endOfStream)
+        if error == .endOfStream { return .endOfStream }
+        throw error
+    }
+
     /// Writes what the socket takes now (possibly a part), without waiting and without SIGPIPE.
     ///
     /// - Throws: ``TransportError/endOfStream`` (`EPIPE`: the peer closed), ``TransportError/connectionReset``,
     ///   ``TransportError/io(operation:errno:)`` or ``TransportError/tls(_:)``.
     @inline(__always)
     package func send(from pointer: UnsafeRawPointer, count: Int) throws(TransportError) -> TransferResult {
-        if let tls { return try tls.send(from: pointer, count: count) }
+        if let tls {
+            do {
+                return try tls.send(from: pointer, count: count)
+            } catch {
+                throw firstReadError(error)
+            }
+        }
         while true {
             let n = Glibc.send(fd, pointer, count, Int32(MSG_NOSIGNAL))
             if n >= 0 { return .transferred(n) }

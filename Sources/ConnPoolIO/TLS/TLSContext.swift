@@ -118,7 +118,25 @@ public final class TLSContext: @unchecked Sendable {
 
     // MARK: - Loading the configuration
 
+    /// The `SSL` extra-data slot set when the server asked for a client certificate and none was
+    /// configured (see ``TLSSession/serverAskedForMissingCertificate``).
+    static let missingCertificateIndex: Int32 = {
+        OPENSSL_init_ssl(0, nil)
+        return connpool_SSL_get_ex_new_index()
+    }()
+
+    /// OpenSSL calls this when the server asks for a client certificate and the connection has none:
+    /// it records that (a server that then refuses the connection did so for the missing certificate)
+    /// and goes on without one.
+    private static let clientCertificateCallback: @convention(c) (
+        OpaquePointer?, UnsafeMutablePointer<OpaquePointer?>?, UnsafeMutablePointer<OpaquePointer?>?
+    ) -> Int32 = { ssl, _, _ in
+        if let ssl { SSL_set_ex_data(ssl, TLSContext.missingCertificateIndex, UnsafeMutableRawPointer(bitPattern: 1)) }
+        return 0
+    }
+
     private static func configure(_ context: OpaquePointer, _ configuration: TLSConfiguration) throws(TLSError) {
+        SSL_CTX_set_client_cert_cb(context, clientCertificateCallback)
         _ = connpool_SSL_CTX_set_min_proto_version(context, Int32(configuration.minimumVersion.rawValue))
         _ = connpool_SSL_CTX_set_max_proto_version(context, Int32(configuration.maximumVersion.rawValue))
         // Partial writes and a moving write buffer: the transport writes straight out of its output
@@ -289,7 +307,7 @@ enum TLSErrorQueue {
             if code == 0 { break }
             var buffer = [CChar](repeating: 0, count: 256)
             ERR_error_string_n(code, &buffer, buffer.count)
-            parts.append(String(cString: buffer))
+            parts.append(buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
         }
         return parts.isEmpty ? "no detail from OpenSSL" : parts.joined(separator: "; ")
     }

@@ -39,6 +39,10 @@ public enum TLSError: Error, Sendable, Hashable, CustomStringConvertible {
     case serverDidNotSpeakTLS(detail: String)
     /// The server expects TLS, but the client spoke plain text: a TLS-only port.
     case serverRequiresTLS
+    /// The handshake did not finish within the connect timeout. `serverAnswered` is `false` when not one
+    /// byte came back: a frozen server, or a plain-text port (a Redis plain port reads the ClientHello as
+    /// the start of a command and waits silently for the rest).
+    case handshakeTimedOut(serverAnswered: Bool)
     /// The handshake failed for another reason (an alert, no common version or cipher).
     case handshakeFailed(detail: String)
     /// A TLS record could not be read or written after the handshake.
@@ -61,6 +65,13 @@ public enum TLSError: Error, Sendable, Hashable, CustomStringConvertible {
         case .serverRequiresTLS:
             "the server answered with a TLS record: this port expects TLS. Connect with TLS (rediss:// or a "
                 + "TLSConfiguration)."
+        case .handshakeTimedOut(let serverAnswered):
+            serverAnswered
+                ? "TLS handshake timed out: the server began the handshake but did not finish it within the connect "
+                    + "timeout (overloaded?). Raise connectTimeout or check the server."
+                : "TLS handshake timed out: the server sent nothing back. Either it is frozen, or this is a plain-text "
+                    + "port (a Redis plain port waits silently for the end of a command): check that the port is the "
+                    + "server's TLS port."
         case .handshakeFailed(let detail):
             "TLS handshake failed: \(detail)"
         case .recordFailed(let detail):

@@ -9,7 +9,7 @@ import Glibc
 ///
 /// A trivial value (one pointer, no reference to retain), so the hot path copies it for free; the
 /// ``Transport`` keeps the ``TLSContext`` alive for as long as the `SSL` exists.
-struct TLSSession {
+package struct TLSSession {
     let ssl: OpaquePointer
 
     /// Sets up TLS on `fd` for a server reached at `host` (the name or address connected to).
@@ -20,11 +20,10 @@ struct TLSSession {
         guard let ssl = SSL_new(context.context) else {
             throw .handshakeFailed(detail: "SSL_new failed: \(TLSErrorQueue.drain())")
         }
-        guard let bio = BIO_new(Self.socketMethod) else {
+        guard let bio = Self.makeSocketBIO(fd: fd) else {
             SSL_free(ssl)
             throw .handshakeFailed(detail: "BIO_new failed: \(TLSErrorQueue.drain())")
         }
-        _ = BIO_int_ctrl(bio, BIO_C_SET_FD, Int(BIO_NOCLOSE), fd)
         SSL_set_bio(ssl, bio, bio)  // the SSL owns the BIO
         self.ssl = ssl
 
@@ -50,6 +49,17 @@ struct TLSSession {
     /// Frees the OpenSSL object (and its BIO; the descriptor stays open: the transport closes it).
     func free() {
         SSL_free(ssl)
+    }
+
+    /// Whether the server asked for a client certificate during the handshake and none was configured.
+    var serverAskedForMissingCertificate: Bool {
+        SSL_get_ex_data(ssl, TLSContext.missingCertificateIndex) != nil
+    }
+
+    /// Whether any byte came from the server (during the handshake: whether it answered at all).
+    var hasReceivedBytes: Bool {
+        guard let bio = SSL_get_rbio(ssl) else { return false }
+        return BIO_number_read(bio) > 0
     }
 
     /// Whether the handshake resumed a stored session (an abbreviated handshake).
@@ -162,6 +172,14 @@ struct TLSSession {
     }
 
     // MARK: - The socket BIO
+
+    /// A socket BIO for `fd` that never raises SIGPIPE (see `socketMethod`); it does not close `fd`.
+    /// Package-visible for the tests' TLS servers.
+    package static func makeSocketBIO(fd: Int32) -> OpaquePointer? {
+        guard let bio = BIO_new(socketMethod) else { return nil }
+        _ = BIO_int_ctrl(bio, BIO_C_SET_FD, Int(BIO_NOCLOSE), fd)
+        return bio
+    }
 
     /// OpenSSL's socket BIO with one change: it writes with `send(..., MSG_NOSIGNAL)`, so writing to a
     /// connection the peer has closed fails with `EPIPE` instead of raising SIGPIPE (which kills a
