@@ -357,4 +357,65 @@ struct SecretsTests {
             texts.expectClean(of: [secret, wrong])
         }
     }
+
+    @Test("TLS: client keys, passphrases and certificate contents leak nowhere, with right and wrong material")
+    func tls() async throws {
+        let set = try await onThread { try TestCertificates.shared() }
+        let secret = Self.randomSecret("Tp")
+        let wrongPassphrase = Self.randomSecret("Wp")
+        let certificatePEM = try String(contentsOfFile: set.clientCertificatePath, encoding: .utf8)
+        let keyPEM = try String(contentsOfFile: set.encryptedClientKeyPath, encoding: .utf8)
+        let caPEM = try String(contentsOfFile: set.caCertificatePath, encoding: .utf8)
+        /// A line of each PEM body: distinctive base64 that must appear in no text.
+        func bodyLine(_ pem: String) -> String {
+            pem.split(separator: "\n").dropFirst().first.map(String.init) ?? pem
+        }
+        let material = [secret, wrongPassphrase, set.clientKeyPassphrase, bodyLine(certificatePEM), bodyLine(keyPEM), bodyLine(caPEM)]
+        try await RedisServerProcess.withServer(
+            extraArguments: ["--requirepass", secret], tls: .init(certificates: set, clientAuthentication: .required)
+        ) { server in
+            let capture = LogCapture()
+            var texts = Texts()
+            func tlsPool(_ name: String, passphrase: String?, certificate: Bool = true) throws -> Pool {
+                var configuration = try RedisConnectionConfiguration(url: "rediss://:\(secret)@127.0.0.1:\(server.tlsPort!)")
+                configuration.tls?.trustRoots = .certificatePEM(caPEM)
+                if certificate {
+                    configuration.tls?.clientCertificate = .init(
+                        certificate: .pem(certificatePEM), privateKey: .pem(keyPEM), passphrase: passphrase)
+                }
+                configuration.connectTimeout = .seconds(2)
+                configuration.commandTimeout = .seconds(2)
+                let factory = try RedisConnectionFactory(configuration: configuration, logger: capture.logger("factory.\(name)"))
+                return try Pool(
+                    factory: factory,
+                    configuration: PoolConfiguration().name(name).maxSize(2).acquireTimeout(.milliseconds(800))
+                        .circuitBreakerThreshold(3).connectRetryBackoff(initial: .milliseconds(5), max: .milliseconds(50)),
+                    logger: capture.logger("pool.\(name)"))
+            }
+
+            let good = try tlsPool("tls-good", passphrase: set.clientKeyPassphrase)
+            let pong = try await good.withConnection { connection in
+                texts.addAllForms("tls connection", connection)
+                return try await connection.command("PING")
+            }
+            #expect(pong == .status("PONG"))
+            try texts.addPool("tls good pool", good)
+            await Self.expectShutdownReturns(good, label: "tls-good")
+
+            for (name, pool) in [
+                ("tls-wrong-passphrase", try tlsPool("tls-wrong-passphrase", passphrase: wrongPassphrase)),
+                ("tls-no-passphrase", try tlsPool("tls-no-passphrase", passphrase: nil)),
+                ("tls-no-certificate", try tlsPool("tls-no-certificate", passphrase: nil, certificate: false)),
+            ] {
+                await Self.collectFailures(pool, into: &texts, label: name, attempts: 3)
+                try texts.addPool("\(name) pool", pool)
+                await Self.expectShutdownReturns(pool, label: name)
+            }
+            let lines = capture.all
+            for (index, line) in lines.enumerated() { texts.add("log line \(index)", line) }
+            #expect(lines.contains { $0.contains("opening a connection failed") })
+            let checked = texts.expectClean(of: material)
+            #expect(checked > 30)
+        }
+    }
 }

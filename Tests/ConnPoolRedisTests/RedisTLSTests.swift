@@ -1,6 +1,7 @@
 import ConnPool
 import ConnPoolRedis
 import ConnPoolTestSupport
+import Foundation
 import Glibc
 import RedisServerLauncher
 import Testing
@@ -65,7 +66,7 @@ struct RedisTLSTests {
         let set = try await Self.certificates()
         try await RedisServerProcess.withServer(tls: .init(certificates: set)) { server in
             var configuration = try Self.configuration(server, set)
-            let pem = try String(decoding: Self.readFile(set.caCertificatePath), as: UTF8.self)
+            let pem = try String(contentsOfFile: set.caCertificatePath, encoding: .utf8)
             configuration.tls?.trustRoots = .certificatePEM(pem)
             let connection = try await RedisConnection.connect(configuration: configuration)
             #expect(try await connection.command("PING") == .status("PONG"))
@@ -339,18 +340,5 @@ struct RedisTLSTests {
         #expect(try RedisConnectionConfiguration(url: "redis://h").tls == nil)
         #expect(try RedisConnectionConfiguration(url: "rediss://h").tls == TLSConfiguration())
         #expect(try RedisConnectionConfiguration(url: "rediss://h?verify=none").tls?.certificateVerification == TLSConfiguration.CertificateVerification.none)
-    }
-
-    static func readFile(_ path: String) throws -> [UInt8] {
-        guard let file = fopen(path, "rb") else { throw RedisError.io(operation: "fopen", errno: errno) }
-        defer { fclose(file) }
-        var bytes = [UInt8]()
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = fread(&chunk, 1, chunk.count, file)
-            if count <= 0 { break }
-            bytes += chunk[0..<count]
-        }
-        return bytes
     }
 }

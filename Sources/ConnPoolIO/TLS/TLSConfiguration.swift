@@ -13,7 +13,7 @@
 ///
 /// Secrets: the private key, its passphrase and the contents of PEM certificates never appear in
 /// ``description``, in errors or in logs; file paths do.
-public struct TLSConfiguration: Sendable, Hashable, CustomStringConvertible {
+public struct TLSConfiguration: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
     /// A TLS protocol version.
     public enum ProtocolVersion: Int, Sendable, Hashable, Comparable, CustomStringConvertible {
         case tls1_2 = 0x0303
@@ -26,7 +26,7 @@ public struct TLSConfiguration: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The certificate authorities a server's certificate must chain to.
-    public enum TrustRoots: Sendable, Hashable, CustomStringConvertible {
+    public enum TrustRoots: Sendable, Hashable, CustomStringConvertible, CustomReflectable {
         /// The system's trusted roots (on Debian, `/etc/ssl/certs`).
         case system
         /// The PEM certificates in a file (one or more CA certificates).
@@ -42,6 +42,9 @@ public struct TLSConfiguration: Sendable, Hashable, CustomStringConvertible {
             case .certificatePEM(let text): "pem(\(text.utf8.count) bytes)"
             }
         }
+
+        /// No children: reflection (`dump`, `Mirror`) shows ``description``, never PEM text.
+        public var customMirror: Mirror { Mirror(self, children: [:]) }
     }
 
     /// How much of the server's certificate is checked.
@@ -66,7 +69,7 @@ public struct TLSConfiguration: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Where a PEM certificate or key comes from.
-    public enum PEMSource: Sendable, Hashable, CustomStringConvertible {
+    public enum PEMSource: Sendable, Hashable, CustomStringConvertible, CustomReflectable {
         /// A file holding the PEM text.
         case file(String)
         /// The PEM text itself.
@@ -79,11 +82,16 @@ public struct TLSConfiguration: Sendable, Hashable, CustomStringConvertible {
             case .pem(let text): "pem(\(text.utf8.count) bytes)"
             }
         }
+
+        /// No children: reflection shows ``description``, never PEM text.
+        public var customMirror: Mirror { Mirror(self, children: [:]) }
     }
 
     /// The certificate (with its chain) and private key a client shows a server that asks for one
     /// (mutual TLS, `tls-auth-clients yes` in Redis).
-    public struct ClientCertificate: Sendable, Hashable, CustomStringConvertible {
+    public struct ClientCertificate: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible,
+        CustomReflectable
+    {
         /// The client certificate, optionally followed by intermediate certificates.
         public var certificate: PEMSource
         /// The certificate's private key (PKCS#8 or traditional PEM).
@@ -108,6 +116,12 @@ public struct TLSConfiguration: Sendable, Hashable, CustomStringConvertible {
             "ClientCertificate(certificate: \(certificate), privateKey: <redacted>"
                 + (passphrase == nil ? ")" : ", passphrase: <redacted>)")
         }
+
+        /// The same as ``description``.
+        public var debugDescription: String { description }
+
+        /// The certificate's source only: the key and passphrase never appear in reflection.
+        public var customMirror: Mirror { Mirror(self, children: ["certificate": certificate], displayStyle: .struct) }
     }
 
     /// The oldest version offered. Default ``ProtocolVersion/tls1_2``.
@@ -176,5 +190,24 @@ public struct TLSConfiguration: Sendable, Hashable, CustomStringConvertible {
         if let clientCertificate { parts.append("clientCertificate: \(clientCertificate)") }
         if !sessionResumption { parts.append("sessionResumption: false") }
         return "TLSConfiguration(" + parts.joined(separator: ", ") + ")"
+    }
+
+    /// The same as ``description``.
+    public var debugDescription: String { description }
+
+    /// Reflection (`dump`, `Mirror`) with the same redactions as ``description``.
+    public var customMirror: Mirror {
+        Mirror(
+            self,
+            children: [
+                "minimumVersion": minimumVersion,
+                "maximumVersion": maximumVersion,
+                "trustRoots": trustRoots,
+                "certificateVerification": certificateVerification,
+                "serverName": serverName as Any,
+                "clientCertificate": clientCertificate as Any,
+                "sessionResumption": sessionResumption,
+            ],
+            displayStyle: .struct)
     }
 }

@@ -10,7 +10,7 @@ public import Logging
 /// A connection factory makes one context and shares it among the connections of its pool. Thread-safe:
 /// OpenSSL allows one `SSL_CTX` to be used by many connections on many threads once it is set up; the
 /// session cache is guarded by a lock.
-public final class TLSContext: @unchecked Sendable {
+public final class TLSContext: @unchecked Sendable, CustomReflectable {
     // @unchecked Sendable: `context` is configured in init and only read afterwards (OpenSSL's SSL_CTX is
     // safe to share between threads once set up, and SSL_new takes its own reference); `sessions` is a
     // LockedValue, and the SSL_SESSION pointers in it are only used (SSL_set_session takes its own
@@ -70,6 +70,9 @@ public final class TLSContext: @unchecked Sendable {
         }
         SSL_CTX_free(context)
     }
+
+    /// Reflection shows the (redacted) configuration only.
+    public var customMirror: Mirror { Mirror(self, children: ["configuration": configuration]) }
 
     /// How many servers have a session stored for resumption (for tests).
     package var storedSessionCount: Int { sessions.withLock { $0.count } }
