@@ -37,6 +37,21 @@ func pingFromThread(_ pool: ConnectionPool<RedisConnectionFactory>) throws -> St
     }
 }
 
+/// The README's TLS snippet: a managed Redis over `rediss://`, and an own CA with mutual TLS.
+func tlsSetup(password: String) throws -> (RedisConnectionFactory, ConnectionPool<RedisConnectionFactory>) {
+    // Managed Redis (ElastiCache, Azure Cache, Upstash, …): rediss:// and the system roots.
+    let factory = try RedisConnectionFactory(url: "rediss://:\(password)@my-cache.example.com:6380")
+
+    // Your own CA, a client certificate (mutual TLS), and the name on the server's certificate.
+    var configuration = try RedisConnectionConfiguration(host: "10.0.0.12", port: 6380)
+    configuration.tls = TLSConfiguration(
+        trustRoots: .certificateFile("/etc/redis/ca.crt"),
+        serverName: "redis.internal",
+        clientCertificate: .files(certificatePath: "/etc/redis/client.crt", privateKeyPath: "/etc/redis/client.key"))
+    let pool = try ConnectionPool(factory: RedisConnectionFactory(configuration: configuration))
+    return (factory, pool)
+}
+
 final class EchoConnection: Connection {
     func isValid(timeout: Duration) async -> Bool { true }  // a real client does a round trip (PING)
     func close() async {}
@@ -65,6 +80,19 @@ struct ReadmeTests {
             checked += 1
         }
         #expect(checked >= 2)
+    }
+
+    @Test("the TLS snippet configures TLS as the README says, without touching the network")
+    func tlsSnippet() async throws {
+        let (factory, pool) = try tlsSetup(password: "pw")
+        #expect(factory.configuration.tls == TLSConfiguration())
+        #expect(factory.configuration.endpoint == .tcp(host: "my-cache.example.com", port: 6380))
+        let tls = try #require(pool.factory.configuration.tls)
+        #expect(tls.trustRoots == .certificateFile("/etc/redis/ca.crt"))
+        #expect(tls.serverName == "redis.internal")
+        #expect(tls.clientCertificate?.privateKey == .file("/etc/redis/client.key"))
+        #expect(pool.metrics().total == 0)
+        _ = await pool.shutdown()
     }
 
     @Test("the Use snippet returns its lease: shutdown does not wait out its 10 s grace period")
