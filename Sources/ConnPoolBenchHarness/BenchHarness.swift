@@ -33,6 +33,10 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
     /// Called with the pool of each pooled run, once created and before its first request (for a
     /// metrics endpoint, for instance). Default `nil`.
     public var onPoolCreated: (@Sendable (ConnectionPool<Factory>) -> Void)?
+    /// The executor async workers prefer (SE-0417), for example `IOReactor.shared`, on whose thread a
+    /// backend's waits then resume in place; `nil` runs them on the global concurrent executor, as
+    /// plain tasks do. Default `nil`.
+    public var taskExecutor: (any TaskExecutor)?
 
     /// A harness for `factory`; see the properties for the other parameters.
     public init(
@@ -166,11 +170,12 @@ public struct BenchHarness<Factory: ConnectionFactory>: Sendable {
         progress.start()
         let recorders: [LatencyRecorder]
         let category = errorCategory
+        let executor = taskExecutor
         switch spec.mode {
         case .async:
             recorders = await withTaskGroup(of: LatencyRecorder.self) { group in
                 for index in 0..<spec.concurrency {
-                    group.addTask {
+                    group.addTask(executorPreference: executor) {
                         await Self.asyncWorker(
                             recorder: slots.take(index), phase: phase, driver: driver, operation: operation,
                             category: category)

@@ -557,7 +557,9 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func receiveBlocking(
         deadline: ContinuousClock.Instant?, budget: Duration? = nil
     ) throws(RedisError) -> RedisReply {
-        var next: SocketInterest? = .readable
+        // Read before waiting: a reply that is there already costs no readiness check, and a read that
+        // finds nothing is the check.
+        var next: SocketInterest? = nil
         while true {
             if let reply = try takeReply() { return reply }
             if let interest = next {
@@ -676,7 +678,8 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func receive(
         deadline: ContinuousClock.Instant?, budget: Duration? = nil
     ) async throws -> RedisReply {
-        var next: SocketInterest? = .readable
+        // Read before waiting (see receiveBlocking).
+        var next: SocketInterest? = nil
         while true {
             if let reply = try takeReply() { return reply }
             if let interest = next { try await wait(for: interest, deadline: deadline, budget: budget) }

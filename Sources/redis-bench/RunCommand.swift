@@ -33,6 +33,14 @@ enum ReplySpinOption: String, ExpressibleByArgument, CaseIterable {
     var policy: ReplySpinPolicy { self == .adaptive ? .adaptive : .disabled }
 }
 
+/// Where async workers run: plain tasks on the global concurrent executor, or tasks that prefer the I/O
+/// reactor as their executor (resumed in place on its thread).
+enum AsyncExecutorOption: String, ExpressibleByArgument, CaseIterable {
+    case global, reactor
+
+    var executor: (any TaskExecutor)? { self == .reactor ? IOReactor.shared : nil }
+}
+
 /// `redis-bench run`: the benchmark suite (the default subcommand).
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -107,6 +115,9 @@ struct RunCommand: AsyncParsableCommand {
 
     @Option(help: "The connections' reply spin: adaptive (the default) or disabled. Compare the two at --concurrency 1.")
     var replySpin: ReplySpinOption = .adaptive
+
+    @Option(help: "Async workers: global (plain tasks, the default) or reactor (tasks that prefer IOReactor.shared as their executor: waits resume on the I/O thread, no hand-off).")
+    var asyncExecutor: AsyncExecutorOption = .global
 
     @Option(help: "While running, serve /metrics (Prometheus) and /status (JSON) for the pool under test on 127.0.0.1:PORT (0: any free port).")
     var metricsPort: Int?
@@ -193,6 +204,7 @@ struct RunCommand: AsyncParsableCommand {
                 factory: factory, connectBlocking: { try factory.makeConnectionBlocking() },
                 errorCategory: ErrorCategories.categorize)
             if let metrics { harness.onPoolCreated = { metrics.observe($0) } }
+            harness.taskExecutor = asyncExecutor.executor
             let operations = RedisOperations(valueSize: valueSize, pipeline: pipeline)
             results = try await runSuite(
                 harness: harness, operation: operations.operation, workloads: workloads, levels: levels, stop: stop,
@@ -207,6 +219,7 @@ struct RunCommand: AsyncParsableCommand {
                 factory: factory, connectBlocking: { try factory.makeConnectionBlocking() },
                 errorCategory: ErrorCategories.categorize)
             if let metrics { harness.onPoolCreated = { metrics.observe($0) } }
+            harness.taskExecutor = asyncExecutor.executor
             let operations = TCPOperations(valueSize: valueSize, pipeline: pipeline)
             results = try await runSuite(
                 harness: harness, operation: operations.operation, workloads: workloads, levels: levels, stop: stop,

@@ -110,6 +110,8 @@ public final class IOReactor: @unchecked Sendable {
     private let events: UnsafeMutableRawPointer
     private let nextWaitID = Atomic<UInt64>(1)
     private let thread: UnsafeMutablePointer<pthread_t>
+    /// `pthread_self()` of the reactor thread, stored by that thread as it starts (0 before).
+    private let reactorThreadID = Atomic<UInt>(0)
 
     private static let maxEvents: Int32 = 256
     /// While deadlines are in use, the reactor thread wakes at least this often (see runLoop).
@@ -240,6 +242,12 @@ public final class IOReactor: @unchecked Sendable {
         }
         signalWake()
         pthread_join(thread.pointee, nil)
+    }
+
+    /// Whether the calling thread is the reactor's thread (where tasks that prefer the reactor as their
+    /// executor run).
+    public var isCurrentThread: Bool {
+        reactorThreadID.load(ordering: .acquiring) == UInt(pthread_self())
     }
 
     /// The number of waits currently registered (readable and writable waits counted separately).
@@ -407,9 +415,12 @@ public final class IOReactor: @unchecked Sendable {
     // MARK: - Reactor thread
 
     private func runLoop() {
+        reactorThreadID.store(UInt(pthread_self()), ordering: .releasing)
         let s = state
         var toResume: [(UnsafeContinuation<Void, any Error>, (any Error)?)] = []
         toResume.reserveCapacity(Int(IOReactor.maxEvents))
+        var running: [UnownedJob] = []
+        running.reserveCapacity(256)
         while true {
             // 1. Under the lock: expire deadlines, plan the sleep.
             lock()
@@ -418,6 +429,9 @@ public final class IOReactor: @unchecked Sendable {
                 s.pointee.pendingCount = 0
                 unlock()
                 IOReactor.resumeAll(&toResume)
+                // Jobs enqueued on a reactor that is shutting down still run (a task must not be lost),
+                // here, on its thread, before it ends; later ones run on the global executor.
+                runJobs(&running, rounds: Int.max)
                 return
             }
             s.pointee.takeFailed(into: &toResume)
@@ -448,12 +462,13 @@ public final class IOReactor: @unchecked Sendable {
                     s.pointee.lastDeadlineSeen = nil  // idle for a while: sleep until an event
                 }
             }
-            if !toResume.isEmpty {
-                timeoutMS = 0  // resume first, then look again without sleeping
+            if !toResume.isEmpty || !s.pointee.jobs.isEmpty {
+                timeoutMS = 0  // resume and run first, then look again without sleeping
             }
             s.pointee.isSleeping = timeoutMS != 0
             unlock()
             IOReactor.resumeAll(&toResume)
+            runJobs(&running)
 
             // 2. Wait for events.
             let count = EpollSys.wait(epollFD, events, IOReactor.maxEvents, timeoutMS)
@@ -495,7 +510,29 @@ public final class IOReactor: @unchecked Sendable {
                 rearmRemaining(fd)
             }
             unlock()
+            // Tasks that prefer this reactor as their executor are enqueued here by the resumptions
+            // and run right away on this thread: no hand-off to another thread.
             IOReactor.resumeAll(&toResume)
+            runJobs(&running)
+        }
+    }
+
+    /// Runs the jobs enqueued so far (and those they enqueue, for up to `rounds` rounds, so that events
+    /// are not starved), on this thread, outside the lock.
+    private func runJobs(_ running: inout [UnownedJob], rounds: Int = 4) {
+        for _ in 0..<rounds {
+            lock()
+            if state.pointee.jobs.isEmpty {
+                unlock()
+                return
+            }
+            swap(&running, &state.pointee.jobs)
+            unlock()
+            let executor = asUnownedTaskExecutor()
+            for job in running {
+                job.runSynchronously(on: executor)
+            }
+            running.removeAll(keepingCapacity: true)
         }
     }
 
@@ -575,10 +612,13 @@ private struct ReactorState {
     /// When the reactor thread last saw a pending deadline; nil once it has been idle for a while.
     var lastDeadlineSeen: ContinuousClock.Instant?
     var wakePending = false
+    /// Jobs enqueued on the reactor as a task executor, run by its thread in order.
+    var jobs: [UnownedJob] = []
 
     init() {
         entries.reserveCapacity(1024)
         heap.reserveCapacity(256)
+        jobs.reserveCapacity(256)
     }
 
     mutating func growEntries(toInclude index: Int) {
@@ -705,5 +745,36 @@ private struct ReactorState {
             }
         }
         setHeapIndex(of: heap[parent], to: parent)
+    }
+}
+
+// MARK: - The reactor as a task executor
+
+extension IOReactor: TaskExecutor {
+    /// Runs `job` on the reactor thread (SE-0417 task executors).
+    ///
+    /// A task that prefers the reactor as its executor (``withTaskExecutorPreference(_:isolation:operation:)``
+    /// or `Task(executorPreference: IOReactor.shared)`) runs on the reactor thread, and when one of its
+    /// waits ends the reactor resumes it in place: no hand-off to a cooperative thread and back per
+    /// reply. That is the event-loop model (NIO's): the lowest client CPU per request, all such tasks on
+    /// one thread. Such a task must never block (no blocking pool call, no `sleep`, no long computation):
+    /// it would stall every wait in the process.
+    ///
+    /// A job enqueued from another thread wakes the reactor (an `eventfd` write) when it sleeps; one
+    /// enqueued by the reactor thread itself (the usual case: a resumed continuation) just joins its
+    /// queue. After ``shutdown()`` jobs run on the global concurrent executor instead.
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let onReactorThread = reactorThreadID.load(ordering: .acquiring) == UInt(pthread_self())
+        lock()
+        if state.pointee.isShutDown && !onReactorThread {
+            unlock()
+            globalConcurrentExecutor.enqueue(job)
+            return
+        }
+        state.pointee.jobs.append(UnownedJob(job))
+        let wake = !onReactorThread && state.pointee.isSleeping && !state.pointee.wakePending
+        if wake { state.pointee.wakePending = true }
+        unlock()
+        if wake { signalWake() }
     }
 }

@@ -382,22 +382,31 @@ package final class Transport: @unchecked Sendable {
 
     /// Suspends the task until the socket is ready for `interest` or `deadline` passes, on
     /// ``IOReactor/shared``; never blocks a thread. For readability it returns at once when TLS holds
-    /// input, and first tries the reply spin; a zero-timeout `poll()` skips the reactor when the socket is
-    /// ready already.
+    /// input, and first tries the reply spin.
     ///
+    /// - Precondition: the last read or write (the one that asked for this wait) found the socket not
+    ///   ready (`EAGAIN`): no readiness check is repeated here.
     /// - Throws: ``TransportError/timedOut``, ``TransportError/reactorShutDown``,
     ///   ``TransportError/io(operation:errno:)``, or `CancellationError`.
     package func wait(for interest: SocketInterest, deadline: ContinuousClock.Instant?) async throws {
         if interest == .readable {
             if hasBufferedInput || spin.waitReadable(fd) { return }
         }
-        try await waitWithoutSpin(for: interest, deadline: deadline, timeout: .timedOut)
+        try await waitOnReactor(for: interest, deadline: deadline, timeout: .timedOut)
     }
 
+    /// A wait during the connect (the socket's state unknown): a zero-timeout `poll()` first skips the
+    /// reactor when it is ready already.
     private func waitWithoutSpin(
         for interest: SocketInterest, deadline: ContinuousClock.Instant?, timeout: TransportError
     ) async throws {
         if SocketPoll.isReady(fd, events: interest.pollEvents) { return }
+        try await waitOnReactor(for: interest, deadline: deadline, timeout: timeout)
+    }
+
+    private func waitOnReactor(
+        for interest: SocketInterest, deadline: ContinuousClock.Instant?, timeout: TransportError
+    ) async throws {
         do {
             defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
             if interest == .readable {
