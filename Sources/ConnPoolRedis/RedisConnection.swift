@@ -557,9 +557,10 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func receiveBlocking(
         deadline: ContinuousClock.Instant?, budget: Duration? = nil
     ) throws(RedisError) -> RedisReply {
-        // Read before waiting: a reply that is there already costs no readiness check, and a read that
-        // finds nothing is the check.
-        var next: SocketInterest? = nil
+        // Wait before the first read: a reply is never there a microsecond after its request was sent,
+        // so a read would only find EAGAIN (a system call per command for nothing); the wait spins first
+        // when the request is alone, and a reactor or poll wait returns at once if it has come.
+        var next: SocketInterest? = .readable
         while true {
             if let reply = try takeReply() { return reply }
             if let interest = next {
@@ -678,8 +679,8 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func receive(
         deadline: ContinuousClock.Instant?, budget: Duration? = nil
     ) async throws -> RedisReply {
-        // Read before waiting (see receiveBlocking).
-        var next: SocketInterest? = nil
+        // Wait before the first read (see receiveBlocking).
+        var next: SocketInterest? = .readable
         while true {
             if let reply = try takeReply() { return reply }
             if let interest = next { try await wait(for: interest, deadline: deadline, budget: budget) }
@@ -807,10 +808,12 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         /// Nothing was available: wait for this before reading again.
         case wouldBlock(SocketInterest)
 
-        /// What to wait for before the next read: nothing after a full chunk (more is probably there).
+        /// What to wait for before the next read: nothing after a read that returned data (read again
+        /// until `EAGAIN`: the socket's reactor registration is edge-triggered, so a wait must follow a
+        /// read that found nothing, and a reply's rest may be there already).
         var nextWait: SocketInterest? {
             switch self {
-            case .read(let count): count == RedisConnection.readChunk ? nil : .readable
+            case .read: nil
             case .wouldBlock(let interest): interest
             }
         }

@@ -27,6 +27,7 @@ enum EpollSys {
     static let hangUp: UInt32 = 0x010  // EPOLLHUP
     static let readHangUp: UInt32 = 0x2000  // EPOLLRDHUP
     static let oneShot: UInt32 = 1 << 30  // EPOLLONESHOT
+    static let edgeTriggered: UInt32 = 1 << 31  // EPOLLET
 
     // epoll_ctl operations.
     static let add: Int32 = 1  // EPOLL_CTL_ADD

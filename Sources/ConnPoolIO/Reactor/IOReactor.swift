@@ -244,6 +244,71 @@ public final class IOReactor: @unchecked Sendable {
         pthread_join(thread.pointee, nil)
     }
 
+    /// Registers `fd` for good, edge-triggered, so that its waits cost no `epoll_ctl` (one-shot waits arm
+    /// epoll once per wait). For a descriptor that is waited on once per request (a connection's
+    /// socket). Waits on it then behave as before, with one rule more: the caller waits only after a
+    /// read or write found the descriptor not ready (`EAGAIN`), or right after sending a request (a
+    /// wait then returns at once if the reply came meanwhile, and may, rarely, return early: read until
+    /// `EAGAIN` and wait again).
+    ///
+    /// - Precondition: no wait is pending on `fd`. Call ``deregister(_:)`` before closing it: epoll
+    ///   forgets a closed descriptor, and a later descriptor with the same number would never be armed.
+    /// - Throws: ``IOReactorError/systemError(errno:operation:)`` if epoll refuses the descriptor, or
+    ///   ``IOReactorError/closed`` after ``shutdown()``.
+    package func register(_ fd: Int32) throws(IOReactorError) {
+        guard fd >= 0 else { throw .systemError(errno: EBADF, operation: "register(fd: \(fd))") }
+        lock()
+        defer { unlock() }
+        let s = state
+        if s.pointee.isShutDown { throw .closed }
+        let index = Int(fd)
+        if index >= s.pointee.entries.count {
+            s.pointee.growEntries(toInclude: index)
+        }
+        let mask = EpollSys.readable | EpollSys.readHangUp | EpollSys.writable | EpollSys.edgeTriggered
+        s.pointee.entries[index].generation &+= 1
+        let data = UInt64(s.pointee.entries[index].generation) << 32 | UInt64(UInt32(bitPattern: fd))
+        let first = s.pointee.entries[index].inEpoll ? EpollSys.modify : EpollSys.add
+        var status = EpollSys.control(epollFD, first, fd, events: mask, data: data)
+        if status != 0, (first == EpollSys.modify && errno == ENOENT) || (first == EpollSys.add && errno == EEXIST) {
+            status = EpollSys.control(epollFD, first == EpollSys.modify ? EpollSys.add : EpollSys.modify, fd, events: mask, data: data)
+        }
+        guard status == 0 else {
+            throw .systemError(errno: errno, operation: "epoll_ctl(register fd \(fd))")
+        }
+        s.pointee.entries[index].inEpoll = true
+        s.pointee.entries[index].persistent = true
+        // The registration reports the current state as its first edge: nothing is ready until then.
+        s.pointee.entries[index].readReady = false
+        s.pointee.entries[index].writeReady = false
+    }
+
+    /// Ends the registration of ``register(_:)`` (`EPOLL_CTL_DEL`), before the descriptor is closed. A
+    /// wait still pending on it (one that holds no claim on the descriptor, such as a subscriber's idle
+    /// wait) ends with ``IOReactorError/closed``. Idempotent; never throws.
+    package func deregister(_ fd: Int32) {
+        guard fd >= 0 else { return }
+        lock()
+        let s = state
+        let index = Int(fd)
+        guard index < s.pointee.entries.count, s.pointee.entries[index].persistent else {
+            unlock()
+            return
+        }
+        _ = EpollSys.control(epollFD, EpollSys.delete, fd, events: 0, data: 0)
+        s.pointee.entries[index].persistent = false
+        s.pointee.entries[index].inEpoll = false
+        s.pointee.entries[index].readReady = false
+        s.pointee.entries[index].writeReady = false
+        s.pointee.entries[index].generation &+= 1  // events already returned by epoll_wait are stale
+        var waiters: [Waiter] = []
+        if let waiter = s.pointee.removeWaiter(fd: fd, writable: false) { waiters.append(waiter) }
+        if let waiter = s.pointee.removeWaiter(fd: fd, writable: true) { waiters.append(waiter) }
+        s.pointee.pendingCount -= waiters.count
+        unlock()
+        for waiter in waiters { waiter.continuation.resume(throwing: IOReactorError.closed) }
+    }
+
     /// Whether the calling thread is the reactor's thread (where tasks that prefer the reactor as their
     /// executor run).
     public var isCurrentThread: Bool {
@@ -271,8 +336,10 @@ public final class IOReactor: @unchecked Sendable {
         let id = nextWaitID.wrappingAdd(1, ordering: .relaxed).oldValue
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-                if let error = register(fd, writable: writable, deadline: deadline, id: id, continuation) {
-                    continuation.resume(throwing: error)
+                switch register(fd, writable: writable, deadline: deadline, id: id, continuation) {
+                case .waiting: break
+                case .readyNow: continuation.resume()
+                case .failed(let error): continuation.resume(throwing: error)
                 }
             }
         } onCancel: {
@@ -280,37 +347,45 @@ public final class IOReactor: @unchecked Sendable {
         }
     }
 
-    /// Registers a waiter. Returns the error to resume it with at once, or `nil` if it now waits.
+    /// Registers a waiter, or says to resume it at once (ready, or with an error).
     private func register(
         _ fd: Int32,
         writable: Bool,
         deadline: ContinuousClock.Instant?,
         id: UInt64,
         _ continuation: UnsafeContinuation<Void, any Error>
-    ) -> (any Error)? {
+    ) -> Registration {
         lock()
         defer { unlock() }
         let s = state
         if s.pointee.isShutDown {
-            return IOReactorError.closed
+            return .failed(IOReactorError.closed)
         }
         // The cancellation handler may already have run (and found nothing to remove): the flag it was
         // triggered by is set before it runs, and the lock orders us after it.
         if Task.isCancelled {
-            return CancellationError()
+            return .failed(CancellationError())
         }
         if let deadline, deadline <= ContinuousClock.now {
-            return IOReactorError.timedOut
+            return .failed(IOReactorError.timedOut)
         }
         let index = Int(fd)
         if index >= s.pointee.entries.count {
             s.pointee.growEntries(toInclude: index)
         }
+        if s.pointee.entries[index].persistent {
+            // An edge that came while nobody waited: ready now (a stale one costs the caller one read
+            // that finds EAGAIN, and the next wait).
+            if writable ? s.pointee.entries[index].writeReady : s.pointee.entries[index].readReady {
+                if writable { s.pointee.entries[index].writeReady = false } else { s.pointee.entries[index].readReady = false }
+                return .readyNow
+            }
+        }
         if writable ? s.pointee.entries[index].writer != nil : s.pointee.entries[index].reader != nil {
-            return IOReactorError.systemError(
+            return .failed(IOReactorError.systemError(
                 errno: EBUSY,
                 operation: operationName(fd, writable) + " (another task already waits for the same descriptor and direction)"
-            )
+            ))
         }
         let waiter = Waiter(continuation: continuation, id: id, heapIndex: -1)
         if writable {
@@ -322,21 +397,21 @@ public final class IOReactor: @unchecked Sendable {
             // Sets the waiter's heapIndex (and those of the entries it moves).
             s.pointee.heapInsert(HeapEntry(deadline: deadline, fd: fd, writable: writable))
         }
-        if let code = arm(fd) {
+        if !s.pointee.entries[index].persistent, let code = arm(fd) {
             // Undo: the wait never reached epoll.
             _ = s.pointee.removeWaiter(fd: fd, writable: writable)
-            return IOReactorError.systemError(errno: code, operation: "epoll_ctl for " + operationName(fd, writable))
+            return .failed(IOReactorError.systemError(errno: code, operation: "epoll_ctl for " + operationName(fd, writable)))
         }
         s.pointee.pendingCount += 1
         // Wake the reactor thread only if it sleeps past the new deadline.
         if let deadline, s.pointee.isSleeping, !s.pointee.wakePending {
             if let until = s.pointee.sleepingUntil, until <= deadline {
-                return nil
+                return .waiting
             }
             s.pointee.wakePending = true
             signalWake()
         }
-        return nil
+        return .waiting
     }
 
     private func cancelWait(_ fd: Int32, writable: Bool, id: UInt64) {
@@ -397,7 +472,9 @@ public final class IOReactor: @unchecked Sendable {
     /// event finds no waiter (or a newer generation) and is ignored.
     private func rearmRemaining(_ fd: Int32) {
         let index = Int(fd)
-        guard state.pointee.entries[index].reader != nil || state.pointee.entries[index].writer != nil else {
+        guard !state.pointee.entries[index].persistent,
+            state.pointee.entries[index].reader != nil || state.pointee.entries[index].writer != nil
+        else {
             return
         }
         if let code = arm(fd) {
@@ -498,13 +575,21 @@ public final class IOReactor: @unchecked Sendable {
                 let failed = flags & (EpollSys.error | EpollSys.hangUp) != 0
                 let readable = failed || flags & (EpollSys.readable | EpollSys.readHangUp | EpollSys.priority) != 0
                 let writable = failed || flags & EpollSys.writable != 0
-                if readable, let waiter = s.pointee.removeWaiter(fd: fd, writable: false) {
-                    s.pointee.pendingCount -= 1
-                    toResume.append((waiter.continuation, nil))
+                if readable {
+                    if let waiter = s.pointee.removeWaiter(fd: fd, writable: false) {
+                        s.pointee.pendingCount -= 1
+                        toResume.append((waiter.continuation, nil))
+                    } else if s.pointee.entries[index].persistent {
+                        s.pointee.entries[index].readReady = true  // for the next wait
+                    }
                 }
-                if writable, let waiter = s.pointee.removeWaiter(fd: fd, writable: true) {
-                    s.pointee.pendingCount -= 1
-                    toResume.append((waiter.continuation, nil))
+                if writable {
+                    if let waiter = s.pointee.removeWaiter(fd: fd, writable: true) {
+                        s.pointee.pendingCount -= 1
+                        toResume.append((waiter.continuation, nil))
+                    } else if s.pointee.entries[index].persistent {
+                        s.pointee.entries[index].writeReady = true
+                    }
                 }
                 // The one-shot arming is spent: re-arm for a direction still waited on.
                 rearmRemaining(fd)
@@ -577,6 +662,16 @@ public final class IOReactor: @unchecked Sendable {
 
 // MARK: - State (touched only with the reactor's mutex held)
 
+/// What `register` did with a wait.
+private enum Registration {
+    /// Stored: the reactor resumes it.
+    case waiting
+    /// A persistent descriptor whose edge came before the wait: resume at once, no allocation.
+    case readyNow
+    /// Refused: resume with this error at once.
+    case failed(any Error)
+}
+
 private struct Waiter {
     var continuation: UnsafeContinuation<Void, any Error>
     var id: UInt64
@@ -591,6 +686,13 @@ private struct FDEntry {
     var generation: UInt32 = 0
     /// Whether this descriptor number was added to the epoll set (it may since have been closed).
     var inEpoll = false
+    /// Registered for good, edge-triggered (``IOReactor/register(_:)``): waits store themselves without
+    /// an `epoll_ctl`, and an edge that finds no waiter is kept in `readReady`/`writeReady`.
+    var persistent = false
+    /// An edge arrived while no task waited to read (persistent registrations only).
+    var readReady = false
+    /// An edge arrived while no task waited to write (persistent registrations only).
+    var writeReady = false
 }
 
 private struct HeapEntry {

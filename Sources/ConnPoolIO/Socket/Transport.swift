@@ -43,6 +43,8 @@ package enum TransferResult: Sendable, Hashable {
 /// ## Sendable
 /// `@unchecked Sendable` is safe because:
 /// - `fd`, `address`, `tls` (a pointer value) and `tlsContext` are immutable after init;
+/// - `registeredWithReactor` is touched only by the holder of `busy` (see below), and by the one that
+///   frees the socket (holding `busy` for good, or in deinit);
 /// - `busy`, `closeState`, `freed` and `descriptorCloses` are atomics;
 /// - `spin` and OpenSSL's `SSL` object behind `tls` are touched only by the holder of `busy`, which is
 ///   taken with a sequentially consistent compare-exchange before any access and released with a
@@ -68,6 +70,9 @@ package final class Transport: @unchecked Sendable {
     private var spin: ReplySpin.Gate
     /// Whether a read returned data yet; touched only by the holder of `busy`.
     private var hasReceivedData = false
+    /// Whether the socket is registered with the shared reactor for good (edge-triggered: no
+    /// `epoll_ctl` per wait), which happens at its first async wait; touched only by the holder of `busy`.
+    private var registeredWithReactor = false
 
     private enum CloseState {
         static let open: UInt8 = 0
@@ -88,9 +93,16 @@ package final class Transport: @unchecked Sendable {
     deinit {
         // No call can run and no close() can be under way (both hold a reference).
         if !freed.exchange(true, ordering: .sequentiallyConsistent) {
-            tls?.free()
-            Glibc.close(fd)
+            freeResources()
         }
+    }
+
+    /// Frees the TLS object, ends the reactor registration (before the number can be reused) and closes
+    /// the descriptor. Called once, by whoever wins `freed`.
+    private func freeResources() {
+        tls?.free()
+        if registeredWithReactor { IOReactor.shared.deregister(fd) }
+        Glibc.close(fd)
     }
 
     // MARK: - Connecting
@@ -270,9 +282,8 @@ package final class Transport: @unchecked Sendable {
         guard busy.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
         else { return }
         if !freed.exchange(true, ordering: .sequentiallyConsistent) {
-            tls?.free()
             descriptorCloses.add(1, ordering: .releasing)
-            Glibc.close(fd)
+            freeResources()
         }
     }
 
@@ -384,8 +395,10 @@ package final class Transport: @unchecked Sendable {
     /// ``IOReactor/shared``; never blocks a thread. For readability it returns at once when TLS holds
     /// input, and first tries the reply spin.
     ///
-    /// - Precondition: the last read or write (the one that asked for this wait) found the socket not
-    ///   ready (`EAGAIN`): no readiness check is repeated here.
+    /// - Precondition: the last read or write found the socket not ready (`EAGAIN`), or a request was
+    ///   just sent (for its reply): the socket is registered with the reactor edge-triggered, so a wait
+    ///   must follow one of those. It may then, rarely, return early (an edge already consumed): read
+    ///   until `EAGAIN` and wait again.
     /// - Throws: ``TransportError/timedOut``, ``TransportError/reactorShutDown``,
     ///   ``TransportError/io(operation:errno:)``, or `CancellationError`.
     package func wait(for interest: SocketInterest, deadline: ContinuousClock.Instant?) async throws {
@@ -407,6 +420,16 @@ package final class Transport: @unchecked Sendable {
     private func waitOnReactor(
         for interest: SocketInterest, deadline: ContinuousClock.Instant?, timeout: TransportError
     ) async throws {
+        if !registeredWithReactor {
+            // Registered at the first async wait, not at connect: a connection used only through the
+            // blocking API never wakes the reactor thread with its readiness edges.
+            do {
+                try IOReactor.shared.register(fd)
+            } catch {
+                throw Self.mapWaitError(error, timeout: timeout)
+            }
+            registeredWithReactor = true
+        }
         do {
             defer { ThreadSanitizerAnnotations.acquireCurrentTask() }
             if interest == .readable {
