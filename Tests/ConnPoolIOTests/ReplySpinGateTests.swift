@@ -115,7 +115,9 @@ struct ReplySpinGateTests {
             return gate.waitReadable(fd)
         }
         #expect(caught)
-        #expect(gate.statistics.caught >= 1)
+        // It spun; whether that spin counts as caught in time or late depends on the machine's load (a
+        // thread descheduled mid-spin finds the data only after the budget: `late`, not `caught`).
+        #expect(gate.statistics.spins >= 1)
         withExtendedLifetime(pair) {}  // its descriptors stay open (and unreused) until here
     }
 
