@@ -22,7 +22,7 @@ struct RedisBenchTLSTests {
         #expect(output.contains("pooled async c=8"), "\(output)")
         #expect(output.contains("x pooled plain ops/s (target >= 0.8x)"), "\(output)")
         #expect(output.contains("x per-request TLS (target >= 10x)"), "\(output)")
-        let text = try Self.read(json)
+        let text = try Self.contents(of: json)
         #expect(text.contains("\"tls\" : true"), "\(text)")
         #expect(text.contains("\"tls\" : false"), "\(text)")
         // The run's certificates are gone.
@@ -64,7 +64,7 @@ struct RedisBenchTLSTests {
         return String(path.dropLast("/ca.crt".count))
     }
 
-    static func read(_ path: String) throws -> String {
+    static func contents(of path: String) throws -> String {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw ChildProcess.Failure("cannot open \(path): errno \(errno)") }
         defer { close(fd) }
