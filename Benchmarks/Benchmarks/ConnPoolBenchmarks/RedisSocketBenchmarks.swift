@@ -1,6 +1,7 @@
 import Benchmark
 import ConnPoolRedis
 import RedisServerLauncher
+import Synchronization
 
 // PING over ONE RedisConnection through a real socket to a throwaway redis-server (started in `setup` by
 // RedisServerLauncher, with a TLS port and certificates made for the run): plain TCP and TLS side by side,
@@ -13,12 +14,17 @@ import RedisServerLauncher
 /// A server with a plain and a TLS port, and one connection to the port asked for. Sendable: every
 /// stored property is a `let` of a Sendable type.
 final class RedisSocketFixture: Sendable {
-    let certificates: TestCertificates
     let server: RedisServerProcess
     let connection: RedisConnection
 
+    /// Fixtures set up and not yet torn down (ordo-one's teardown hook takes no argument).
+    static let live = Mutex<[RedisSocketFixture]>([])
+
     init(tls: Bool) async throws {
-        certificates = try TestCertificates.create()
+        // The files are read when the server starts and when the client's TLS context is made (at
+        // connect): removed once connected.
+        let certificates = try TestCertificates.create()
+        defer { certificates.remove() }
         server = try await RedisServerProcess.start(tls: .init(certificates: certificates))
         var configuration = try RedisConnectionConfiguration(host: server.host, port: server.port)
         if tls, let tlsPort = server.tlsPort {
@@ -27,12 +33,15 @@ final class RedisSocketFixture: Sendable {
         }
         connection = try await RedisConnection.connect(configuration: configuration)
         precondition(connection.isTLS == tls, "the connection's TLS state is not the one asked for")
+        Self.live.withLock { $0.append(self) }
     }
 
-    func stop() async {
-        await connection.close()
-        await server.stop()
-        certificates.remove()
+    /// Closes the connections and stops the servers of every live fixture.
+    static func stopAll() async {
+        for fixture in live.withLock({ fixtures in defer { fixtures.removeAll() }; return fixtures }) {
+            await fixture.connection.close()
+            await fixture.server.stop()
+        }
     }
 }
 
@@ -64,8 +73,8 @@ func registerRedisSocketBenchmarks() {
             }
         } setup: {
             try await RedisSocketFixture(tls: tls)
-        } teardown: { fixture in
-            await fixture.stop()
+        } teardown: {
+            await RedisSocketFixture.stopAll()
         }
 
         Benchmark("redis socket/PING \(name) async", configuration: socketConfiguration()) { benchmark, fixture in
@@ -77,8 +86,8 @@ func registerRedisSocketBenchmarks() {
             }
         } setup: {
             try await RedisSocketFixture(tls: tls)
-        } teardown: { fixture in
-            await fixture.stop()
+        } teardown: {
+            await RedisSocketFixture.stopAll()
         }
     }
 }
