@@ -265,7 +265,7 @@ struct RunCommand: AsyncParsableCommand {
             print("JSON written to \(json)")
         }
         if let svg {
-            let title = "redis-bench (\(backend.rawValue) backend, value \(valueSize) B"
+            let title = "redis-bench (\(backend.rawValue) backend\(target.isTLS ? ", TLS" : ""), value \(valueSize) B"
                 + (pipeline > 1 ? ", pipeline \(pipeline)" : "") + ")"
             try FileOutput.write(BenchChart.svg(results, title: title), to: svg)
             print("SVG chart written to \(svg)")
