@@ -1,5 +1,6 @@
 import ConnPoolTestSupport
 import Glibc
+import RedisServerLauncher
 import Testing
 
 /// `redis-bench --tls` end to end, through the built `redis-bench` product (as ``ServerLifetimeTests``):
@@ -7,14 +8,15 @@ import Testing
 /// run's certificates; a signal removes them too; a `redis://` URL with `--tls` is refused.
 @Suite("redis-bench --tls")
 struct RedisBenchTLSTests {
-    @Test func aShortTLSRunWritesTLSAndPlainResults() async throws {
-        let json = "/tmp/connpool-bench-tls-\(getpid()).json"
+    @Test(arguments: ["redis", "tcp"])
+    func aShortTLSRunWritesTLSAndPlainResults(backend: String) async throws {
+        let json = "/tmp/connpool-bench-tls-\(getpid())-\(backend).json"
         defer { unlink(json) }
         let (status, output) = try await onThread {
             try ChildProcess.run(
                 ServerLifetimeTests.product("redis-bench"),
-                ["run", "--tls", "--workload", "ping", "--concurrency", "8", "--requests", "2000", "--warmup", "100",
-                 "--per-request-cap", "200", "--json", json],
+                ["run", "--tls", "--backend", backend, "--workload", "ping", "--concurrency", "8", "--requests", "2000",
+                 "--warmup", "100", "--per-request-cap", "200", "--json", json],
                 timeout: .seconds(120))
         }
         #expect(status == .exited(0), "redis-bench --tls: \(output)")
@@ -45,6 +47,25 @@ struct RedisBenchTLSTests {
         let status = try await onThread { bench.waitForExit(timeout: .seconds(20)) }
         #expect(status == .exited(128 + SIGTERM))
         #expect(access(directory, F_OK) != 0, "\(directory) outlived redis-bench after SIGTERM")
+    }
+
+    /// `--url rediss://…?ca=…`: TLS only (no plain port to compare with), redis-benchmark with `--cacert`.
+    @Test func aRedissURLIsMeasuredOverTLS() async throws {
+        let certificates = try TestCertificates.shared()
+        try await RedisServerProcess.withServer(tls: .init(certificates: certificates)) { server in
+            let url = try #require(server.tlsURL) + "?ca=" + certificates.caCertificatePath
+            let (status, output) = try await onThread {
+                try ChildProcess.run(
+                    ServerLifetimeTests.product("redis-bench"),
+                    ["run", "--tls", "--url", url, "--workload", "ping", "--concurrency", "2", "--requests", "300",
+                     "--warmup", "10", "--per-request-cap", "20"],
+                    timeout: .seconds(120))
+            }
+            #expect(status == .exited(0), "\(output)")
+            #expect(output.contains("tls: yes (--url)"), "\(output)")
+            #expect(output.contains("pooled async TLS c=2"), "\(output)")
+            #expect(!output.contains("pooled async c=2"), "\(output)")
+        }
     }
 
     @Test func tlsWithAPlainURLIsRefused() async throws {
