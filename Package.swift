@@ -19,6 +19,9 @@ let package = Package(
         .executable(name: "redis-bench", targets: ["redis-bench"]),
         .library(name: "ConnPoolMetrics", targets: ["ConnPoolMetrics"]),
         .library(name: "ConnPoolPrometheus", targets: ["ConnPoolPrometheus"]),
+        // Throwaway redis-server processes and test certificates, for the Benchmarks package (its socket
+        // benchmarks start a server of their own); tests and examples use the target directly.
+        .library(name: "RedisServerLauncher", targets: ["RedisServerLauncher"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),

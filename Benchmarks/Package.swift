@@ -22,6 +22,9 @@ let package = Package(
             name: "ConnPoolBenchmarks",
             dependencies: [
                 .product(name: "ConnPool", package: "connpool"),
+                // The socket benchmarks (plain vs TLS PING through a throwaway redis-server).
+                .product(name: "ConnPoolRedis", package: "connpool"),
+                .product(name: "RedisServerLauncher", package: "connpool"),
                 .product(name: "Benchmark", package: "benchmark"),
             ],
             path: "Benchmarks/ConnPoolBenchmarks",

@@ -5,6 +5,9 @@ import Foundation
 #endif
 
 /// The comparison figures of a pooled result against the baselines measured in the same run.
+///
+/// Like is compared with like: a TLS result (``BenchResult/tls``) only with TLS baselines, a plain one
+/// only with plain baselines; ``versusPlain`` is the one ratio across the two.
 public struct BenchComparison: Sendable, Hashable {
     /// pooled ops/s ÷ redis-benchmark ops/s (same backend, workload, concurrency).
     public var versusRedisBenchmark: Double?
@@ -20,21 +23,36 @@ public struct BenchComparison: Sendable, Hashable {
     public var medianVersusRedisBenchmark: Double?
     /// At concurrency 1 only: `pooled p50 / shared p50 - 1`, the pool's overhead by median latency.
     public var medianPoolOverhead: Double?
+    /// For a TLS pooled result only: its ops/s ÷ the plain pooled ops/s of the same backend, workload,
+    /// mode, concurrency and pipeline depth (`redis-bench --tls` measures both in the same rounds).
+    public var versusPlain: Double?
+    /// For a TLS pooled result only: the plain pooled median latency ÷ the TLS pooled median (the same
+    /// comparison as ``versusPlain`` by p50, which a busy machine disturbs far less).
+    public var medianVersusPlain: Double?
 }
 
 /// Tables and JSON for a list of ``BenchResult``s.
 public enum BenchReport {
     /// The baselines measured alongside a pooled result, as ratios (`nil` where a baseline is missing).
-    /// For a result that is not pooled, every ratio is `nil`.
+    /// For a result that is not pooled, every ratio is `nil`. Baselines are matched on backend, workload,
+    /// concurrency, pipeline depth, mode (except redis-benchmark's) and ``BenchResult/tls``; a TLS pooled
+    /// result is also compared with the plain pooled one (``BenchComparison/versusPlain``).
     public static func comparison(for result: BenchResult, in results: [BenchResult]) -> BenchComparison {
         var comparison = BenchComparison()
         guard result.baseline == .pooled else { return comparison }
-        func find(_ baseline: BenchBaseline, sameMode: Bool) -> BenchResult? {
-            results.first {
+        func find(_ baseline: BenchBaseline, sameMode: Bool, tls: Bool? = nil) -> BenchResult? {
+            let tls = tls ?? result.tls
+            return results.first {
                 $0.baseline == baseline && $0.backend == result.backend && $0.workload == result.workload
                     && $0.concurrency == result.concurrency
-                    && $0.commandsPerRequest == result.commandsPerRequest
+                    && $0.commandsPerRequest == result.commandsPerRequest && $0.tls == tls
                     && (!sameMode || $0.mode == result.mode) && $0.opsPerSecond > 0
+            }
+        }
+        if result.tls, let plain = find(.pooled, sameMode: true, tls: false) {
+            comparison.versusPlain = result.opsPerSecond / plain.opsPerSecond
+            if let theirs = plain.p50Microseconds, let ours = result.p50Microseconds, ours > 0 {
+                comparison.medianVersusPlain = theirs / ours
             }
         }
         if let external = find(.redisBenchmark, sameMode: false) {
@@ -60,14 +78,19 @@ public enum BenchReport {
 
     /// An aligned text table, one row per result in the given order: the figures (`cpu µs/req` is
     /// ``BenchResult/clientCPUMicrosecondsPerOp``, `-` when not measured), and the comparison ratios on the
-    /// pooled rows: `vs r-b` (pooled ÷ redis-benchmark), `vs per-req`, `vs shared` and, at concurrency 1,
-    /// `overhead` (1 − pooled ÷ shared).
+    /// pooled rows: `vs r-b` (pooled ÷ redis-benchmark), `vs per-req`, `vs shared`, at concurrency 1
+    /// `overhead` (1 − pooled ÷ shared), and on TLS pooled rows `vs plain` (TLS pooled ÷ plain pooled).
+    /// When any result is a TLS one, a `tls` column says `yes` or `no` on every row.
     public static func table(_ results: [BenchResult]) -> String {
         let headers = [
-            "backend", "workload", "mode", "baseline", "conc", "pool", "requests", "ops/s", "p50 µs", "p90 µs",
-            "p99 µs", "p99.9 µs", "max µs", "cpu µs/req", "errors", "vs r-b", "vs per-req", "vs shared", "overhead",
+            "backend", "workload", "mode", "baseline", "tls", "conc", "pool", "requests", "ops/s", "p50 µs",
+            "p90 µs", "p99 µs", "p99.9 µs", "max µs", "cpu µs/req", "errors", "vs r-b", "vs per-req", "vs shared",
+            "overhead", "vs plain",
         ]
-        let leftAligned: Set<Int> = [0, 1, 2, 3]
+        let tlsColumn = 4
+        let firstRatioColumn = 16
+        let anyTLS = results.contains { $0.tls }
+        let leftAligned: Set<Int> = [0, 1, 2, 3, 4]
         var rows: [[String]] = []
         for result in results {
             let comparison = comparison(for: result, in: results)
@@ -78,7 +101,8 @@ public enum BenchReport {
                 errors += " (\(top.key)\(result.errorsByType.count > 1 ? ", …" : ""))"
             }
             rows.append([
-                result.backend, result.workload, result.mode, result.baseline.rawValue, String(result.concurrency),
+                result.backend, result.workload, result.mode, result.baseline.rawValue, result.tls ? "yes" : "no",
+                String(result.concurrency),
                 result.poolSize.map(String.init) ?? "-",
                 String(result.requests) + (result.commandsPerRequest > 1 ? "x\(result.commandsPerRequest)" : ""),
                 TextFormat.grouped(result.opsPerSecond), TextFormat.microseconds(result.p50Microseconds),
@@ -87,11 +111,14 @@ public enum BenchReport {
                 result.clientCPUMicrosecondsPerOp.map { TextFormat.fixed($0, 2) } ?? "-", errors, ratio(comparison.versusRedisBenchmark), ratio(comparison.versusPerRequest),
                 ratio(comparison.versusShared),
                 comparison.poolOverhead.map { TextFormat.fixed($0 * 100, 1) + "%" } ?? "",
+                ratio(comparison.versusPlain),
             ])
         }
-        // Drop comparison columns that are empty everywhere.
+        // Drop comparison columns that are empty everywhere, and the tls column in a run without TLS.
         var keep = Array(0..<headers.count)
-        keep.removeAll { column in column >= 15 && rows.allSatisfy { $0[column].isEmpty } }
+        keep.removeAll { column in
+            (column >= firstRatioColumn && rows.allSatisfy { $0[column].isEmpty }) || (column == tlsColumn && !anyTLS)
+        }
         var widths = keep.map { headers[$0].count }
         for row in rows {
             for (position, column) in keep.enumerated() { widths[position] = max(widths[position], row[column].count) }

@@ -4,8 +4,9 @@
 /// JSON keys (snake case): `backend`, `workload`, `mode`, `baseline`, `concurrency`, `pool_size`,
 /// `requests`, `commands_per_request`, `duration_s`, `ops_per_sec`, `p50_us`, `p90_us`, `p99_us`,
 /// `p999_us`, `max_us`, `mean_us`, `errors`, `errors_by_type`, `rss_before_bytes`, `rss_after_bytes`,
-/// `client_cpu_us_per_op`. Figures an external tool does not report (p90 and p99.9 for
-/// `redis-benchmark`) are `null`.
+/// `client_cpu_us_per_op`, `tls`. Figures an external tool does not report (p90 and p99.9 for
+/// `redis-benchmark`) are `null`. `tls` is `false` for a plain-text run, and decodes as `false` when
+/// missing (JSON written before it existed).
 public struct BenchResult: Sendable, Hashable, Codable {
     /// Label: the backend (`redis`, `tcp`, `mock`, …).
     public var backend: String
@@ -53,6 +54,10 @@ public struct BenchResult: Sendable, Hashable, Codable {
     /// thread of the process counts, as for an external tool); for an external tool, the CPU time of its
     /// whole run from `wait4`. `nil` when not measured. JSON key `client_cpu_us_per_op`.
     public var clientCPUMicrosecondsPerOp: Double?
+    /// Whether the connections measured spoke TLS (`redis-bench --tls`). A TLS result is compared only
+    /// with TLS baselines, and with the plain pooled result of the same run (see
+    /// ``BenchComparison/versusPlain``). JSON key `tls`; `false` when missing from older JSON.
+    public var tls: Bool = false
 
     enum CodingKeys: String, CodingKey {
         case backend, workload, mode, baseline, concurrency
@@ -72,6 +77,7 @@ public struct BenchResult: Sendable, Hashable, Codable {
         case rssBeforeBytes = "rss_before_bytes"
         case rssAfterBytes = "rss_after_bytes"
         case clientCPUMicrosecondsPerOp = "client_cpu_us_per_op"
+        case tls
     }
 
     /// A result from explicit figures; see the properties for the meaning of each parameter.
@@ -79,7 +85,7 @@ public struct BenchResult: Sendable, Hashable, Codable {
         backend: String, workload: String, mode: String, baseline: BenchBaseline, concurrency: Int,
         poolSize: Int?, requests: Int, commandsPerRequest: Int, durationSeconds: Double, opsPerSecond: Double,
         latency: LatencySummary?, errors: Int, errorsByType: [String: Int], rssBeforeBytes: Int?,
-        rssAfterBytes: Int?, clientCPUMicrosecondsPerOp: Double? = nil
+        rssAfterBytes: Int?, clientCPUMicrosecondsPerOp: Double? = nil, tls: Bool = false
     ) {
         self.backend = backend
         self.workload = workload
@@ -102,6 +108,7 @@ public struct BenchResult: Sendable, Hashable, Codable {
         self.rssBeforeBytes = rssBeforeBytes
         self.rssAfterBytes = rssAfterBytes
         self.clientCPUMicrosecondsPerOp = clientCPUMicrosecondsPerOp
+        self.tls = tls
     }
 
     /// A figure measured by an external tool (mode `external`): only what such tools report.
@@ -109,14 +116,14 @@ public struct BenchResult: Sendable, Hashable, Codable {
         backend: String, workload: String, baseline: BenchBaseline = .redisBenchmark, concurrency: Int,
         requests: Int, commandsPerRequest: Int = 1, opsPerSecond: Double, p50Microseconds: Double?,
         p99Microseconds: Double?, maxMicroseconds: Double?, meanMicroseconds: Double? = nil,
-        clientCPUMicrosecondsPerOp: Double? = nil
+        clientCPUMicrosecondsPerOp: Double? = nil, tls: Bool = false
     ) -> BenchResult {
         var result = BenchResult(
             backend: backend, workload: workload, mode: "external", baseline: baseline, concurrency: concurrency,
             poolSize: nil, requests: requests, commandsPerRequest: commandsPerRequest,
             durationSeconds: opsPerSecond > 0 ? Double(requests * commandsPerRequest) / opsPerSecond : 0,
             opsPerSecond: opsPerSecond, latency: nil, errors: 0, errorsByType: [:], rssBeforeBytes: nil,
-            rssAfterBytes: nil, clientCPUMicrosecondsPerOp: clientCPUMicrosecondsPerOp)
+            rssAfterBytes: nil, clientCPUMicrosecondsPerOp: clientCPUMicrosecondsPerOp, tls: tls)
         result.p50Microseconds = p50Microseconds
         result.p99Microseconds = p99Microseconds
         result.maxMicroseconds = maxMicroseconds
@@ -148,6 +155,7 @@ public struct BenchResult: Sendable, Hashable, Codable {
         rssBeforeBytes = try container.decodeIfPresent(Int.self, forKey: .rssBeforeBytes)
         rssAfterBytes = try container.decodeIfPresent(Int.self, forKey: .rssAfterBytes)
         clientCPUMicrosecondsPerOp = try container.decodeIfPresent(Double.self, forKey: .clientCPUMicrosecondsPerOp)
+        tls = try container.decodeIfPresent(Bool.self, forKey: .tls) ?? false
     }
 
     /// Encodes every key, writing `null` for a figure that is not known (so that every result has the
@@ -176,6 +184,7 @@ public struct BenchResult: Sendable, Hashable, Codable {
         try container.encode(rssAfterBytes, forKey: .rssAfterBytes)
         try container.encode(
             clientCPUMicrosecondsPerOp.map { Self.rounded($0, places: 3) }, forKey: .clientCPUMicrosecondsPerOp)
+        try container.encode(tls, forKey: .tls)
     }
 
     private static func rounded(_ value: Double, places: Int) -> Double {
@@ -186,8 +195,9 @@ public struct BenchResult: Sendable, Hashable, Codable {
     }
 
     /// The series a result belongs to in charts and comparisons: `pooled async`, `shared sync`,
-    /// `redis-benchmark`, …
+    /// `redis-benchmark`, …, with ` TLS` appended for a TLS result (`pooled async TLS`,
+    /// `redis-benchmark TLS`), so that a `--tls` run's plain pooled figures are a series of their own.
     public var seriesName: String {
-        mode == "external" ? baseline.rawValue : "\(baseline.rawValue) \(mode)"
+        (mode == "external" ? baseline.rawValue : "\(baseline.rawValue) \(mode)") + (tls ? " TLS" : "")
     }
 }

@@ -939,8 +939,20 @@ extension RedisServerProcess {
     }
 }
 
+extension TestCertificates {
+    /// Makes the handlers of ``RedisServerProcess/stopAllAndExitOnSignals(_:)`` also delete this set's
+    /// directory (after stopping the servers, which may still read the files), so that a program stopped
+    /// by Ctrl-C or `timeout` leaves no private keys behind. Call ``remove()`` as usual on the normal path
+    /// (removing twice is harmless). Has no effect on a process that installs no such handlers.
+    public func removeOnTerminationSignal() {
+        TerminationSignals.directoriesToRemove.withLock { $0.append(directory) }
+    }
+}
+
 /// The state behind ``RedisServerProcess/stopAllAndExitOnSignals(_:)``.
 private enum TerminationSignals {
+    /// Directories (``TestCertificates``) the signal thread deletes after stopping the servers.
+    static let directoriesToRemove = LockedValue<[String]>([])
     /// The pipe's write end, for the signal handler; -1 until installed. Lock-free (a handler must not
     /// take a lock), and initialized (by `install`'s store) before any handler exists, so the handler's
     /// access is a plain atomic load, never the global's lazy initialization.
@@ -1005,6 +1017,7 @@ private enum TerminationSignals {
         }
         let signal = Int32(byte)
         LiveServers.shared.stopAll(announce: "interrupted by signal \(signal): stopping redis-server\n")
+        for directory in directoriesToRemove.withLock({ $0 }) { TestCertificates.removeTree(directory) }
         fflush(nil)
         _exit(128 + signal)
     }

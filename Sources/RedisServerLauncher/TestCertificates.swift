@@ -372,7 +372,7 @@ public struct TestCertificates: Sendable, Hashable {
 
     /// Deletes `path` and what it holds (this type's own directory: files and the `issued`
     /// subdirectory; symbolic links are unlinked, never followed).
-    private static func removeTree(_ path: String) {
+    static func removeTree(_ path: String) {
         guard let handle = opendir(path) else {
             unlink(path)
             return

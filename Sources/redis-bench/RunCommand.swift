@@ -50,6 +50,13 @@ struct RunCommand: AsyncParsableCommand {
             Each (workload, concurrency, mode) is measured through the pool and, unless --no-compare, \
             against a new connection per request, one shared connection (serialized), and \
             redis-benchmark at the same concurrency and request count when it is installed.
+
+            --tls: the throwaway server also listens with TLS (certificates made for the run with \
+            openssl, removed at the end); the pool and every baseline connect to the TLS port with \
+            the run's CA trusted, and each pooled measurement is also taken over plain TCP to the \
+            same server's plain port, in the same rounds (series "pooled … TLS" and "pooled …", JSON \
+            "tls": true / false). With --url, --tls needs a rediss:// URL (its ?ca=… names a private \
+            CA) and measures TLS only: there is no plain port to compare with.
             """
     )
 
@@ -119,6 +126,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "Async workers: global (plain tasks, the default) or reactor (tasks that prefer IOReactor.shared as their executor: waits resume on the I/O thread, no hand-off).")
     var asyncExecutor: AsyncExecutorOption = .global
 
+    @Flag(help: "Speak TLS: the throwaway server gets a TLS port and certificates made for the run, and the pooled figures are also measured over plain TCP in the same rounds. With --url, the URL must be rediss://.")
+    var tls = false
+
     @Option(help: "While running, serve /metrics (Prometheus) and /status (JSON) for the pool under test on 127.0.0.1:PORT (0: any free port).")
     var metricsPort: Int?
 
@@ -136,6 +146,11 @@ struct RunCommand: AsyncParsableCommand {
         if `repeat` < 1 { throw ValidationError("--repeat must be at least 1") }
         if let commandTimeoutMs, commandTimeoutMs < 1 { throw ValidationError("--command-timeout-ms must be at least 1") }
         if let metricsPort, !(0...65_535).contains(metricsPort) { throw ValidationError("--metrics-port must be 0...65535 (0: any free port)") }
+        if tls, let url, !url.lowercased().hasPrefix("rediss://") {
+            throw ValidationError(
+                "--tls with --url needs a rediss:// URL (for a private CA: rediss://HOST:PORT?ca=/path/to/ca.crt); "
+                    + "redis:// and unix:// URLs speak plain text")
+        }
         _ = try parsedWorkloads()
         _ = try parsedConcurrency()
     }
@@ -187,7 +202,10 @@ struct RunCommand: AsyncParsableCommand {
         // parent-death signal.
         try RedisServerProcess.stopAllAndExitOnSignals([SIGINT, SIGTERM, SIGHUP])
         let target = try startTarget()
-        defer { target.server?.stop() }
+        defer {
+            target.server?.stop()
+            target.certificates?.remove()  // after the server, which reads them
+        }
 
         let redisBenchmark = noCompare ? nil : RedisBenchmarkTool.find()
         print(header(target: target, workloads: workloads, levels: levels, stop: stop, warmup: warmupRequests,
@@ -199,30 +217,46 @@ struct RunCommand: AsyncParsableCommand {
         var results: [BenchResult] = []
         switch backend {
         case .redis:
-            let factory = try RedisConnectionFactory(configuration: target.redisConfiguration)
-            var harness = BenchHarness(
-                factory: factory, connectBlocking: { try factory.makeConnectionBlocking() },
-                errorCategory: ErrorCategories.categorize)
-            if let metrics { harness.onPoolCreated = { metrics.observe($0) } }
-            harness.taskExecutor = asyncExecutor.executor
+            // The pool under test gets the metrics endpoint; the plain pool of a --tls run is the comparison.
+            func harness(_ configuration: RedisConnectionConfiguration, observed: Bool) throws
+                -> BenchHarness<RedisConnectionFactory>
+            {
+                let factory = try RedisConnectionFactory(configuration: configuration)
+                var harness = BenchHarness(
+                    factory: factory, connectBlocking: { try factory.makeConnectionBlocking() },
+                    errorCategory: ErrorCategories.categorize)
+                if observed, let metrics { harness.onPoolCreated = { metrics.observe($0) } }
+                harness.taskExecutor = asyncExecutor.executor
+                return harness
+            }
             let operations = RedisOperations(valueSize: valueSize, pipeline: pipeline)
             results = try await runSuite(
-                harness: harness, operation: operations.operation, workloads: workloads, levels: levels, stop: stop,
+                harness: try harness(target.redisConfiguration, observed: true),
+                plainHarness: try target.plainConfiguration.map { try harness($0, observed: false) },
+                operation: operations.operation, workloads: workloads, levels: levels, stop: stop,
                 warmup: warmupRequests, target: target, redisBenchmark: redisBenchmark)
         case .tcp:
-            guard let (host, port) = target.tcpAddress else {
-                throw ValidationError("--backend tcp needs a TCP server address (not a unix socket)")
+            func harness(_ configuration: RedisConnectionConfiguration, observed: Bool) throws
+                -> BenchHarness<TCPConnectionFactory>
+            {
+                guard let (host, port) = Target.tcpAddress(configuration) else {
+                    throw ValidationError("--backend tcp needs a TCP server address (not a unix socket)")
+                }
+                let factory = try TCPConnectionFactory(
+                    configuration: TCPConnectionConfiguration(
+                        host: host, port: port, replySpin: replySpin.policy, tls: configuration.tls))
+                var harness = BenchHarness(
+                    factory: factory, connectBlocking: { try factory.makeConnectionBlocking() },
+                    errorCategory: ErrorCategories.categorize)
+                if observed, let metrics { harness.onPoolCreated = { metrics.observe($0) } }
+                harness.taskExecutor = asyncExecutor.executor
+                return harness
             }
-            let factory = try TCPConnectionFactory(
-                configuration: TCPConnectionConfiguration(host: host, port: port, replySpin: replySpin.policy))
-            var harness = BenchHarness(
-                factory: factory, connectBlocking: { try factory.makeConnectionBlocking() },
-                errorCategory: ErrorCategories.categorize)
-            if let metrics { harness.onPoolCreated = { metrics.observe($0) } }
-            harness.taskExecutor = asyncExecutor.executor
             let operations = TCPOperations(valueSize: valueSize, pipeline: pipeline)
             results = try await runSuite(
-                harness: harness, operation: operations.operation, workloads: workloads, levels: levels, stop: stop,
+                harness: try harness(target.redisConfiguration, observed: true),
+                plainHarness: try target.plainConfiguration.map { try harness($0, observed: false) },
+                operation: operations.operation, workloads: workloads, levels: levels, stop: stop,
                 warmup: warmupRequests, target: target, redisBenchmark: redisBenchmark)
         }
         let rssEnd = ResidentMemory.currentBytes()
@@ -244,7 +278,7 @@ struct RunCommand: AsyncParsableCommand {
             print("JSON written to \(json)")
         }
         if let svg {
-            let title = "redis-bench (\(backend.rawValue) backend, value \(valueSize) B"
+            let title = "redis-bench (\(backend.rawValue) backend\(target.isTLS ? ", TLS" : ""), value \(valueSize) B"
                 + (pipeline > 1 ? ", pipeline \(pipeline)" : "") + ")"
             try FileOutput.write(BenchChart.svg(results, title: title), to: svg)
             print("SVG chart written to \(svg)")
@@ -254,9 +288,12 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     /// Runs every (concurrency, workload, mode) with its baselines, in an order that keeps each pooled
-    /// figure next to the figures it is compared with.
+    /// figure next to the figures it is compared with. `harness` measures the target's connections (TLS
+    /// with --tls); `plainHarness`, when given (--tls on a throwaway server), measures the pooled runs once
+    /// more over plain TCP, right after the TLS pooled run of the same round.
     private func runSuite<Factory: ConnectionFactory>(
         harness: BenchHarness<Factory>,
+        plainHarness: BenchHarness<Factory>?,
         operation: (Workload) -> BenchOperation<Factory.PooledConnectionType>,
         workloads: [Workload], levels: [Int], stop: BenchStopCondition, warmup: Int, target: Target,
         redisBenchmark: RedisBenchmarkTool?
@@ -270,63 +307,93 @@ struct RunCommand: AsyncParsableCommand {
                 for mode in mode.modes {
                     // Best of `repeat` rounds; each round runs every baseline once, so slow phases of a busy
                     // machine hit all of them alike.
-                    var best: [BenchBaseline: BenchResult] = [:]
+                    // Each round: shared, pooled (TLS with --tls), pooled plain (--tls only), per-request.
+                    var runs: [(baseline: BenchBaseline, tls: Bool, harness: BenchHarness<Factory>)] = []
+                    for baseline in baselines {
+                        runs.append((baseline, target.isTLS, harness))
+                        if baseline == .pooled, let plainHarness { runs.append((baseline, false, plainHarness)) }
+                    }
+                    var best: [Int: BenchResult] = [:]
                     for _ in 0..<`repeat` {
-                        for baseline in baselines {
+                        for (index, run) in runs.enumerated() {
                             let spec = BenchRunSpec(
                                 backend: backend.rawValue, workload: workload.rawValue, mode: mode,
-                                baseline: baseline, concurrency: level, poolSize: poolSize ?? level, stop: stop,
+                                baseline: run.baseline, concurrency: level, poolSize: poolSize ?? level, stop: stop,
                                 warmupRequests: warmup, commandsPerRequest: pipeline, perRequestCap: perRequestCap)
-                            let result = try await harness.run(spec, operation: work)
+                            var result = try await run.harness.run(spec, operation: work)
+                            result.tls = run.tls
                             if `repeat` > 1 { print(Self.summaryLine(result) + " (round)") }
-                            if best[baseline].map({ result.opsPerSecond > $0.opsPerSecond }) ?? true {
-                                best[baseline] = result
+                            if best[index].map({ result.opsPerSecond > $0.opsPerSecond }) ?? true {
+                                best[index] = result
                             }
                         }
                     }
-                    for baseline in baselines {
-                        guard let result = best[baseline] else { continue }
-                        if baseline == .pooled { pooledRequests = max(pooledRequests, result.requests) }
+                    for index in runs.indices {
+                        guard let result = best[index] else { continue }
+                        if result.baseline == .pooled { pooledRequests = max(pooledRequests, result.requests) }
                         print(Self.summaryLine(result))
                         results.append(result)
                     }
                 }
-                if let redisBenchmark, let external = try await runRedisBenchmark(
-                    redisBenchmark, workload: workload, concurrency: level, requests: pooledRequests, target: target)
-                {
-                    print(Self.summaryLine(external))
-                    results.append(external)
+                if let redisBenchmark {
+                    for external in try await runRedisBenchmark(
+                        redisBenchmark, workload: workload, concurrency: level, requests: pooledRequests, target: target)
+                    {
+                        print(Self.summaryLine(external))
+                        results.append(external)
+                    }
                 }
             }
         }
         return results
     }
 
+    /// redis-benchmark against the target (over TLS with --tls) and, in a --tls run on a throwaway server,
+    /// against its plain port too, interleaved round by round; the best round of each.
     private func runRedisBenchmark(
         _ tool: RedisBenchmarkTool, workload: Workload, concurrency: Int, requests: Int, target: Target
-    ) async throws -> BenchResult? {
-        guard let test = workload.redisBenchmarkTest(backend: backend), requests > 0 else { return nil }
-        guard let connection = target.redisBenchmarkConnection else { return nil }
-        let arguments = RedisBenchmarkTool.arguments(
-            connection: connection, concurrency: concurrency, requests: requests * pipeline, tests: [test],
-            valueSize: valueSize, pipeline: pipeline)
-        var best: RedisBenchmarkRow?
-        var bestCPU: Double?
+    ) async throws -> [BenchResult] {
+        guard let test = workload.redisBenchmarkTest(backend: backend), requests > 0 else { return [] }
+        var connections: [(arguments: [String], tls: Bool)] = []
+        if let connection = Target.redisBenchmarkConnection(target.redisConfiguration) {
+            connections.append((connection, target.isTLS))
+        }
+        if let plain = target.plainConfiguration, let connection = Target.redisBenchmarkConnection(plain) {
+            connections.append((connection, false))
+        }
+        var best: [Int: (row: RedisBenchmarkRow, cpu: Double?)] = [:]
+        var failed: Set<Int> = []
         for _ in 0..<`repeat` {
-            do {
-                let (rows, cpu) = try await tool.run(arguments: arguments)
-                guard let row = rows[test] else { return nil }
-                if best.map({ row.requestsPerSecond > $0.requestsPerSecond }) ?? true {
-                    best = row
-                    bestCPU = cpu
+            for (index, connection) in connections.enumerated() where !failed.contains(index) {
+                let arguments = RedisBenchmarkTool.arguments(
+                    connection: connection.arguments, concurrency: concurrency, requests: requests * pipeline,
+                    tests: [test], valueSize: valueSize, pipeline: pipeline)
+                do {
+                    let (rows, cpu) = try await tool.run(arguments: arguments)
+                    guard let row = rows[test] else {
+                        failed.insert(index)
+                        continue
+                    }
+                    if best[index].map({ row.requestsPerSecond > $0.row.requestsPerSecond }) ?? true {
+                        best[index] = (row, cpu)
+                    }
+                } catch {
+                    print("  redis-benchmark\(connection.tls ? " TLS" : "") baseline skipped: \(error)")
+                    failed.insert(index)
                 }
-            } catch {
-                print("  redis-benchmark baseline skipped: \(error)")
-                return nil
             }
         }
-        guard let row = best else { return nil }
-        return BenchResult.external(
+        return connections.indices.compactMap { index in
+            guard !failed.contains(index), let (row, cpu) = best[index] else { return nil }
+            return external(row, cpu: cpu, tls: connections[index].tls, workload: workload, concurrency: concurrency,
+                            requests: requests)
+        }
+    }
+
+    private func external(
+        _ row: RedisBenchmarkRow, cpu bestCPU: Double?, tls: Bool, workload: Workload, concurrency: Int, requests: Int
+    ) -> BenchResult {
+        BenchResult.external(
             backend: backend.rawValue, workload: workload.rawValue, concurrency: concurrency,
             requests: requests, commandsPerRequest: pipeline, opsPerSecond: row.requestsPerSecond,
             p50Microseconds: row.p50Milliseconds.map { $0 * 1000 },
@@ -335,7 +402,7 @@ struct RunCommand: AsyncParsableCommand {
             meanMicroseconds: row.averageMilliseconds.map { $0 * 1000 },
             // Its whole process (start-up and connecting included) ÷ the same request count as ours: it
             // ran `requests × pipeline` commands, `pipeline` per request.
-            clientCPUMicrosecondsPerOp: ProcessCPU.perRequest(cpuMicroseconds: bestCPU, requests: requests))
+            clientCPUMicrosecondsPerOp: ProcessCPU.perRequest(cpuMicroseconds: bestCPU, requests: requests), tls: tls)
     }
 
     static func summaryLine(_ result: BenchResult) -> String {
@@ -352,22 +419,45 @@ struct RunCommand: AsyncParsableCommand {
     /// The server under test: a throwaway one (stopped at the end) or the one named by --url.
     struct Target {
         var server: RedisServerProcess?
+        /// The certificates of a --tls run's throwaway server (removed at the end).
+        var certificates: TestCertificates?
+        /// The connections under test (TLS with --tls).
         var redisConfiguration: RedisConnectionConfiguration
+        /// --tls on a throwaway server: the same server's plain port, for the side-by-side pooled figures.
+        var plainConfiguration: RedisConnectionConfiguration?
         var description: String
 
-        var tcpAddress: (String, Int)? {
-            if case .tcp(let host, let port) = redisConfiguration.endpoint { return (host, port) }
+        /// Whether the connections under test speak TLS.
+        var isTLS: Bool { redisConfiguration.tls != nil }
+
+        static func tcpAddress(_ configuration: RedisConnectionConfiguration) -> (String, Int)? {
+            if case .tcp(let host, let port) = configuration.endpoint { return (host, port) }
             return nil
         }
 
-        /// `-h host -p port` or `-s socket` for redis-benchmark; `nil` when it cannot be given the
-        /// credentials without exposing them (redis-benchmark takes a password only on its command line).
-        var redisBenchmarkConnection: [String]? {
-            if redisConfiguration.password != nil || redisConfiguration.database != 0 { return nil }
-            switch redisConfiguration.endpoint {
-            case .tcp(let host, let port): return ["-h", host, "-p", String(port)]
-            case .unixSocket(let path): return ["-s", path]
+        /// `-h host -p port` or `-s socket` for redis-benchmark, plus `--tls [--cacert FILE] [--sni NAME]
+        /// [--insecure]` for TLS; `nil` when it cannot be given the credentials without exposing them
+        /// (redis-benchmark takes a password only on its command line), or the TLS settings cannot be
+        /// expressed (trusted roots as PEM text, a client certificate).
+        static func redisBenchmarkConnection(_ configuration: RedisConnectionConfiguration) -> [String]? {
+            if configuration.password != nil || configuration.database != 0 { return nil }
+            var arguments: [String]
+            switch configuration.endpoint {
+            case .tcp(let host, let port): arguments = ["-h", host, "-p", String(port)]
+            case .unixSocket(let path): arguments = ["-s", path]
             }
+            if let tls = configuration.tls {
+                if tls.clientCertificate != nil { return nil }
+                arguments.append("--tls")
+                switch tls.trustRoots {
+                case .system: break
+                case .certificateFile(let path): arguments += ["--cacert", path]
+                case .certificatePEM: return nil
+                }
+                if let serverName = tls.serverName { arguments += ["--sni", serverName] }
+                if tls.certificateVerification == .none { arguments.append("--insecure") }
+            }
+            return arguments
         }
     }
 
@@ -379,25 +469,50 @@ struct RunCommand: AsyncParsableCommand {
             if backend == .tcp, configuration.password != nil || configuration.database != 0 {
                 throw ValidationError("--backend tcp sends no AUTH/SELECT: use a URL without password and database")
             }
-            return Target(server: nil, redisConfiguration: configuration, description: "\(configuration.endpoint) (--url)")
+            return Target(
+                server: nil, redisConfiguration: configuration,
+                description: "\(configuration.endpoint)\(configuration.tls != nil ? " (TLS)" : "") (--url)")
+        }
+        var certificates: TestCertificates?
+        if tls {
+            do {
+                certificates = try TestCertificates.create()
+            } catch {
+                Self.printError("redis-bench: --tls could not make the run's certificates: \(error)")
+                throw ExitCode(2)
+            }
+            certificates?.removeOnTerminationSignal()
         }
         let server: RedisServerProcess
         do {
-            server = try RedisServerProcess.start()
+            server = try RedisServerProcess.start(tls: certificates.map { .init(certificates: $0) })
         } catch RedisServerLauncherError.redisServerNotInstalled {
+            certificates?.remove()
             Self.printError("""
                 redis-bench: redis-server is not installed, and no --url was given.
                 Install it with `apt-get install redis-server redis-tools` (or run Scripts/install-deps.sh),
                 or benchmark a running server with `redis-bench --url redis://HOST:PORT`.
                 """)
             throw ExitCode(2)
+        } catch {
+            certificates?.remove()
+            throw error
         }
         var configuration = try RedisConnectionConfiguration(host: server.host, port: server.port)
         configuration.commandTimeout = commandTimeoutMs.map { .milliseconds($0) }
         configuration.replySpin = replySpin.policy
-        return Target(
-            server: server, redisConfiguration: configuration,
+        var target = Target(
+            server: server, certificates: certificates, redisConfiguration: configuration,
             description: "throwaway redis-server pid \(server.pid) on \(server.host):\(server.port)")
+        if let certificates, let tlsPort = server.tlsPort {
+            // The server's certificate names 127.0.0.1 (and localhost): full verification against the CA.
+            var secure = configuration
+            secure.endpoint = .tcp(host: server.host, port: tlsPort)
+            secure.tls = TLSConfiguration(trustRoots: .certificateFile(certificates.caCertificatePath))
+            target.plainConfiguration = configuration
+            target.redisConfiguration = secure
+        }
+        return target
     }
 
     /// Writes the value GET reads (so that GET measures a hit of --value-size bytes).
@@ -413,6 +528,14 @@ struct RunCommand: AsyncParsableCommand {
         redisBenchmark: RedisBenchmarkTool?
     ) -> String {
         var lines = ["redis-bench: \(target.description)"]
+        if let server = target.server, let tlsPort = server.tlsPort, let certificates = target.certificates {
+            lines.append(
+                "  tls: TLS port \(tlsPort) (CA \(certificates.caCertificatePath), certificates made for this run); "
+                    + "pooled also over plain TCP to port \(server.port) in the same rounds; per-request TLS "
+                    + "connections share one TLS context, so they resume sessions (abbreviated handshakes)")
+        } else if target.isTLS {
+            lines.append("  tls: yes (--url); no plain side-by-side (needs the throwaway server's plain port)")
+        }
         lines.append(
             "  backend \(backend.rawValue), workloads \(workloads.map(\.rawValue).joined(separator: ",")), "
                 + "concurrency \(levels.map(String.init).joined(separator: ",")), mode \(mode.rawValue), "
@@ -426,10 +549,10 @@ struct RunCommand: AsyncParsableCommand {
             lines.append("  baselines: none (--no-compare)")
         } else if redisBenchmark == nil {
             lines.append("  baselines: per-request, shared (redis-benchmark not found: apt-get install redis-tools)")
-        } else if target.redisBenchmarkConnection == nil {
+        } else if Target.redisBenchmarkConnection(target.redisConfiguration) == nil {
             lines.append("  baselines: per-request, shared (redis-benchmark skipped: it takes a password or database only on its command line)")
         } else {
-            lines.append("  baselines: per-request, shared, redis-benchmark")
+            lines.append("  baselines: per-request, shared, redis-benchmark" + (target.isTLS ? " (--tls --cacert)" : ""))
         }
         return lines.joined(separator: "\n")
     }
@@ -437,41 +560,6 @@ struct RunCommand: AsyncParsableCommand {
     static func printError(_ text: String) {
         var line = text + "\n"
         line.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
-    }
-}
-
-/// The team's performance targets, checked against whatever the run measured. Each ops/s ratio is
-/// followed by the same comparison by median latency, which a busy machine disturbs far less.
-enum TargetReport {
-    static func lines(_ results: [BenchResult]) -> [String] {
-        var lines: [String] = []
-        func verdict(_ ok: Bool) -> String { ok ? "met" : "MISSED" }
-        func percent(_ value: Double) -> String { TextFormat.fixed(value * 100, 1) + "%" }
-        for result in results where result.baseline == .pooled {
-            let comparison = BenchReport.comparison(for: result, in: results)
-            let name = "pooled \(result.mode) \(result.workload) c=\(result.concurrency)"
-            if result.workload == Workload.ping.rawValue, let ratio = comparison.versusRedisBenchmark {
-                let goal: Double? = result.concurrency == 1 ? 0.9 : (result.concurrency == 50 ? 0.8 : nil)
-                if let goal {
-                    var line = "\(name): \(TextFormat.fixed(ratio, 2))x redis-benchmark ops/s (target >= \(goal)x): "
-                        + verdict(ratio >= goal)
-                    if let median = comparison.medianVersusRedisBenchmark {
-                        line += "; by p50 latency \(TextFormat.fixed(median, 2))x"
-                    }
-                    lines.append(line)
-                }
-            }
-            if result.concurrency == 1, let ratio = comparison.versusPerRequest {
-                lines.append("\(name): \(TextFormat.fixed(ratio, 1))x per-request (target >= 5x): \(verdict(ratio >= 5))")
-            }
-            if let overhead = comparison.poolOverhead {
-                var line = "\(name): pool overhead \(percent(overhead)) vs shared connection (target <= 5%): "
-                    + verdict(overhead <= 0.05)
-                if let median = comparison.medianPoolOverhead { line += "; by p50 latency \(percent(median))" }
-                lines.append(line)
-            }
-        }
-        return lines
     }
 }
 

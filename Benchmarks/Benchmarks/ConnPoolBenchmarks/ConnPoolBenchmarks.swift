@@ -238,6 +238,10 @@ let benchmarks: @Sendable () -> Void = {
             try await makeWarmPool(maxSize: slots)
         }
     }
+
+    // MARK: A real socket: plain vs TLS (RedisSocketBenchmarks.swift)
+
+    registerRedisSocketBenchmarks()
 }
 
 @inline(never)
