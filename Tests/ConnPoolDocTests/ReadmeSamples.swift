@@ -37,6 +37,15 @@ func pingFromThread(_ pool: ConnectionPool<RedisConnectionFactory>) throws -> St
     }
 }
 
+/// The README's snippet for tasks on the I/O reactor's thread.
+func countHitsOnTheReactor(_ pool: ConnectionPool<RedisConnectionFactory>) async throws -> Int {
+    // Request handlers on the I/O thread: each Redis wait resumes in place, without a thread hand-off.
+    let handler = Task(executorPreference: IOReactor.shared) {
+        try await pool.withConnection { redis in try await redis.command("INCR", "hits").int }
+    }
+    return try await handler.value
+}
+
 /// The README's TLS snippet: a managed Redis over `rediss://`, and an own CA with mutual TLS.
 func tlsSetup(password: String) throws -> (RedisConnectionFactory, ConnectionPool<RedisConnectionFactory>) {
     // Managed Redis (ElastiCache, Azure Cache, Upstash, …): rediss:// and the system roots.
@@ -80,6 +89,16 @@ struct ReadmeTests {
             checked += 1
         }
         #expect(checked >= 2)
+    }
+
+    @Test("the reactor snippet runs its handler on the I/O thread")
+    func reactorSnippet() async throws {
+        try await RedisServerProcess.withServer { server in
+            let pool = try ConnectionPool(factory: RedisConnectionFactory(url: "redis://127.0.0.1:\(server.port)/0"))
+            #expect(try await countHitsOnTheReactor(pool) == 1)
+            #expect(try await countHitsOnTheReactor(pool) == 2)
+            _ = await pool.shutdown()
+        }
     }
 
     @Test("the TLS snippet configures TLS as the README says, without touching the network")
