@@ -138,7 +138,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ConnPoolRedisTests",
-            dependencies: ["ConnPool", "ConnPoolRedis", "ConnPoolIO", "RedisServerLauncher", "ConnPoolTestSupport"],
+            dependencies: ["ConnPool", "ConnPoolRedis", "ConnPoolIO", "RedisServerLauncher", "ConnPoolTestSupport", "CHiredis"],
             swiftSettings: strictSettings
         ),
         // Mock connections and polling helpers shared by the test targets (test targets cannot share files).

@@ -47,7 +47,9 @@ struct ArgvScratch {
         return UnsafeRawBufferPointer(start: base + offsets![index], count: lengths![index])
     }
 
-    /// Appends the collected command to the context's output buffer.
+    /// Appends the collected command to the context's output buffer, RESP-encoded in place (see
+    /// `connpool_redisAppendCommand` in the CHiredis shim: no allocation per command once the buffer has
+    /// grown, where `redisAppendCommandArgv` formats into a fresh buffer first).
     ///
     /// - Returns: hiredis' status (`REDIS_OK` or `REDIS_ERR` when out of memory).
     mutating func append(to context: UnsafeMutablePointer<redisContext>) -> Int32 {
@@ -56,7 +58,7 @@ struct ArgvScratch {
         for index in 0..<argumentCount {
             argv![index] = (base + offsets![index]).assumingMemoryBound(to: CChar.self)
         }
-        let status = redisAppendCommandArgv(context, Int32(argumentCount), argv, lengths)
+        let status = connpool_redisAppendCommand(context, Int32(argumentCount), argv, lengths)
         if byteCapacity > Self.retainedByteLimit {
             free(bytes)
             bytes = nil

@@ -77,6 +77,11 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private var scratch = ArgvScratch()
     /// Whether any byte was received yet (the first ones tell a TLS port answering plain text).
     private var hasReceived = false
+    /// Whether the last read found the socket empty (`EAGAIN`). The socket's reactor registration is
+    /// edge-triggered: a wait is only right after such a read (or a new request sent after one); after a
+    /// read that returned data, more may be waiting (a pipeline's later replies), and the next receive
+    /// reads first.
+    private var readDrained = true
     /// Received bytes on their way to hiredis' reader: one buffer per connection, allocated once.
     private let readBuffer: UnsafeMutableRawPointer
 
@@ -557,10 +562,11 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func receiveBlocking(
         deadline: ContinuousClock.Instant?, budget: Duration? = nil
     ) throws(RedisError) -> RedisReply {
-        // Wait before the first read: a reply is never there a microsecond after its request was sent,
-        // so a read would only find EAGAIN (a system call per command for nothing); the wait spins first
-        // when the request is alone, and a reactor or poll wait returns at once if it has come.
-        var next: SocketInterest? = .readable
+        // Wait before the first read when the socket was drained: a reply is never there a microsecond
+        // after its request was sent, so a read would only find EAGAIN (a system call per command for
+        // nothing); the wait spins first when the request is alone. Read first otherwise (see
+        // `readDrained`).
+        var next: SocketInterest? = readDrained ? .readable : nil
         while true {
             if let reply = try takeReply() { return reply }
             if let interest = next {
@@ -685,8 +691,8 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
     private func receive(
         deadline: ContinuousClock.Instant?, budget: Duration? = nil
     ) async throws -> RedisReply {
-        // Wait before the first read (see receiveBlocking).
-        var next: SocketInterest? = .readable
+        // Wait before the first read only when the socket was drained (see receiveBlocking).
+        var next: SocketInterest? = readDrained ? .readable : nil
         while true {
             if let reply = try takeReply() { return reply }
             if let interest = next { try await wait(for: interest, deadline: deadline, budget: budget) }
@@ -844,8 +850,10 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
             if connpool_redisFeed(context, readBuffer.assumingMemoryBound(to: CChar.self), count) != REDIS_OK {
                 throw breakWith(.io(operation: "read", errno: ENOMEM))
             }
+            readDrained = false
             return .read(count)
         case .wouldBlock(let interest):
+            readDrained = true
             return .wouldBlock(interest)
         case .endOfStream:
             throw breakWith(transport.isClosing ? .connectionClosedLocally : .connectionClosed)
