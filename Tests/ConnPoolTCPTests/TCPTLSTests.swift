@@ -124,7 +124,7 @@ struct TCPTLSTests {
         }
         defer { greeter.stop() }
         var plain = Self.configuration(greeter, set)
-        plain.connectTimeout = .seconds(10)
+        plain.connectTimeout = .seconds(60)
         let started = ContinuousClock.now
         do {
             _ = try await TCPConnection.connect(plain)
@@ -136,7 +136,7 @@ struct TCPTLSTests {
             }
             #expect("\(error)".contains("plain-text port"))
         }
-        #expect(ContinuousClock.now - started < .seconds(2))
+        #expect(ContinuousClock.now - started < .seconds(15))  // far below the 60 s connect timeout
     }
 
     @Test func mutualTLSAndSessionResumptionThroughAFactory() async throws {
