@@ -19,6 +19,7 @@ let package = Package(
         .executable(name: "redis-bench", targets: ["redis-bench"]),
         .library(name: "ConnPoolMetrics", targets: ["ConnPoolMetrics"]),
         .library(name: "ConnPoolPrometheus", targets: ["ConnPoolPrometheus"]),
+        .library(name: "ConnPoolRedisCluster", targets: ["ConnPoolRedisCluster"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -53,6 +54,12 @@ let package = Package(
         .target(
             name: "ConnPoolRedis",
             dependencies: ["ConnPool", "ConnPoolIO", "CHiredis", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        // A Redis Cluster client: one pool per node and a slot router in front.
+        .target(
+            name: "ConnPoolRedisCluster",
+            dependencies: ["ConnPool", "ConnPoolRedis", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         // Backend 2: raw TCP sockets.
@@ -136,6 +143,11 @@ let package = Package(
                 "ConnPool", "ConnPoolPrometheus", "ConnPoolTestSupport",
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ConnPoolRedisClusterTests",
+            dependencies: ["ConnPool", "ConnPoolRedis", "ConnPoolRedisCluster", "RedisServerLauncher", "ConnPoolTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(name: "ConnPoolIOTests", dependencies: ["ConnPoolIO", "ConnPoolTestSupport"], swiftSettings: strictSettings),

@@ -1,0 +1,211 @@
+import ConnPool
+import ConnPoolRedis
+
+/// Where one command goes, decided from its name and keys before anything is sent.
+struct CommandRoute: Sendable {
+    enum Target: Sendable, Equatable {
+        /// The node serving this slot (its replica for reads, by the read policy).
+        case slot(UInt16)
+        /// Any one primary (a keyless command).
+        case anyPrimary
+        /// Every primary, replies merged.
+        case allPrimaries
+        /// Every node, replicas included, replies merged.
+        case allNodes
+        /// The key positions are not in the specs: ask a node with `COMMAND GETKEYS`.
+        case askServer
+    }
+
+    var target: Target
+    /// The server flags the command `readonly`: it may go to a replica and is retried after a
+    /// connection error.
+    var isReadOnly: Bool
+    var response: ResponsePolicy
+    /// The command name, uppercased, for errors (never an argument).
+    var name: String
+}
+
+extension RedisClusterClient {
+    /// Commands that change a connection's session, which a cluster client cannot honour (each command
+    /// may use another connection), with what to use instead.
+    static let refusedCommands: [String: String] = [
+        "SELECT": "a cluster has only database 0",
+        "MULTI": "use transaction(_:), which runs MULTI … EXEC on the slot's node",
+        "EXEC": "use transaction(_:)",
+        "DISCARD": "use transaction(_:)",
+        "WATCH": "WATCH needs one connection across commands: use a RedisConnection to the slot's node",
+        "UNWATCH": "use transaction(_:)",
+        "AUTH": "give the credentials in the seed URL",
+        "HELLO": "the client speaks RESP2 with the seed URL's credentials",
+        "RESET": "connections are reset by their pools",
+        "READONLY": "choose a read policy in RedisClusterConfiguration",
+        "READWRITE": "choose a read policy in RedisClusterConfiguration",
+        "ASKING": "the client sends ASKING itself when it follows an ASK redirection",
+        "QUIT": "use shutdown()",
+        "MONITOR": "MONITOR takes a connection over: use a RedisConnection to one node",
+        "SUBSCRIBE": "use a RedisSubscriber",
+        "PSUBSCRIBE": "use a RedisSubscriber",
+        "SSUBSCRIBE": "use a RedisSubscriber on the channel's node",
+        "UNSUBSCRIBE": "use a RedisSubscriber",
+        "PUNSUBSCRIBE": "use a RedisSubscriber",
+        "SUNSUBSCRIBE": "use a RedisSubscriber",
+        "SYNC": "replication commands take a connection over",
+        "PSYNC": "replication commands take a connection over",
+    ]
+
+    /// `CLIENT` subcommands that change the session.
+    static let refusedClientSubcommands: Set<String> = [
+        "SETNAME", "TRACKING", "CACHING", "REPLY", "NO-EVICT", "NO-TOUCH", "SETINFO",
+    ]
+
+    /// Decides where `arguments` go: by the slot of their keys (all must share it), or to one or all
+    /// primaries for a keyless command. No I/O.
+    ///
+    /// - Throws: ``RedisClusterError/crossSlot(command:slots:)``,
+    ///   ``RedisClusterError/unsupportedCommand(command:reason:)``, or ``RedisError/invalidCommand(_:)``
+    ///   for an empty command.
+    func route(_ arguments: [RedisArgument]) throws -> CommandRoute {
+        guard let first = arguments.first else { throw RedisError.invalidCommand("a command needs at least its name") }
+        let name = CommandTable.text(first).uppercased()
+        if let reason = Self.refusedCommands[name] {
+            throw RedisClusterError.unsupportedCommand(command: name, reason: reason)
+        }
+        if name == "CLIENT", arguments.count >= 2,
+            Self.refusedClientSubcommands.contains(CommandTable.text(arguments[1]).uppercased())
+        {
+            throw RedisClusterError.unsupportedCommand(
+                command: "CLIENT \(CommandTable.text(arguments[1]).uppercased())",
+                reason: "it changes the connection's session, and each command may use another connection")
+        }
+        guard let info = commands.info(for: arguments) else {
+            // Unknown to the server's table: one primary; its reply (MOVED included) decides.
+            return CommandRoute(target: .anyPrimary, isReadOnly: false, response: .default, name: name)
+        }
+        switch CommandTable.keyPositions(arguments, info: info) {
+        case .askServer:
+            return CommandRoute(target: .askServer, isReadOnly: info.isReadOnly, response: info.responsePolicy, name: name)
+        case .positions(let positions):
+            if let slot = try Self.commonSlot(arguments, positions: positions, name: name) {
+                return CommandRoute(target: .slot(slot), isReadOnly: info.isReadOnly, response: info.responsePolicy, name: name)
+            }
+            let target: CommandRoute.Target
+            switch info.requestPolicy {
+            case .allShards: target = .allPrimaries
+            case .allNodes: target = .allNodes
+            default: target = .anyPrimary
+            }
+            return CommandRoute(target: target, isReadOnly: info.isReadOnly, response: info.responsePolicy, name: name)
+        }
+    }
+
+    /// The slot all the keys at `positions` share, `nil` without keys.
+    ///
+    /// - Throws: ``RedisClusterError/crossSlot(command:slots:)`` when they do not share one.
+    static func commonSlot(_ arguments: [RedisArgument], positions: [Int], name: String) throws(RedisClusterError) -> UInt16? {
+        var slot: UInt16?
+        for position in positions {
+            let keySlot = arguments[position].withRedisArgumentBytes { ClusterSlot.slot(forKeyBytes: $0) }
+            if let slot, slot != keySlot { throw .crossSlot(command: name, slots: [slot, keySlot]) }
+            slot = keySlot
+        }
+        return slot
+    }
+
+    /// The route of a command whose keys `COMMAND GETKEYS` returned.
+    func route(_ route: CommandRoute, keysReply: Result<RedisReply, any Error>) throws -> CommandRoute {
+        var route = route
+        guard case .success(let reply) = keysReply, let keys = try? reply.array else {
+            // GETKEYS refuses a keyless form ("The command has no key arguments"): any primary.
+            route.target = .anyPrimary
+            return route
+        }
+        let arguments = try keys.map { RedisArgument.bytes(try $0.bytes) }
+        if let slot = try Self.commonSlot(arguments, positions: Array(arguments.indices), name: route.name) {
+            route.target = .slot(slot)
+        } else {
+            route.target = .anyPrimary
+        }
+        return route
+    }
+
+    /// The node and pool for an attempt at `slot`: its primary, or by the read policy one of its
+    /// replicas for a read. `nil` when no node serves the slot.
+    ///
+    /// - Throws: ``RedisClusterError/noReplicaAvailable(slot:)`` under ``RedisClusterReadPolicy/replicaOnly``.
+    func target(forSlot slot: UInt16, readOnly: Bool, primaryOnly: Bool = false) throws(RedisClusterError)
+        -> (node: ClusterNode, pool: ConnectionPool<ClusterNodeConnectionFactory>)?
+    {
+        guard let primary = routing.node(forSlot: slot) else { return nil }
+        let policy = configuration.readPolicy
+        guard readOnly, !primaryOnly, policy != .primaryOnly else { return (primary, primary.pool) }
+        let replicas = state.withLock { $0.replicasByPrimary[primary.index] ?? [] }
+        let turn = Int(roundRobin.add(1, ordering: .relaxed).newValue % UInt(max(1, replicas.count + 1)))
+        switch policy {
+        case .primaryOnly:
+            return (primary, primary.pool)
+        case .preferReplica:
+            guard !replicas.isEmpty else { return (primary, primary.pool) }
+            let replica = replicas[turn % replicas.count]
+            return (replica, replica.readOnlyPool ?? replica.pool)
+        case .replicaOnly:
+            guard !replicas.isEmpty else { throw .noReplicaAvailable(slot: slot) }
+            let replica = replicas[turn % replicas.count]
+            return (replica, replica.readOnlyPool ?? replica.pool)
+        case .roundRobin:
+            if turn == replicas.count { return (primary, primary.pool) }
+            let replica = replicas[turn]
+            return (replica, replica.readOnlyPool ?? replica.pool)
+        }
+    }
+
+    // MARK: Merging the replies of a command sent to several nodes
+
+    /// Merges per-node results by the command's response policy.
+    ///
+    /// - Throws: the first error (a server error as ``RedisError/server(_:)``) when the policy needs every
+    ///   node to succeed, or when none did.
+    static func merge(_ results: [Result<RedisReply, any Error>], policy: ResponsePolicy) throws -> RedisReply {
+        var replies = [RedisReply]()
+        var firstError: (any Error)?
+        for result in results {
+            switch result {
+            case .success(.error(let message)): firstError = firstError ?? RedisError.server(message)
+            case .success(let reply): replies.append(reply)
+            case .failure(let error): firstError = firstError ?? error
+            }
+        }
+        if policy == .oneSucceeded {
+            if let reply = replies.first { return reply }
+            throw firstError ?? RedisError.unexpectedReply(expected: "a reply", actual: "none")
+        }
+        if let firstError { throw firstError }
+        guard let first = replies.first else { throw RedisError.unexpectedReply(expected: "a reply", actual: "none") }
+        switch policy {
+        case .sum:
+            return .integer(try replies.reduce(0) { $0 + (try $1.int) })
+        case .minimum:
+            return .integer(try replies.map { try $0.int }.min() ?? 0)
+        case .maximum:
+            return .integer(try replies.map { try $0.int }.max() ?? 0)
+        case .logicalAnd, .logicalOr:
+            let and = policy == .logicalAnd
+            if case .array = first {
+                let arrays = try replies.map { try $0.array.map { try $0.int } }
+                let count = arrays.map(\.count).min() ?? 0
+                return .array((0..<count).map { index in
+                    let bits = arrays.map { $0[index] != 0 }
+                    return .integer((and ? bits.allSatisfy { $0 } : bits.contains(true)) ? 1 : 0)
+                })
+            }
+            let bits = try replies.map { try $0.int != 0 }
+            return .integer((and ? bits.allSatisfy { $0 } : bits.contains(true)) ? 1 : 0)
+        case .allSucceeded, .special, .oneSucceeded:
+            return first
+        case .default:
+            if replies.allSatisfy({ if case .array = $0 { return true } else { return false } }) {
+                return .array(try replies.flatMap { try $0.array })
+            }
+            return replies.first { !$0.isNull } ?? first
+        }
+    }
+}
