@@ -1,0 +1,177 @@
+import ConnPool
+import ConnPoolRedis
+import ConnPoolRedisCluster
+import ConnPoolTestSupport
+import RedisServerLauncher
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Each test starts its own cluster and changes it under a load of writes and reads; serialized, so
+/// that failover timings are not measured on a machine busy with another cluster.
+@Suite("Redis Cluster under resharding and failover", .serialized)
+struct ClusterResilienceTests {
+    /// Slots migrated under load (`SETSLOT IMPORTING/MIGRATING`, `MIGRATE` in batches, `SETSLOT NODE`):
+    /// the client follows ASK during the move and MOVED after it, and no request fails.
+    @Test func slotMigrationUnderLoadFailsNoRequest() async throws {
+        try await withCluster { cluster in
+            let client = try await RedisClusterClient.connect(seeds: cluster.seedURLs, configuration: testConfiguration())
+            let slots: [UInt16] = [ClusterSlot.slot(forKey: "{mig-a}"), ClusterSlot.slot(forKey: "{mig-b}")]
+            // Keys in the migrating slots (many, so MIGRATE takes a while) and elsewhere.
+            let migrating = slots.flatMap { slot in (0..<300).map { key(inSlot: slot, "m\($0)") } }
+            try await client.mset(migrating.map { ($0, RedisArgument.string("0")) })
+            let keys = Array(migrating.prefix(40)) + Array(migrating.suffix(40)) + (0..<40).map { "other:\($0)" }
+            let load = ClusterLoad(client: client, keys: keys)
+            let running = Task { await load.run(workers: 8) }
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { load.succeeded.load(ordering: .relaxed) > 500 })
+
+            for slot in slots {
+                let owner = try cluster.owner(ofSlot: Int(slot))
+                let destination = try #require(cluster.primaries().first { $0.port != owner.port })
+                try await cluster.migrateSlot(Int(slot), to: destination, batchSize: 10)
+                #expect(try cluster.owner(ofSlot: Int(slot)).port == destination.port)
+            }
+            let afterMigration = load.succeeded.load(ordering: .relaxed)
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { load.succeeded.load(ordering: .relaxed) > afterMigration + 500 })
+            load.stop()
+            await running.value
+
+            #expect(load.failed.load(ordering: .relaxed) == 0, "\(load.failureSummary)")
+            let counters = client.counters
+            #expect(counters.movedRedirects > 0)
+            #expect(counters.askRedirects > 0)
+            // Every key migrated reads its value from its new owner, through the client.
+            let values = try await client.mget(migrating)
+            #expect(values.allSatisfy { $0 != nil })
+            for slot in slots {
+                #expect(client.route(forKey: key(inSlot: slot, "x")).primary?.port == (try cluster.owner(ofSlot: Int(slot))).port)
+            }
+            print("migration: \(load.succeeded.load(ordering: .relaxed)) requests, 0 failed, moved \(counters.movedRedirects), ask \(counters.askRedirects)")
+            await client.shutdown()
+        }
+    }
+
+    /// A primary killed with SIGKILL under load: its replica is promoted, the client serves the shard again
+    /// within node timeout + 2 s, and no acknowledged write is lost except those Redis' asynchronous
+    /// replication had not yet shipped when the primary died (acknowledged in the last moments before the
+    /// kill).
+    @Test func primaryKilledUnderLoad() async throws {
+        try await withCluster { cluster in
+            let client = try await RedisClusterClient.connect(seeds: cluster.seedURLs, configuration: testConfiguration())
+            let victimSlot = ClusterSlot.slot(forKey: "{victim}")
+            let victim = try cluster.owner(ofSlot: Int(victimSlot))
+            let replica = try #require(cluster.replicas(of: victim).first)
+            let victimKeys = (0..<30).map { key(inSlot: victimSlot, "k\($0)") }
+            let keys = victimKeys + (0..<60).map { "survivor:\($0)" }
+            let load = ClusterLoad(client: client, keys: keys)
+            let running = Task { await load.run(workers: 10) }
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { load.succeeded.load(ordering: .relaxed) > 1000 })
+
+            let killedAt = ContinuousClock.now
+            try await victim.kill(signal: SIGKILL)
+            // Served again: a read and write on the victim shard succeeded after the kill.
+            let recovered = await eventually(timeout: .seconds(15), pollingEvery: .milliseconds(5)) {
+                load.lastSuccess.withLock { last in victimKeys.contains { (last[$0] ?? killedAt) > killedAt } }
+            }
+            #expect(recovered)
+            let recovery = load.lastSuccess.withLock { last in
+                victimKeys.compactMap { last[$0] }.filter { $0 > killedAt }.min().map { $0 - killedAt }
+            }
+            let promoted = try await cluster.command(["ROLE"], on: replica)
+            #expect(promoted.text == "" && { if case .array(let role) = promoted { return role.first?.text == "master" } else { return false } }())
+            let served = load.succeeded.load(ordering: .relaxed)
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { load.succeeded.load(ordering: .relaxed) > served + 1000 })
+            load.stop()
+            await running.value
+
+            let recoveryTime = try #require(recovery)
+            print("failover: shard served again \(recoveryTime) after SIGKILL; failed requests during it: \(load.failed.load(ordering: .relaxed)); counters \(client.counters)")
+            #expect(recoveryTime <= cluster.nodeTimeout + .seconds(2), "recovery took \(recoveryTime)")
+            #expect(client.counters.failoversSeen >= 1)
+
+            // Acknowledged writes: every key holds at least its last acknowledged value; a key of the killed
+            // shard may hold less only if that value was acknowledged just before the kill (not yet replicated).
+            let acks = load.acks.withLock { $0 }
+            let values = try await client.mget(keys)
+            var lostBeforeKill = [String]()
+            for (key, value) in zip(keys, values) {
+                guard let ack = acks[key] else { continue }
+                let stored = value.flatMap { Int(String(decoding: $0, as: UTF8.self)) } ?? 0
+                if stored < ack.value {
+                    #expect(victimKeys.contains(key), "\(key) lost acknowledged write \(ack.value) on a shard that did not fail")
+                    #expect(ack.at <= killedAt && killedAt - ack.at < .milliseconds(500), "\(key) lost a write acknowledged \(killedAt - ack.at) before the kill")
+                    lostBeforeKill.append(key)
+                }
+            }
+            print("failover: acknowledged writes lost to asynchronous replication: \(lostBeforeKill.count) of \(keys.count) keys")
+            await client.shutdown()
+        }
+    }
+
+    /// `CLUSTER FAILOVER` (manual) under load: the primary pauses its clients until the replica has caught
+    /// up, the roles swap, the client follows MOVED, and no request fails.
+    @Test func manualFailoverFailsNoRequest() async throws {
+        try await withCluster { cluster in
+            let client = try await RedisClusterClient.connect(seeds: cluster.seedURLs, configuration: testConfiguration())
+            let slot = ClusterSlot.slot(forKey: "{manual}")
+            let primary = try cluster.owner(ofSlot: Int(slot))
+            let replica = try #require(cluster.replicas(of: primary).first)
+            let keys = (0..<40).map { key(inSlot: slot, "k\($0)") } + (0..<40).map { "other:\($0)" }
+            let load = ClusterLoad(client: client, keys: keys)
+            let running = Task { await load.run(workers: 8) }
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { load.succeeded.load(ordering: .relaxed) > 500 })
+            try await cluster.failover(to: replica)
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { client.route(forKey: keys[0]).primary?.port == replica.port })
+            let after = load.succeeded.load(ordering: .relaxed)
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { load.succeeded.load(ordering: .relaxed) > after + 500 })
+            load.stop()
+            await running.value
+            #expect(load.failed.load(ordering: .relaxed) == 0, "\(load.failureSummary)")
+            #expect(client.counters.failoversSeen + client.counters.movedRedirects >= 1)
+            print("manual failover: \(load.succeeded.load(ordering: .relaxed)) requests, 0 failed; counters \(client.counters)")
+            await client.shutdown()
+        }
+    }
+
+    /// A node added (an empty primary given a slot under load) gets a pool and its keys; a replica removed
+    /// (`CLUSTER FORGET` everywhere) has its pool drained and dropped; no request fails.
+    @Test func nodeAddedAndNodeRemoved() async throws {
+        try await withCluster { cluster in
+            let client = try await RedisClusterClient.connect(seeds: cluster.seedURLs, configuration: testConfiguration())
+            let slot = ClusterSlot.slot(forKey: "{grow}")
+            let keys = (0..<40).map { key(inSlot: slot, "k\($0)") } + (0..<40).map { "other:\($0)" }
+            let load = ClusterLoad(client: client, keys: keys)
+            let running = Task { await load.run(workers: 8) }
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { load.succeeded.load(ordering: .relaxed) > 300 })
+
+            let added = try await cluster.addNode()
+            try await cluster.migrateSlot(Int(slot), to: added)
+            let newAddress = ClusterNodeAddress(host: "127.0.0.1", port: added.port)
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { client.route(forKey: keys[0]).primary == newAddress })
+            let direct = try await directConnection(added)
+            let value = try await direct.command("GET", keys[0])
+            #expect(!value.isNull, "the migrated key is not on the new node")
+            direct.closeBlocking()
+
+            let someReplica = try #require(cluster.nodes.first { node in
+                cluster.replicas(of: cluster.primaries().first!).contains { $0 === node }
+            })
+            let removedAddress = ClusterNodeAddress(host: "127.0.0.1", port: someReplica.port)
+            #expect(client.status().nodes.contains { $0.address == removedAddress })
+            try await cluster.removeNode(someReplica)
+            #expect(await eventually(pollingEvery: .milliseconds(20)) {
+                let nodes = client.status().nodes.map(\.address)
+                return !nodes.contains(removedAddress) && nodes.contains(newAddress)
+            })
+            let after = load.succeeded.load(ordering: .relaxed)
+            #expect(await eventually(pollingEvery: .milliseconds(10)) { load.succeeded.load(ordering: .relaxed) > after + 300 })
+            load.stop()
+            await running.value
+            #expect(load.failed.load(ordering: .relaxed) == 0, "\(load.failureSummary)")
+            await client.shutdown()
+        }
+    }
+}
