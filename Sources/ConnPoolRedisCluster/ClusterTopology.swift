@@ -97,7 +97,7 @@ public struct ClusterTopology: Sendable, Hashable, Codable {
 
     /// Parses a `CLUSTER SHARDS` reply (Redis 7). A node's address is its `endpoint` (its `ip` when the
     /// endpoint is unknown, `?` or empty: then `askedHost`, the host the reply came from, when the ip is
-    /// empty too). Replicas whose `health` is not `online` are left out; a shard's primary is its
+    /// empty too). Replicas whose `health` is `failed` are left out; a shard's primary is its
     /// `master` (the online one when there are two, as right after a failover).
     ///
     /// - Throws: ``RedisError/unexpectedReply(expected:actual:)`` when the reply has another shape.
@@ -124,7 +124,11 @@ public struct ClusterTopology: Sendable, Hashable, Codable {
                 if host.isEmpty || host == "?" { host = (try? node["ip"]?.string) ?? "" }
                 if host.isEmpty || host == "?" { host = askedHost }
                 let address = ClusterNodeAddress(host: host, port: port)
-                let online = ((try? node["health"]?.string) ?? "online") == "online"
+                // "failed" is left out; "loading" is kept: Redis 7.0 reports a replica whose replication
+                // offset is still 0 (no write since it synced) as loading, and a replica really loading
+                // answers -LOADING, which the client retries.
+                let health = (try? node["health"]?.string) ?? "online"
+                let online = health != "failed" && health != "fail"
                 switch (try? node["role"]?.string) ?? "" {
                 case "master": primaries.append((address, online))
                 default: if online { replicas.append(address) }

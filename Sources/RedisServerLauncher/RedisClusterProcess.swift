@@ -212,7 +212,10 @@ public final class RedisClusterProcess: Sendable, CustomStringConvertible {
             }
             if !info.contains("cluster_state:ok") { return "node \(node.port): cluster_state is not ok" }
             if !info.contains("cluster_slots_assigned:16384") { return "node \(node.port): not every slot is assigned" }
-            if !info.contains("cluster_known_nodes:\(all.count)\r") { return "node \(node.port) does not know every node yet" }
+            let known = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("cluster_known_nodes:") } ?? "?"
+            if known != "cluster_known_nodes:\(all.count)" {
+                return "node \(node.port) does not know every node yet (\(known), \(all.count) members)"
+            }
             let lines = clusterNodes.split(separator: "\n").map { line -> String in
                 let fields = line.split(separator: " ", omittingEmptySubsequences: true)
                 guard fields.count >= 8 else { return String(line) }
