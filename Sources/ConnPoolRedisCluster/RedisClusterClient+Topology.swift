@@ -147,6 +147,7 @@ extension RedisClusterClient {
             }
         }
         guard let view = ClusterTopology.elect(views) else {
+            if Task.isCancelled || isShutDown { return .failure(.shutDown) }
             counterCells.refreshFailures.add(1, ordering: .relaxed)
             let error = RedisClusterError.topologyUnavailable(tried: tried, lastCause: lastCause)
             state.withLock { $0.lastRefreshError = error.description }
