@@ -77,7 +77,10 @@ enum ResponsePolicy: Sendable, Hashable {
 
 /// What the server's `COMMAND` reply says about one command (or one subcommand, `object|encoding`).
 struct CommandInfo: Sendable {
+    /// The server's name, lowercase (`get`, `object|encoding`).
     var name: String
+    /// The name for messages, uppercase with a space before a subcommand (`OBJECT ENCODING`).
+    var displayName: String
     var isReadOnly: Bool
     var keySpecs: [CommandKeySpec]
     var requestPolicy: RequestPolicy
@@ -253,7 +256,7 @@ struct CommandTable: Sendable {
             }
         }
         return CommandInfo(
-            name: name.lowercased(), isReadOnly: flags.contains("readonly"), keySpecs: specs,
+            name: name.lowercased(), displayName: name.uppercased().replacing("|", with: " "), isReadOnly: flags.contains("readonly"), keySpecs: specs,
             requestPolicy: requestPolicy, responsePolicy: responsePolicy, subcommands: subcommands)
     }
 

@@ -27,35 +27,37 @@ struct CommandRoute: Sendable {
 
 extension RedisClusterClient {
     /// Commands that change a connection's session, which a cluster client cannot honour (each command
-    /// may use another connection), with what to use instead.
+    /// may use another connection), by their lowercase server name, with what to use instead.
     static let refusedCommands: [String: String] = [
-        "SELECT": "a cluster has only database 0",
-        "MULTI": "use transaction(_:), which runs MULTI … EXEC on the slot's node",
-        "EXEC": "use transaction(_:)",
-        "DISCARD": "use transaction(_:)",
-        "WATCH": "WATCH needs one connection across commands: use a RedisConnection to the slot's node",
-        "UNWATCH": "use transaction(_:)",
-        "AUTH": "give the credentials in the seed URL",
-        "HELLO": "the client speaks RESP2 with the seed URL's credentials",
-        "RESET": "connections are reset by their pools",
-        "READONLY": "choose a read policy in RedisClusterConfiguration",
-        "READWRITE": "choose a read policy in RedisClusterConfiguration",
-        "ASKING": "the client sends ASKING itself when it follows an ASK redirection",
-        "QUIT": "use shutdown()",
-        "MONITOR": "MONITOR takes a connection over: use a RedisConnection to one node",
-        "SUBSCRIBE": "use a RedisSubscriber",
-        "PSUBSCRIBE": "use a RedisSubscriber",
-        "SSUBSCRIBE": "use a RedisSubscriber on the channel's node",
-        "UNSUBSCRIBE": "use a RedisSubscriber",
-        "PUNSUBSCRIBE": "use a RedisSubscriber",
-        "SUNSUBSCRIBE": "use a RedisSubscriber",
-        "SYNC": "replication commands take a connection over",
-        "PSYNC": "replication commands take a connection over",
-    ]
-
-    /// `CLIENT` subcommands that change the session.
-    static let refusedClientSubcommands: Set<String> = [
-        "SETNAME", "TRACKING", "CACHING", "REPLY", "NO-EVICT", "NO-TOUCH", "SETINFO",
+        "select": "a cluster has only database 0",
+        "multi": "use transaction(_:), which runs MULTI … EXEC on the slot's node",
+        "exec": "use transaction(_:)",
+        "discard": "use transaction(_:)",
+        "watch": "WATCH needs one connection across commands: use a RedisConnection to the slot's node",
+        "unwatch": "use transaction(_:)",
+        "auth": "give the credentials in the seed URL",
+        "hello": "the client speaks RESP2 with the seed URL's credentials",
+        "reset": "connections are reset by their pools",
+        "readonly": "choose a read policy in RedisClusterConfiguration",
+        "readwrite": "choose a read policy in RedisClusterConfiguration",
+        "asking": "the client sends ASKING itself when it follows an ASK redirection",
+        "quit": "use shutdown()",
+        "monitor": "MONITOR takes a connection over: use a RedisConnection to one node",
+        "subscribe": "use a RedisSubscriber",
+        "psubscribe": "use a RedisSubscriber",
+        "ssubscribe": "use a RedisSubscriber on the channel's node",
+        "unsubscribe": "use a RedisSubscriber",
+        "punsubscribe": "use a RedisSubscriber",
+        "sunsubscribe": "use a RedisSubscriber",
+        "sync": "replication commands take a connection over",
+        "psync": "replication commands take a connection over",
+        "client|setname": "it changes the connection's session, and each command may use another connection",
+        "client|tracking": "it changes the connection's session, and each command may use another connection",
+        "client|caching": "it changes the connection's session, and each command may use another connection",
+        "client|reply": "it changes the connection's session, and each command may use another connection",
+        "client|no-evict": "it changes the connection's session, and each command may use another connection",
+        "client|no-touch": "it changes the connection's session, and each command may use another connection",
+        "client|setinfo": "it changes the connection's session, and each command may use another connection",
     ]
 
     /// Decides where `arguments` go: by the slot of their keys (all must share it), or to one or all
@@ -65,21 +67,15 @@ extension RedisClusterClient {
     ///   ``RedisClusterError/unsupportedCommand(command:reason:)``, or ``RedisError/invalidCommand(_:)``
     ///   for an empty command.
     func route(_ arguments: [RedisArgument]) throws -> CommandRoute {
-        guard let first = arguments.first else { throw RedisError.invalidCommand("a command needs at least its name") }
-        let name = CommandTable.text(first).uppercased()
-        if let reason = Self.refusedCommands[name] {
-            throw RedisClusterError.unsupportedCommand(command: name, reason: reason)
-        }
-        if name == "CLIENT", arguments.count >= 2,
-            Self.refusedClientSubcommands.contains(CommandTable.text(arguments[1]).uppercased())
-        {
-            throw RedisClusterError.unsupportedCommand(
-                command: "CLIENT \(CommandTable.text(arguments[1]).uppercased())",
-                reason: "it changes the connection's session, and each command may use another connection")
-        }
+        guard !arguments.isEmpty else { throw RedisError.invalidCommand("a command needs at least its name") }
         guard let info = commands.info(for: arguments) else {
             // Unknown to the server's table: one primary; its reply (MOVED included) decides.
+            let name = CommandTable.text(arguments[0]).uppercased()
             return CommandRoute(target: .anyPrimary, isReadOnly: false, response: .default, name: name)
+        }
+        let name = info.displayName
+        if let reason = Self.refusedCommands[info.name] {
+            throw RedisClusterError.unsupportedCommand(command: name, reason: reason)
         }
         switch CommandTable.keyPositions(arguments, info: info) {
         case .askServer:

@@ -84,7 +84,8 @@ public final class RedisClusterClient: Sendable {
         var lastRefreshStart: ContinuousClock.Instant?
         var periodicTask: Task<Void, Never>?
         var isShutDown = false
-        var draining: [Task<Void, Never>] = []
+        /// Pools of nodes that left, draining, by node index (removed when done).
+        var draining: [UInt16: Task<Void, Never>] = [:]
     }
 
     private init(
@@ -238,7 +239,7 @@ public final class RedisClusterClient: Sendable {
         await withTaskGroup(of: Void.self) { group in
             for node in nodes { group.addTask { await node.drain(gracePeriod: self.configuration.drainGracePeriod) } }
         }
-        for task in draining { await task.value }
+        for task in draining.values { await task.value }
     }
 
     /// ``shutdown()`` on the calling thread, blocking it (never call it on a cooperative thread).
@@ -355,8 +356,11 @@ public final class RedisClusterClient: Sendable {
         for node in removed {
             logger.info("cluster node \(node.address) left the topology: draining its pools")
             let grace = configuration.drainGracePeriod
-            let task = Task { await node.drain(gracePeriod: grace) }
-            state.withLock { $0.draining.append(task) }
+            let task = Task { [weak self] in
+                await node.drain(gracePeriod: grace)
+                _ = self?.state.withLock { $0.draining.removeValue(forKey: node.index) }
+            }
+            state.withLock { $0.draining[node.index] = task }
         }
     }
 
