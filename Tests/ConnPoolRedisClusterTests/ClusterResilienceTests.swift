@@ -118,6 +118,50 @@ struct ClusterResilienceTests {
         }
     }
 
+    /// A cluster-wide SCAN whose last shard's primary is killed mid-scan: the step is retried until the
+    /// replica is promoted, the shard is scanned again from cursor 0 on it, and every key is returned.
+    @Test func scanSurvivesAFailoverMidScan() async throws {
+        try await withCluster { cluster in
+            let client = try await RedisClusterClient.connect(seeds: cluster.seedURLs, configuration: testConfiguration())
+            let keys = Set((0..<900).map { "scanfail:\($0)" })
+            try await client.mset(keys.map { ($0, RedisArgument.string("v")) })
+            let lastShard = try #require(client.topology.shards.last)
+            let victim = try cluster.owner(ofSlot: lastShard.slotRanges[0].lowerBound)
+            let replica = try #require(cluster.replicas(of: victim).first)
+            // The replica has every key before the primary dies.
+            let primaryConnection = try await directConnection(victim)
+            let replicaConnection = try await directConnection(replica)
+            let expected = try await primaryConnection.command("DBSIZE").int
+            #expect(await eventually(pollingEvery: .milliseconds(10)) {
+                (try? await replicaConnection.command("DBSIZE").int) == expected
+            })
+            primaryConnection.closeBlocking()
+            replicaConnection.closeBlocking()
+
+            var seen = Set<String>()
+            var returned = 0
+            var fromLastShard = 0
+            var killed = false
+            for try await key in client.scan(match: "scanfail:*", count: 10) {
+                seen.insert(key)
+                returned += 1
+                if lastShard.slotRanges.contains(where: { $0.contains(Int(ClusterSlot.slot(forKey: key))) }) { fromLastShard += 1 }
+                // Kill the last shard's primary in the middle of its scan (its cursor is not 0).
+                if !killed && fromLastShard == 30 {
+                    try await victim.kill(signal: SIGKILL)
+                    killed = true
+                }
+            }
+            #expect(killed)
+            #expect(seen == keys, "\(keys.subtracting(seen).count) keys missed")
+            // The shard was scanned again from cursor 0 on the promoted replica: its first keys came twice.
+            #expect(returned >= keys.count + 30)
+            #expect(client.counters.failoversSeen >= 1)
+            print("scan across a failover: \(returned) keys returned for \(keys.count) (duplicates \(returned - seen.count))")
+            await client.shutdown()
+        }
+    }
+
     /// `CLUSTER FAILOVER` (manual) under load: the primary pauses its clients until the replica has caught
     /// up, the roles swap, the client follows MOVED, and no request fails.
     @Test func manualFailoverFailsNoRequest() async throws {
