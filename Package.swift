@@ -171,6 +171,7 @@ let package = Package(
             dependencies: [
                 "ConnPool", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolMetrics", "ConnPoolPrometheus", "ConnPoolTestSupport",
                 "RedisServerLauncher",
+                "ConnPoolRedisCluster",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
