@@ -95,6 +95,7 @@ let package = Package(
             name: "redis-bench",
             dependencies: [
                 "ConnPool", "ConnPoolIO", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolBenchHarness", "RedisServerLauncher", "ConnPoolChaos", "ConnPoolPrometheus",
+                "ConnPoolRedisCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

@@ -111,6 +111,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "While running, serve /metrics (Prometheus) and /status (JSON) for the pool under test on 127.0.0.1:PORT (0: any free port).")
     var metricsPort: Int?
 
+    @Option(help: "Benchmark a Redis Cluster through RedisClusterClient: start a throwaway cluster of N primaries (with --url: the comma-separated seed URLs of an existing cluster, N ignored); compares with redis-benchmark --cluster.")
+    var cluster: Int?
+
     // MARK: Validation
 
     func validate() throws {
@@ -158,6 +161,7 @@ struct RunCommand: AsyncParsableCommand {
     // MARK: Run
 
     func run() async throws {
+        if let cluster { return try await ClusterBench(command: self, primaries: cluster).run() }
         let workloads = try parsedWorkloads()
         let levels = try parsedConcurrency()
         let stop: BenchStopCondition =
