@@ -13,9 +13,9 @@ extension RedisConnection {
     /// was killed or restarted. A zero-timeout `poll()`; nothing is read or sent, and the connection's state
     /// does not change.
     ///
-    /// The cluster client checks this before sending a write on a pooled connection, so that a write on a
-    /// connection whose node died is known not to have been sent (and may be retried elsewhere) instead
-    /// of failing with an unknown outcome.
+    /// The cluster client checks this before sending a write on a pooled connection to a node that just
+    /// had a connection error, so that a write on a connection whose node died is known not to have been
+    /// sent (and may be retried elsewhere) instead of failing with an unknown outcome.
     ///
     /// - Precondition: the caller holds the connection (a lease) and no command is under way on it.
     package func peerHasClosed() -> Bool {

@@ -78,6 +78,27 @@ final class ClusterNode: Sendable {
     let readOnlyPool: ConnectionPool<ClusterNodeConnectionFactory>?
     /// Set when the node left the topology (its pools are draining).
     let isRemoved = Atomic<Bool>(false)
+    /// Until when (``ClusterNode/now``, in nanoseconds) writes check their pooled connection for a close by
+    /// the node before sending: set for 10 s by a connection error on this node. A node that just failed
+    /// (killed, restarted) leaves closed connections in the pool; each would otherwise fail a write with
+    /// an unknown outcome. Outside that window the check (a `poll()` per write) is skipped.
+    private let suspectUntil = Atomic<Int64>(0)
+
+    /// Marks the node suspect: its pooled connections may have been closed by it.
+    func noteConnectionError() {
+        suspectUntil.store(Self.now() + 10_000_000_000, ordering: .relaxed)
+    }
+
+    /// `true` while writes should check their connection before sending.
+    var isSuspect: Bool { suspectUntil.load(ordering: .relaxed) > Self.now() }
+
+    /// Nanoseconds since the first call in the process (a monotonic clock).
+    static func now() -> Int64 {
+        let elapsed = ContinuousClock.now - base
+        return elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
+    }
+
+    private static let base = ContinuousClock.now
 
     init(
         index: UInt16, address: ClusterNodeAddress, seed: RedisConnectionConfiguration,

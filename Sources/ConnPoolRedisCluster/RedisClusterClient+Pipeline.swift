@@ -5,6 +5,7 @@ public import ConnPoolRedis
 extension RedisClusterClient {
     /// The commands of a pipeline that go to one node's pool.
     private struct NodeBatch {
+        let node: ClusterNode
         let pool: ConnectionPool<ClusterNodeConnectionFactory>
         var indices: [Int]
         var hasWrite: Bool
@@ -17,19 +18,19 @@ extension RedisClusterClient {
         var order = [ObjectIdentifier]()
         var oneByOne = [Int]()
         for (index, route) in routes.enumerated() {
-            let chosen: ConnectionPool<ClusterNodeConnectionFactory>?
+            let chosen: (node: ClusterNode, pool: ConnectionPool<ClusterNodeConnectionFactory>)?
             switch route.target {
-            case .slot(let slot): chosen = try target(forSlot: slot, readOnly: route.isReadOnly)?.pool
-            case .anyPrimary: chosen = anyPrimary()?.pool
+            case .slot(let slot): chosen = try target(forSlot: slot, readOnly: route.isReadOnly)
+            case .anyPrimary: chosen = anyPrimary().map { ($0, $0.pool) }
             default: chosen = nil
             }
-            guard let pool = chosen else {
+            guard let (node, pool) = chosen else {
                 oneByOne.append(index)
                 continue
             }
             let key = ObjectIdentifier(pool)
             if batches[key] == nil {
-                batches[key] = NodeBatch(pool: pool, indices: [], hasWrite: false)
+                batches[key] = NodeBatch(node: node, pool: pool, indices: [], hasWrite: false)
                 order.append(key)
             }
             batches[key]!.indices.append(index)
@@ -111,10 +112,13 @@ extension RedisClusterClient {
                     let outcome: Result<[RedisReply], any Error>
                     do {
                         outcome = .success(try await batch.pool.withConnection(timeout: timeout) { connection in
-                            if batch.hasWrite && connection.peerClosedWhileIdle() { throw PeerClosedBeforeSend() }
+                            if batch.hasWrite && batch.node.isSuspect && connection.peerClosedWhileIdle() {
+                                throw PeerClosedBeforeSend()
+                            }
                             return try await connection.redis.pipeline(batch.indices.map { commands[$0] })
                         })
                     } catch {
+                        if Self.isConnectionFailure(error) { batch.node.noteConnectionError() }
                         outcome = .failure(error)
                     }
                     return self.absorb(outcome, batch: batch, routes: routesCopy)
@@ -162,10 +166,13 @@ extension RedisClusterClient {
         for batch in batches {
             let outcome = Result<[RedisReply], any Error> {
                 try batch.pool.withConnectionBlocking(timeout: timeout) { connection in
-                    if batch.hasWrite && connection.peerClosedWhileIdle() { throw PeerClosedBeforeSend() }
+                    if batch.hasWrite && batch.node.isSuspect && connection.peerClosedWhileIdle() {
+                        throw PeerClosedBeforeSend()
+                    }
                     return try connection.redis.pipelineBlocking(batch.indices.map { commands[$0] })
                 }
             }
+            if case .failure(let error) = outcome, Self.isConnectionFailure(error) { batch.node.noteConnectionError() }
             for (index, result) in absorb(outcome, batch: batch, routes: routes) {
                 if let result { results[index] = result } else { again.append(index) }
             }

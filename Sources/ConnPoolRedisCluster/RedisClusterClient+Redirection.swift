@@ -114,6 +114,15 @@ extension RedisClusterClient {
         }
     }
 
+    /// A failure to talk to the node (not a reply): the node's pooled connections may be stale.
+    static func isConnectionFailure(_ error: any Error) -> Bool {
+        switch error {
+        case let redisError as RedisError: return redisError.isConnectionError
+        case is ConnectionPoolError, is PeerClosedBeforeSend: return true
+        default: return false
+        }
+    }
+
     /// Errors raised before the request's bytes reached the server: the connection could not be made, was
     /// already broken or closed, or (for one command) its write failed, so the server saw at most an
     /// incomplete command, which it never executes.
@@ -174,12 +183,15 @@ extension RedisClusterClient {
                 do {
                     return try await chosen.pool.withConnection(timeout: min(remaining, configuration.pool.acquireTimeout)) {
                         connection in
-                        if !readOnly && connection.peerClosedWhileIdle() { throw PeerClosedBeforeSend() }
+                        if !readOnly && chosen.node.isSuspect && connection.peerClosedWhileIdle() {
+                            throw PeerClosedBeforeSend()
+                        }
                         return try await attempt(chosen.node, connection, asking)
                     }
                 } catch is CancellationError {
                     throw CancellationError()
                 } catch {
+                    if Self.isConnectionFailure(error) { chosen.node.noteConnectionError() }
                     decision = decide(error, name: name, readOnly: readOnly, singleCommand: singleCommand, budget: &budget)
                 }
             } else {
@@ -235,10 +247,13 @@ extension RedisClusterClient {
                 do {
                     return try chosen.pool.withConnectionBlocking(timeout: min(remaining, configuration.pool.acquireTimeout)) {
                         connection in
-                        if !readOnly && connection.peerClosedWhileIdle() { throw PeerClosedBeforeSend() }
+                        if !readOnly && chosen.node.isSuspect && connection.peerClosedWhileIdle() {
+                            throw PeerClosedBeforeSend()
+                        }
                         return try attempt(chosen.node, connection, asking)
                     }
                 } catch {
+                    if Self.isConnectionFailure(error) { chosen.node.noteConnectionError() }
                     decision = decide(error, name: name, readOnly: readOnly, singleCommand: singleCommand, budget: &budget)
                 }
             } else {

@@ -40,7 +40,8 @@ import Dispatch
 ///   connection (connect refused or timed out, circuit open, node shut down), the connection was broken
 ///   or closed before the command was written, the write of the command itself failed (an incomplete
 ///   command is never executed), or the pooled connection was found closed by its node before sending
-///   (the client checks the socket before each write). Any other failure of a write (no reply after it
+///   (for 10 s after a connection error on a node, each write checks its pooled connection with a
+///   zero-timeout `poll()` before sending). Any other failure of a write (no reply after it
 ///   was sent) is thrown as is, a ``RedisError``: its outcome is unknown.
 ///
 /// ## Topology
