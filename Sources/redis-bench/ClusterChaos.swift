@@ -191,6 +191,8 @@ struct ClusterChaos {
         _ fault: ClusterFault, cluster: RedisClusterProcess, client: RedisClusterClient, started: ContinuousClock.Instant,
         log: @Sendable (String) -> Void
     ) async -> ClusterFaultRecord {
+        // One fault at a time: the cluster is healthy again (every node agrees, replicas linked) first.
+        try? await cluster.waitUntilHealthy(timeout: .seconds(15))
         let at = ContinuousClock.now
         var record = ClusterFaultRecord(kind: fault.rawValue, time: Self.seconds(at - started), durationMs: 0, recoveryMs: nil, detail: "", error: nil, slots: [])
         do {
@@ -227,16 +229,38 @@ struct ClusterChaos {
         return record
     }
 
-    /// Clients connected to the nodes, minus the counting connection itself.
+    /// A `CLIENT LIST` line of a client of the load: not a replication link (`flags=S`/`M`), not the
+    /// counting connection, not a node's cached `MIGRATE` connection (`cmd=restore-asking`).
+    private static func isLoadClient(_ line: Substring) -> Bool {
+        !line.contains("flags=S") && !line.contains("flags=M") && !line.contains("cmd=client|list")
+            && !line.contains("cmd=restore-asking")
+    }
+
+    /// Clients connected to the nodes, minus the counting connection itself and replication links. A
+    /// server notices a closed connection at its next event-loop turn: counted again every 20 ms for up to
+    /// 2 s until none is left.
     private static func serverClients(_ cluster: RedisClusterProcess) async -> Int {
-        var total = 0
-        for node in cluster.nodes {
-            guard let list = try? await cluster.command(["CLIENT", "LIST"], on: node) else { continue }
-            // Replication and cluster-bus links are not clients; the admin connection is one.
-            let clients = list.text.split(separator: "\n").filter { !$0.contains("flags=S") && !$0.contains("flags=M") }
-            total += max(0, clients.count - 1)
+        let deadline = ContinuousClock.now + .seconds(2)
+        while true {
+            var total = 0
+            for node in cluster.nodes {
+                guard let list = try? await cluster.command(["CLIENT", "LIST"], on: node) else { continue }
+                let clients = list.text.split(separator: "\n").filter(isLoadClient)
+                total += clients.count
+            }
+            if total == 0 || ContinuousClock.now >= deadline {
+                if total > 0 {
+                    for node in cluster.nodes {
+                        guard let list = try? await cluster.command(["CLIENT", "LIST"], on: node) else { continue }
+                        for line in list.text.split(separator: "\n") where isLoadClient(line) {
+                            print("chaos --cluster: client still connected to \(node.port): \(line)")
+                        }
+                    }
+                }
+                return total
+            }
+            try? await Task.sleep(for: .milliseconds(20))
         }
-        return total
     }
 
     static func seconds(_ duration: Duration) -> Double {
