@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "ConnPoolMetrics", targets: ["ConnPoolMetrics"]),
         .library(name: "ConnPoolPrometheus", targets: ["ConnPoolPrometheus"]),
         .library(name: "ConnPoolRedisCluster", targets: ["ConnPoolRedisCluster"]),
+        .library(name: "ConnPoolRedisClusterMetrics", targets: ["ConnPoolRedisClusterMetrics"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -60,6 +61,12 @@ let package = Package(
         .target(
             name: "ConnPoolRedisCluster",
             dependencies: ["ConnPool", "ConnPoolRedis", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        // The cluster client's counters and node pools through swift-metrics.
+        .target(
+            name: "ConnPoolRedisClusterMetrics",
+            dependencies: ["ConnPool", "ConnPoolRedisCluster", "ConnPoolMetrics", .product(name: "Metrics", package: "swift-metrics")],
             swiftSettings: strictSettings
         ),
         // Backend 2: raw TCP sockets.
@@ -148,7 +155,10 @@ let package = Package(
         ),
         .testTarget(
             name: "ConnPoolRedisClusterTests",
-            dependencies: ["ConnPool", "ConnPoolRedis", "ConnPoolRedisCluster", "RedisServerLauncher", "ConnPoolTestSupport"],
+            dependencies: [
+                "ConnPool", "ConnPoolRedis", "ConnPoolRedisCluster", "ConnPoolRedisClusterMetrics", "RedisServerLauncher",
+                "ConnPoolTestSupport", .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(name: "ConnPoolIOTests", dependencies: ["ConnPoolIO", "ConnPoolTestSupport"], swiftSettings: strictSettings),

@@ -1,7 +1,9 @@
 import ConnPool
 import ConnPoolRedis
 import ConnPoolRedisCluster
+import ConnPoolRedisClusterMetrics
 import ConnPoolTestSupport
+import MetricsTestKit
 import RedisServerLauncher
 import Testing
 
@@ -249,6 +251,21 @@ struct ClusterRoutingTests {
         #expect(try await writer.send(.get(key)) == "again")
         #expect(reader.counters.redirects == 0)
         #expect(reader.status().nodes.contains { $0.readOnlyPool?.metrics.created ?? 0 > 0 })
+
+        // preferReplica reads on the replica; roundRobin alternates between the primary and the replica.
+        let readerSeesIt = try await eventually(pollingEvery: .milliseconds(10)) { try await reader.send(.get(key)) == "again" }
+        #expect(readerSeesIt)
+        for (policy, expectPrimary) in [(RedisClusterReadPolicy.preferReplica, false), (.roundRobin, true)] {
+            let client = try await RedisClusterClient.connect(seeds: cluster.seedURLs, configuration: testConfiguration(readPolicy: policy))
+            let replicaBefore = try await calls(of: "get", on: replicas)
+            let primaryBefore = try await calls(of: "get", on: [primary])
+            for _ in 0..<20 { #expect(try await client.send(.get(key)) == "again") }
+            let replicaServed = try await calls(of: "get", on: replicas) - replicaBefore
+            let primaryServed = try await calls(of: "get", on: [primary]) - primaryBefore
+            #expect(replicaServed >= (expectPrimary ? 5 : 20), "\(policy): replica served \(replicaServed)")
+            #expect(expectPrimary ? primaryServed >= 5 : primaryServed == 0, "\(policy): primary served \(primaryServed)")
+            await client.shutdown()
+        }
         _ = try await writer.del([key])
         await reader.shutdown()
         await writer.shutdown()
@@ -273,6 +290,34 @@ struct ClusterRoutingTests {
         #expect(text.contains("connpool_cluster_refreshes_total"))
         #expect(text.contains("connpool_cluster_failovers_seen_total 0"))
         _ = try await client.del(["status:k"])
+        await client.shutdown()
+    }
+
+    /// The swift-metrics exporter: cluster counters, slots per node, each node pool labelled by address.
+    @Test func metricsThroughSwiftMetrics() async throws {
+        let cluster = try await SharedCluster.get()
+        let client = try await RedisClusterClient.connect(seeds: cluster.seedURLs, configuration: testConfiguration())
+        let metrics = TestMetrics()
+        let exporter = ClusterMetricsExporter(client: client, every: .seconds(3600), factory: metrics)
+        try await client.refreshTopology()
+        for index in 0..<30 { try await client.send(.set("metrics:\(index)", "v")) }
+        exporter.exportNow()
+        try await client.refreshTopology()
+        exporter.stop()
+        let refreshes = try metrics.expectCounter("connpool_cluster_refreshes_total", []).totalValue
+        #expect(refreshes == Int64(client.counters.refreshes))
+        #expect(refreshes >= 2)
+        var slots = 0.0
+        var acquires: Int64 = 0
+        for node in client.status().nodes {
+            slots += try metrics.expectGauge("connpool_cluster_slots", [("node", node.address.description)]).lastValue ?? 0
+            if node.role == "primary" {
+                acquires += try metrics.expectCounter("connpool_acquires_total", [("pool", "cluster:\(node.address)")]).totalValue
+            }
+        }
+        #expect(slots == 16_384)
+        #expect(acquires >= 30)
+        _ = try await client.del((0..<30).map { "metrics:\($0)" })
         await client.shutdown()
     }
 
