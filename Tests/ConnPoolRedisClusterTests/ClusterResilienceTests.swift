@@ -198,6 +198,14 @@ struct ClusterResilienceTests {
             #expect(load.failed.load(ordering: .relaxed) == 0, "\(load.failureSummary)")
             #expect(client.counters.failoversSeen + client.counters.movedRedirects >= 1)
             print("manual failover: \(load.succeeded.load(ordering: .relaxed)) requests, 0 failed; counters \(client.counters)")
+            // FLUSHALL goes to every primary, the new one included.
+            #expect(try await client.command("DBSIZE").int > 0)
+            #expect(try await client.command("FLUSHALL").string == "OK")
+            for node in cluster.primaries() {
+                let connection = try await directConnection(node)
+                #expect(try await connection.command("DBSIZE").int == 0, "\(node.port) still has keys")
+                connection.closeBlocking()
+            }
             await client.shutdown()
         }
     }
