@@ -110,8 +110,8 @@ struct ClusterResilienceTests {
             let recoveryTime = try #require(recovery)
             let promotedAfter = try #require(await promotion.value)
             print("failover: replica promoted \(promotedAfter) after SIGKILL; shard served again by the client \(recoveryTime) after it (probe failures \(probeFailures)); load requests failed: \(load.failed.load(ordering: .relaxed)) of \(load.succeeded.load(ordering: .relaxed) + load.failed.load(ordering: .relaxed)); counters \(client.counters)")
-            // The client's part: serving the shard within a second of the promotion.
-            #expect(recoveryTime - promotedAfter < .seconds(1), "the client lagged the promotion by \(recoveryTime - promotedAfter)")
+            // The client's part: serving the shard within 1.5 s of the promotion (0.17–0.26 s measured).
+            #expect(recoveryTime - promotedAfter < .milliseconds(1500), "the client lagged the promotion by \(recoveryTime - promotedAfter)")
             // The whole within node timeout + 2 s, when Redis itself promoted in its usual time (node timeout
             // plus an election of up to a second, with a 500 ms margin: a starved machine can slow Redis down).
             if promotedAfter <= cluster.nodeTimeout + .milliseconds(1500) {
