@@ -63,10 +63,13 @@ let package = Package(
             dependencies: ["ConnPool", "ConnPoolRedis", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
-        // The cluster client's counters and node pools through swift-metrics.
+        // The cluster client's counters and node pools through swift-metrics, and as a Prometheus exposition.
         .target(
             name: "ConnPoolRedisClusterMetrics",
-            dependencies: ["ConnPool", "ConnPoolRedisCluster", "ConnPoolMetrics", .product(name: "Metrics", package: "swift-metrics")],
+            dependencies: [
+                "ConnPool", "ConnPoolRedisCluster", "ConnPoolMetrics", "ConnPoolPrometheus",
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
             swiftSettings: strictSettings
         ),
         // Backend 2: raw TCP sockets.

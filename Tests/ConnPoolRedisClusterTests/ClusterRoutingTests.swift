@@ -317,6 +317,12 @@ struct ClusterRoutingTests {
         }
         #expect(slots == 16_384)
         #expect(acquires >= 30)
+        // The Prometheus exposition: every node pool's series and the cluster's.
+        let exposition = client.prometheusExposition()
+        for node in client.status().nodes {
+            #expect(exposition.contains("connpool_connections{pool=\"cluster:\(node.address)\""), "no series for \(node.address)")
+        }
+        #expect(exposition.contains("connpool_cluster_refreshes_total \(client.counters.refreshes)"))
         _ = try await client.del((0..<30).map { "metrics:\($0)" })
         await client.shutdown()
     }
