@@ -149,10 +149,22 @@ struct CommandTable: Sendable {
     /// `getKeysUsingKeySpecs` does). Out-of-range positions are dropped (the server then reports its
     /// own arity error).
     static func keyPositions(_ arguments: [RedisArgument], info: CommandInfo) -> Keys {
-        let argc = arguments.count
         var positions = [Int]()
+        let complete = forEachKeyPosition(arguments, info: info) { positions.append($0) }
+        return complete ? .positions(positions) : .askServer
+    }
+
+    /// Calls `body` with the index of each key in `arguments`, in the specs' order, without allocating.
+    ///
+    /// - Returns: `false` when the specs cannot tell (unknown or incomplete): ask the server with
+    ///   `COMMAND GETKEYS` (`body` may have been called for some keys already).
+    @inline(__always)
+    static func forEachKeyPosition<E: Error>(
+        _ arguments: [RedisArgument], info: CommandInfo, _ body: (Int) throws(E) -> Void
+    ) throws(E) -> Bool {
+        let argc = arguments.count
         for spec in info.keySpecs {
-            if spec.needsServer { return .askServer }
+            if spec.needsServer { return false }
             var first: Int
             switch spec.begin {
             case .index(let index):
@@ -173,7 +185,7 @@ struct CommandTable: Sendable {
                 guard let found else { continue }
                 first = found
             case .unknown:
-                return .askServer
+                return false
             }
             var last: Int
             var step: Int
@@ -194,16 +206,16 @@ struct CommandTable: Sendable {
                 first += firstKey
                 last = first + (number - 1) * keyStep
             case .unknown:
-                return .askServer
+                return false
             }
             guard step > 0 else { continue }
             var index = first
             while index <= last && index < argc {
-                if index >= 1 { positions.append(index) }
+                if index >= 1 { try body(index) }
                 index += step
             }
         }
-        return .positions(positions)
+        return true
     }
 
     // MARK: Parsing

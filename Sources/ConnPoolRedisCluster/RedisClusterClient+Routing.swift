@@ -77,21 +77,26 @@ extension RedisClusterClient {
         if let reason = Self.refusedCommands[info.name] {
             throw RedisClusterError.unsupportedCommand(command: name, reason: reason)
         }
-        switch CommandTable.keyPositions(arguments, info: info) {
-        case .askServer:
-            return CommandRoute(target: .askServer, isReadOnly: info.isReadOnly, response: info.responsePolicy, name: name)
-        case .positions(let positions):
-            if let slot = try Self.commonSlot(arguments, positions: positions, name: name) {
-                return CommandRoute(target: .slot(slot), isReadOnly: info.isReadOnly, response: info.responsePolicy, name: name)
-            }
-            let target: CommandRoute.Target
-            switch info.requestPolicy {
-            case .allShards: target = .allPrimaries
-            case .allNodes: target = .allNodes
-            default: target = .anyPrimary
-            }
-            return CommandRoute(target: target, isReadOnly: info.isReadOnly, response: info.responsePolicy, name: name)
+        // The slot all keys share, found without allocating.
+        var slot: UInt16?
+        let complete = try CommandTable.forEachKeyPosition(arguments, info: info) { (position: Int) throws(RedisClusterError) in
+            let keySlot = arguments[position].withRedisArgumentBytes { ClusterSlot.slot(forKeyBytes: $0) }
+            if let slot, slot != keySlot { throw .crossSlot(command: name, slots: [slot, keySlot]) }
+            slot = keySlot
         }
+        guard complete else {
+            return CommandRoute(target: .askServer, isReadOnly: info.isReadOnly, response: info.responsePolicy, name: name)
+        }
+        if let slot {
+            return CommandRoute(target: .slot(slot), isReadOnly: info.isReadOnly, response: info.responsePolicy, name: name)
+        }
+        let target: CommandRoute.Target
+        switch info.requestPolicy {
+        case .allShards: target = .allPrimaries
+        case .allNodes: target = .allNodes
+        default: target = .anyPrimary
+        }
+        return CommandRoute(target: target, isReadOnly: info.isReadOnly, response: info.responsePolicy, name: name)
     }
 
     /// The slot all the keys at `positions` share, `nil` without keys.

@@ -8,6 +8,7 @@ import ConnPoolRedis
 import ConnPoolRedisCluster
 import RedisServerLauncher
 import Synchronization
+import Foundation
 
 /// One measured (workload, concurrency) through the cluster client.
 struct ClusterBenchResult: Sendable {
@@ -34,6 +35,8 @@ struct ClusterBench {
     /// Keys spread over all slots (so every node serves its share).
     static let keyCount = 1024
     static func key(_ index: Int) -> String { "connpool-bench:cluster:\(index)" }
+    /// The keys, made once (a request allocates no key).
+    static let keys: [String] = (0..<keyCount).map(key)
 
     func run() async throws {
         let workloads = try command.parsedWorkloads()
@@ -41,7 +44,6 @@ struct ClusterBench {
         let requests = command.requests ?? (command.duration == nil ? RunCommand.defaultRequests : 0)
         if command.duration != nil { throw ValidationError("--cluster measures a request count: use --requests, not --duration") }
         if command.pipeline > 1 { throw ValidationError("--cluster does not support --pipeline (use the client's pipeline(_:) yourself)") }
-        if command.mode != .async { throw ValidationError("--cluster measures the async API (--mode async)") }
         let warmup = command.warmup ?? RunCommand.defaultWarmup
         #if DEBUG
         print("warning: this is a debug build; measure with `swift run -c release redis-bench`")
@@ -89,9 +91,11 @@ struct ClusterBench {
             let value = RedisArgument.bytes([UInt8](repeating: UInt8(ascii: "x"), count: command.valueSize))
             try await client.mset((0..<Self.keyCount).map { (Self.key($0), value) })
             for workload in workloads {
-                _ = try await drive(client, workload: workload, concurrency: level, requests: warmup, value: value)
+              for mode in command.mode.modes {
+                let blocking = mode == .sync
+                _ = await drive(client, workload: workload, concurrency: level, requests: warmup, value: value, blocking: blocking)
                 let before = Self.acquiresByNode(client)
-                var result = try await drive(client, workload: workload, concurrency: level, requests: requests, value: value)
+                var result = await drive(client, workload: workload, concurrency: level, requests: requests, value: value, blocking: blocking)
                 let after = Self.acquiresByNode(client)
                 result.perNode = after.keys.sorted().map { node in
                     (node, Double((after[node] ?? 0) - (before[node] ?? 0)) / max(result.seconds, 1e-9))
@@ -104,6 +108,7 @@ struct ClusterBench {
                 }
                 print(Self.line(result))
                 results.append(result)
+              }
             }
             _ = try await client.del((0..<Self.keyCount).map(Self.key))
             await client.shutdown()
@@ -111,48 +116,84 @@ struct ClusterBench {
         return results
     }
 
-    /// Runs `requests` operations of `workload` with `concurrency` tasks; latencies of every request.
+    /// Every request's arguments, built before the run (a request allocates no key and no argument array,
+    /// like the single-server harness's fixed command).
+    struct RequestTable: Sendable {
+        let get: [[RedisArgument]]
+        let set: [[RedisArgument]]
+        let incr: [[RedisArgument]]
+
+        init(value: RedisArgument) {
+            get = ClusterBench.keys.map { ["GET", .string($0)] }
+            set = ClusterBench.keys.map { ["SET", .string($0), value] }
+            incr = (0..<64).map { ["INCR", .string("connpool-bench:cluster:counter:\($0)")] }
+        }
+
+        func arguments(_ workload: Workload, index: Int, key: Int) -> [RedisArgument] {
+            switch workload {
+            case .ping: return ["PING"]
+            case .get: return get[key]
+            case .set: return set[key]
+            case .incr: return incr[index % 64]
+            case .mixed: return Workload.mixedIsWrite(index) ? set[key] : get[key]
+            }
+        }
+    }
+
+    /// The loop of one task: requests until `requests` were taken; the latency of each, in microseconds,
+    /// and the number of errors.
+    private static func worker(
+        _ client: RedisClusterClient, _ workload: Workload, task: Int, next: RequestCounter, requests: Int,
+        table: RequestTable
+    ) async -> ([Double], Int) {
+        var latencies = [Double]()
+        var errors = 0
+        while true {
+            let index = next.value.add(1, ordering: .relaxed).oldValue
+            if index >= requests { break }
+            let arguments = table.arguments(workload, index: index, key: (index &* 7919 &+ task) % Self.keyCount)
+            let begin = ContinuousClock.now
+            do {
+                _ = try await client.command(arguments)
+                let elapsed = ContinuousClock.now - begin
+                latencies.append(Double(elapsed.components.attoseconds) / 1e12 + Double(elapsed.components.seconds) * 1e6)
+            } catch {
+                errors += 1
+            }
+        }
+        return (latencies, errors)
+    }
+
+    /// Runs `requests` operations of `workload` with `concurrency` tasks (async API) or plain threads
+    /// (blocking API); latencies of every request.
     private func drive(
-        _ client: RedisClusterClient, workload: Workload, concurrency: Int, requests: Int, value: RedisArgument
-    ) async throws -> ClusterBenchResult {
+        _ client: RedisClusterClient, workload: Workload, concurrency: Int, requests: Int, value: RedisArgument,
+        blocking: Bool
+    ) async -> ClusterBenchResult {
         let next = RequestCounter()
+        let table = RequestTable(value: value)
         let started = ContinuousClock.now
-        let perTask = await withTaskGroup(of: ([Double], Int).self) { group in
-            for task in 0..<concurrency {
-                group.addTask {
-                    var latencies = [Double]()
-                    latencies.reserveCapacity(requests / max(concurrency, 1) + 1)
-                    var errors = 0
-                    while true {
-                        let index = next.value.add(1, ordering: .relaxed).oldValue
-                        if index >= requests { break }
-                        let key = Self.key((index &* 7919 &+ task) % Self.keyCount)
-                        let begin = ContinuousClock.now
-                        do {
-                            switch workload {
-                            case .ping: _ = try await client.command(["PING"])
-                            case .get: _ = try await client.command(["GET", .string(key)])
-                            case .set: _ = try await client.command(["SET", .string(key), value])
-                            case .incr: _ = try await client.command(["INCR", .string("connpool-bench:cluster:counter:\(index % 64)")])
-                            case .mixed:
-                                if Workload.mixedIsWrite(index) {
-                                    _ = try await client.command(["SET", .string(key), value])
-                                } else {
-                                    _ = try await client.command(["GET", .string(key)])
-                                }
-                            }
-                            let elapsed = ContinuousClock.now - begin
-                            latencies.append(Double(elapsed.components.attoseconds) / 1e12 + Double(elapsed.components.seconds) * 1e6)
-                        } catch {
-                            errors += 1
-                        }
+        let perTask: [([Double], Int)]
+        if blocking {
+            perTask = await withCheckedContinuation { continuation in
+                let results = ThreadResults(count: concurrency, continuation)
+                for task in 0..<concurrency {
+                    Thread.detachNewThread {
+                        results.finish(task, Self.blockingWorker(client, workload, task: task, next: next, requests: requests, table: table))
                     }
-                    return (latencies, errors)
                 }
             }
-            var all = [([Double], Int)]()
-            for await part in group { all.append(part) }
-            return all
+        } else {
+            perTask = await withTaskGroup(of: ([Double], Int).self) { group in
+                for task in 0..<concurrency {
+                    group.addTask {
+                        await Self.worker(client, workload, task: task, next: next, requests: requests, table: table)
+                    }
+                }
+                var all = [([Double], Int)]()
+                for await part in group { all.append(part) }
+                return all
+            }
         }
         let elapsed = ContinuousClock.now - started
         let latencies = perTask.flatMap(\.0).sorted()
@@ -160,10 +201,33 @@ struct ClusterBench {
             latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))]
         }
         return ClusterBenchResult(
-            workload: workload.rawValue, concurrency: concurrency, requests: latencies.count,
+            workload: workload.rawValue + (blocking ? " sync" : ""), concurrency: concurrency, requests: latencies.count,
             errors: perTask.reduce(0) { $0 + $1.1 },
             seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
             p50Microseconds: percentile(0.5), p99Microseconds: percentile(0.99), perNode: [], redisBenchmark: nil)
+    }
+
+    /// ``worker(_:_:task:next:requests:table:)`` for the blocking API, on a plain thread.
+    private static func blockingWorker(
+        _ client: RedisClusterClient, _ workload: Workload, task: Int, next: RequestCounter, requests: Int,
+        table: RequestTable
+    ) -> ([Double], Int) {
+        var latencies = [Double]()
+        var errors = 0
+        while true {
+            let index = next.value.add(1, ordering: .relaxed).oldValue
+            if index >= requests { break }
+            let arguments = table.arguments(workload, index: index, key: (index &* 7919 &+ task) % Self.keyCount)
+            let begin = ContinuousClock.now
+            do {
+                _ = try client.commandBlocking(arguments)
+                let elapsed = ContinuousClock.now - begin
+                latencies.append(Double(elapsed.components.attoseconds) / 1e12 + Double(elapsed.components.seconds) * 1e6)
+            } catch {
+                errors += 1
+            }
+        }
+        return (latencies, errors)
     }
 
     private static func acquiresByNode(_ client: RedisClusterClient) -> [String: Int] {
@@ -226,4 +290,24 @@ struct ClusterBench {
 /// The next request's index, shared by a run's tasks.
 final class RequestCounter: Sendable {
     let value = Atomic<Int>(0)
+}
+
+/// Collects the plain threads' results and resumes the waiting task when the last one is in.
+final class ThreadResults: Sendable {
+    private let state: LockedValue<(results: [([Double], Int)], remaining: Int)>
+    private let continuation: CheckedContinuation<[([Double], Int)], Never>
+
+    init(count: Int, _ continuation: CheckedContinuation<[([Double], Int)], Never>) {
+        state = LockedValue(([], count))
+        self.continuation = continuation
+    }
+
+    func finish(_ task: Int, _ result: ([Double], Int)) {
+        let done = state.withLock { state -> [([Double], Int)]? in
+            state.results.append(result)
+            state.remaining -= 1
+            return state.remaining == 0 ? state.results : nil
+        }
+        if let done { continuation.resume(returning: done) }
+    }
 }
