@@ -26,6 +26,24 @@ struct ClusterResilienceTests {
             let keys = Array(migrating.prefix(40)) + Array(migrating.suffix(40)) + (0..<40).map { "other:\($0)" }
             let load = ClusterLoad(client: client, keys: keys)
             let running = Task { await load.run(workers: 8) }
+            // Transactions on keys of the migrating slots: EXECABORT after ASK while queuing, then ASKING +
+            // MULTI … EXEC on the importing node; counted the same way.
+            let transactions = Task {
+                var done = 0
+                var failures = [String]()
+                var index = 0
+                while !load.stopFlag.load(ordering: .relaxed) {
+                    let key = migrating[(index * 37) % migrating.count]
+                    index += 1
+                    do {
+                        let results = try await client.transaction([["INCR", .string(key + ":tx")], ["GET", .string(key + ":tx")]])
+                        if results?.count == 2 { done += 1 } else { failures.append("\(key): \(String(describing: results))") }
+                    } catch {
+                        failures.append("\(key): \(error)")
+                    }
+                }
+                return (done, failures)
+            }
             #expect(await eventually(pollingEvery: .milliseconds(10)) { load.succeeded.load(ordering: .relaxed) > 500 })
 
             for slot in slots {
@@ -38,8 +56,11 @@ struct ClusterResilienceTests {
             #expect(await eventually(pollingEvery: .milliseconds(10)) { load.succeeded.load(ordering: .relaxed) > afterMigration + 500 })
             load.stop()
             await running.value
+            let (transactionsDone, transactionFailures) = await transactions.value
 
             #expect(load.failed.load(ordering: .relaxed) == 0, "\(load.failureSummary)")
+            #expect(transactionFailures.isEmpty, "\(transactionFailures.prefix(5))")
+            #expect(transactionsDone > 50)
             let counters = client.counters
             #expect(counters.movedRedirects > 0)
             #expect(counters.askRedirects > 0)
@@ -49,7 +70,7 @@ struct ClusterResilienceTests {
             for slot in slots {
                 #expect(client.route(forKey: key(inSlot: slot, "x")).primary?.port == (try cluster.owner(ofSlot: Int(slot))).port)
             }
-            print("migration: \(load.succeeded.load(ordering: .relaxed)) requests, 0 failed, moved \(counters.movedRedirects), ask \(counters.askRedirects)")
+            print("migration: \(load.succeeded.load(ordering: .relaxed)) requests and \(transactionsDone) transactions, 0 failed, moved \(counters.movedRedirects), ask \(counters.askRedirects)")
             await client.shutdown()
         }
     }
