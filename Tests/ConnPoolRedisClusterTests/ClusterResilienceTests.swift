@@ -205,6 +205,54 @@ struct ClusterResilienceTests {
         }
     }
 
+    /// Without replicas, `replicaOnly` reads fail with a typed error (and `preferReplica` reads the
+    /// primary); with every node down, a refresh fails with the last cause, kept in `status()`, and a
+    /// request fails once its timeout has passed.
+    @Test func noReplicaAndNoNode() async throws {
+        try await withCluster(replicasPerPrimary: 0) { cluster in
+            var configuration = testConfiguration(readPolicy: .replicaOnly)
+            configuration.requestTimeout = .milliseconds(500)
+            let client = try await RedisClusterClient.connect(seeds: cluster.seedURLs, configuration: configuration)
+            try await client.send(.set("lonely", "1"))
+            do {
+                _ = try await client.send(.get("lonely"))
+                Issue.record("a replicaOnly read without replicas should fail")
+            } catch let error as RedisClusterError {
+                #expect(error == .noReplicaAvailable(slot: ClusterSlot.slot(forKey: "lonely")))
+            }
+            let prefer = try await RedisClusterClient.connect(
+                seeds: cluster.seedURLs, configuration: testConfiguration(readPolicy: .preferReplica))
+            #expect(try await prefer.send(.get("lonely")) == "1")
+            await prefer.shutdown()
+
+            await cluster.stop()
+            do {
+                try await client.refreshTopology()
+                Issue.record("a refresh with every node down should fail")
+            } catch let error as RedisClusterError {
+                guard case .topologyUnavailable(let tried, let lastCause) = error else {
+                    Issue.record("unexpected \(error)")
+                    return
+                }
+                #expect(tried.count >= 3)
+                #expect(!lastCause.isEmpty)
+            }
+            #expect(client.status().lastRefreshError != nil)
+            #expect(client.counters.refreshFailures >= 1)
+            do {
+                try await client.send(.set("lonely", "2"))
+                Issue.record("a write with every node down should fail")
+            } catch let error as RedisClusterError {
+                guard case .retriesExhausted(let command, _, _) = error else {
+                    Issue.record("unexpected \(error)")
+                    return
+                }
+                #expect(command == "SET")
+            }
+            await client.shutdown()
+        }
+    }
+
     /// `CLUSTER FAILOVER` (manual) under load: the primary pauses its clients until the replica has caught
     /// up, the roles swap, the client follows MOVED, and no request fails.
     @Test func manualFailoverFailsNoRequest() async throws {

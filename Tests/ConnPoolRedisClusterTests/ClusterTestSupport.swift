@@ -5,13 +5,14 @@ import RedisServerLauncher
 import Synchronization
 import Testing
 
-/// Starts a throwaway cluster (3 primaries with a replica each, node timeout 1 s), runs `body` and stops
+/// Starts a throwaway cluster (by default 3 primaries with a replica each, node timeout 1 s), runs `body` and stops
 /// the cluster whether `body` returns or throws.
 func withCluster<T: Sendable>(
-    primaries: Int = 3, nodeTimeout: Duration = .seconds(1),
+    primaries: Int = 3, replicasPerPrimary: Int = 1, nodeTimeout: Duration = .seconds(1),
     _ body: (RedisClusterProcess) async throws -> T
 ) async throws -> T {
-    let cluster = try await RedisClusterProcess.start(primaries: primaries, replicasPerPrimary: 1, nodeTimeout: nodeTimeout)
+    let cluster = try await RedisClusterProcess.start(
+        primaries: primaries, replicasPerPrimary: replicasPerPrimary, nodeTimeout: nodeTimeout)
     do {
         let result = try await body(cluster)
         await cluster.stop()
