@@ -54,9 +54,10 @@ extension RedisClusterClient {
     /// - Parameters:
     ///   - readOnly: the request only reads: retried after any connection error.
     ///   - singleCommand: the request is one command (a failed write of it means it was not sent).
-    func decide(_ error: any Error, name: String, readOnly: Bool, singleCommand: Bool, budget: inout RetryBudget)
-        -> RetryDecision
-    {
+    func decide(
+        _ error: any Error, name: String, readOnly: Bool, singleCommand: Bool, fixedNode: Bool = false,
+        budget: inout RetryBudget
+    ) -> RetryDecision {
         budget.lastError = "\(error)"
         switch error {
         case RedisError.server(let message):
@@ -83,6 +84,10 @@ extension RedisClusterClient {
                 counterCells.busyRetries.add(1, ordering: .relaxed)
                 return .retry(refresh: false)
             case "CLUSTERDOWN", "MASTERDOWN":
+                counterCells.busyRetries.add(1, ordering: .relaxed)
+                return .retry(refresh: true)
+            case "READONLY" where !fixedNode:
+                // A keyless write reached a node that is a replica now: the view is stale (a failover).
                 counterCells.busyRetries.add(1, ordering: .relaxed)
                 return .retry(refresh: true)
             default:
@@ -192,7 +197,9 @@ extension RedisClusterClient {
                     throw CancellationError()
                 } catch {
                     if Self.isConnectionFailure(error) { chosen.node.noteConnectionError() }
-                    decision = decide(error, name: name, readOnly: readOnly, singleCommand: singleCommand, budget: &budget)
+                    decision = decide(
+                        error, name: name, readOnly: readOnly, singleCommand: singleCommand, fixedNode: fixedNode != nil,
+                        budget: &budget)
                 }
             } else {
                 if isShutDown { throw RedisClusterError.shutDown }
@@ -254,7 +261,9 @@ extension RedisClusterClient {
                     }
                 } catch {
                     if Self.isConnectionFailure(error) { chosen.node.noteConnectionError() }
-                    decision = decide(error, name: name, readOnly: readOnly, singleCommand: singleCommand, budget: &budget)
+                    decision = decide(
+                        error, name: name, readOnly: readOnly, singleCommand: singleCommand, fixedNode: fixedNode != nil,
+                        budget: &budget)
                 }
             } else {
                 if isShutDown { throw RedisClusterError.shutDown }
@@ -345,24 +354,85 @@ extension RedisClusterClient {
         case .askServer:
             return try await executeRouted(arguments, route: try await resolve(route, arguments))
         case .allPrimaries, .allNodes:
-            let nodes = fanOutTargets(allNodes: route.target == .allNodes)
-            guard !nodes.isEmpty else { throw RedisClusterError.slotNotServed(slot: 0) }
-            let results = await withTaskGroup(of: (Int, Result<RedisReply, any Error>).self) { group in
-                for (position, node) in nodes.enumerated() {
-                    group.addTask {
-                        do {
-                            return (position, .success(try await self.executeRouted(arguments, route: route, fixedNode: node)))
-                        } catch {
-                            return (position, .failure(error))
+            var fanOut = FanOut(allNodes: route.target == .allNodes)
+            var budget = RetryBudget(configuration)
+            while let pending = try fanOut.nextRound(self) {
+                let results = await withTaskGroup(of: (ClusterNode, Result<RedisReply, any Error>).self) { group in
+                    for node in pending {
+                        group.addTask {
+                            do {
+                                return (node, .success(try await self.executeRouted(arguments, route: route, fixedNode: node)))
+                            } catch {
+                                return (node, .failure(error))
+                            }
                         }
                     }
+                    var results = [(ClusterNode, Result<RedisReply, any Error>)]()
+                    for await result in group { results.append(result) }
+                    return results
                 }
-                var results = [(Int, Result<RedisReply, any Error>)]()
-                for await result in group { results.append(result) }
-                return results.sorted { $0.0 < $1.0 }.map(\.1)
+                if fanOut.absorb(results) {
+                    guard let pause = budget.nextPause() else {
+                        fanOut.giveUp()
+                        break
+                    }
+                    try await Task.sleep(for: pause)
+                    _ = await requestRefresh(immediately: true)?.value
+                }
             }
-            return try Self.merge(results, policy: route.response)
+            return try Self.merge(fanOut.results, policy: route.response)
         }
+    }
+
+    /// A command sent to every primary (or node), in rounds: a node that answers `READONLY` was a
+    /// primary in a stale view (a failover the client has not seen yet): after a pause (the retry backoff)
+    /// and a refresh, the command is sent to the primaries it has not reached yet, until the request
+    /// timeout; then the `READONLY` is thrown (the command did not reach every shard: never a silent gap).
+    struct FanOut {
+        let allNodes: Bool
+        private var answered: [ClusterNodeAddress: Result<RedisReply, any Error>] = [:]
+        private var order: [ClusterNodeAddress] = []
+        private var staleAnswers: [ClusterNodeAddress: Result<RedisReply, any Error>] = [:]
+        private var round = 0
+
+        init(allNodes: Bool) { self.allNodes = allNodes }
+
+        /// The nodes to send to in the next round, `nil` when done.
+        ///
+        /// - Throws: ``RedisClusterError/slotNotServed(slot:)`` when the view has no primary.
+        mutating func nextRound(_ client: RedisClusterClient) throws -> [ClusterNode]? {
+            guard round == 0 || !staleAnswers.isEmpty else { return nil }
+            round += 1
+            staleAnswers = [:]
+            let nodes = client.fanOutTargets(allNodes: allNodes).filter { answered[$0.address] == nil }
+            if round == 1 && nodes.isEmpty { throw RedisClusterError.slotNotServed(slot: 0) }
+            return nodes.isEmpty ? nil : nodes
+        }
+
+        /// Records a round's results; `true` when a node answered `READONLY` (pause, refresh, next round).
+        mutating func absorb(_ results: [(ClusterNode, Result<RedisReply, any Error>)]) -> Bool {
+            for (node, result) in results {
+                if case .failure(RedisError.server(let message)) = result, message.hasPrefix("READONLY"), !allNodes {
+                    staleAnswers[node.address] = result
+                    continue
+                }
+                if answered[node.address] == nil { order.append(node.address) }
+                answered[node.address] = result
+            }
+            return !staleAnswers.isEmpty
+        }
+
+        /// No more rounds: the `READONLY` answers of the last round count as answers (the merge throws them).
+        mutating func giveUp() {
+            for (address, result) in staleAnswers {
+                order.append(address)
+                answered[address] = result
+            }
+            staleAnswers = [:]
+        }
+
+        /// Every answer, in the order the nodes answered.
+        var results: [Result<RedisReply, any Error>] { order.compactMap { answered[$0] } }
     }
 
     /// ``execute(_:route:)`` on the calling thread (a fan-out visits the nodes one after the other).
@@ -373,12 +443,23 @@ extension RedisClusterClient {
         case .askServer:
             return try executeRoutedBlocking(arguments, route: try resolveBlocking(route, arguments))
         case .allPrimaries, .allNodes:
-            let nodes = fanOutTargets(allNodes: route.target == .allNodes)
-            guard !nodes.isEmpty else { throw RedisClusterError.slotNotServed(slot: 0) }
-            let results = nodes.map { node in
-                Result<RedisReply, any Error> { try executeRoutedBlocking(arguments, route: route, fixedNode: node) }
+            var fanOut = FanOut(allNodes: route.target == .allNodes)
+            var budget = RetryBudget(configuration)
+            while let pending = try fanOut.nextRound(self) {
+                let results = pending.map { node in
+                    (node, Result<RedisReply, any Error> { try executeRoutedBlocking(arguments, route: route, fixedNode: node) })
+                }
+                if fanOut.absorb(results) {
+                    guard let pause = budget.nextPause() else {
+                        fanOut.giveUp()
+                        break
+                    }
+                    let (seconds, attoseconds) = pause.components
+                    usleep(useconds_t(seconds * 1_000_000 + attoseconds / 1_000_000_000_000))
+                    blockingWait { _ = await self.requestRefresh(immediately: true)?.value }
+                }
             }
-            return try Self.merge(results, policy: route.response)
+            return try Self.merge(fanOut.results, policy: route.response)
         }
     }
 }

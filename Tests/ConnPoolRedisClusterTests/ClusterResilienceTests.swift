@@ -253,6 +253,31 @@ struct ClusterResilienceTests {
         }
     }
 
+    /// A command for every primary sent right after a failover the client has not seen (no periodic
+    /// refresh, no keyed command to answer MOVED): the demoted primary answers READONLY, the client
+    /// refreshes and sends it to the new primary; every primary ends up flushed.
+    @Test func fanOutAfterAFailoverTheClientHasNotSeen() async throws {
+        try await withCluster { cluster in
+            var configuration = testConfiguration()
+            configuration.refreshInterval = nil
+            let client = try await RedisClusterClient.connect(seeds: cluster.seedURLs, configuration: configuration)
+            try await client.mset((0..<100).map { ("stale:\($0)", RedisArgument.string("v")) })
+            let primary = try cluster.owner(ofSlot: Int(ClusterSlot.slot(forKey: "stale:0")))
+            let replica = try #require(cluster.replicas(of: primary).first)
+            try await cluster.failover(to: replica)
+            let before = client.counters.refreshes
+            #expect(client.topology.shard(forSlot: Int(ClusterSlot.slot(forKey: "stale:0")))?.primary.port == primary.port)
+            #expect(try await client.command("FLUSHALL").string == "OK")
+            #expect(client.counters.refreshes > before)
+            for node in cluster.primaries() {
+                let connection = try await directConnection(node)
+                #expect(try await connection.command("DBSIZE").int == 0, "\(node.port) still has keys")
+                connection.closeBlocking()
+            }
+            await client.shutdown()
+        }
+    }
+
     /// `CLUSTER FAILOVER` (manual) under load: the primary pauses its clients until the replica has caught
     /// up, the roles swap, the client follows MOVED, and no request fails.
     @Test func manualFailoverFailsNoRequest() async throws {
