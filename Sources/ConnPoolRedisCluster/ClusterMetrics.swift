@@ -60,7 +60,7 @@ public struct RedisClusterStatus: Sendable, Hashable, Codable {
     public struct Node: Sendable, Hashable, Codable {
         /// The node's address (also the label of its pools: `cluster:<address>`).
         public var address: ClusterNodeAddress
-        /// `primary` or `replica` in the client's view.
+        /// `primary`, `replica`, or `no slots` (a node serving and replicating nothing) in the client's view.
         public var role: String
         /// The slots it serves (0 for a replica).
         public var slots: Int

@@ -67,20 +67,30 @@ public struct ClusterShard: Sendable, Hashable, Codable {
 public struct ClusterTopology: Sendable, Hashable, Codable {
     /// The shards that serve at least one slot, sorted by their first slot.
     public var shards: [ClusterShard]
+    /// Reachable nodes that serve no slot and replicate no shard in this view, sorted: a primary just
+    /// added (before slots move to it), or one demoted by a failover that the answering node still lists
+    /// as an empty primary. The client keeps their pools, so that such a node is not dropped and re-added.
+    public var nodesWithoutSlots: [ClusterNodeAddress]
 
-    /// A view made of `shards` (sorted here; shards without slots are dropped).
-    public init(shards: [ClusterShard]) {
+    /// A view made of `shards` (sorted here; shards without slots are dropped) and `nodesWithoutSlots`.
+    public init(shards: [ClusterShard], nodesWithoutSlots: [ClusterNodeAddress] = []) {
         self.shards = shards.filter { !$0.slotRanges.isEmpty }.sorted {
             ($0.slotRanges.first?.lowerBound ?? 0) < ($1.slotRanges.first?.lowerBound ?? 0)
         }
+        var inShards = Set<ClusterNodeAddress>()
+        for shard in self.shards {
+            inShards.insert(shard.primary)
+            inShards.formUnion(shard.replicas)
+        }
+        self.nodesWithoutSlots = Array(Set(nodesWithoutSlots).subtracting(inShards)).sorted()
     }
 
     /// The number of slots some primary serves.
     public var coveredSlots: Int { shards.reduce(0) { $0 + $1.slotCount } }
 
-    /// Every node of the view: primaries and replicas.
+    /// Every node of the view: primaries, replicas and nodes without slots.
     public var allNodes: Set<ClusterNodeAddress> {
-        var nodes = Set<ClusterNodeAddress>()
+        var nodes = Set(nodesWithoutSlots)
         for shard in shards {
             nodes.insert(shard.primary)
             nodes.formUnion(shard.replicas)
@@ -103,6 +113,7 @@ public struct ClusterTopology: Sendable, Hashable, Codable {
     /// - Throws: ``RedisError/unexpectedReply(expected:actual:)`` when the reply has another shape.
     static func parse(shardsReply reply: RedisReply, askedHost: String) throws -> ClusterTopology {
         var shards = [ClusterShard]()
+        var withoutSlots = [ClusterNodeAddress]()
         for shardReply in try reply.array {
             let shard = CommandTable.flatMap(shardReply)
             guard let slotValues = try shard["slots"]?.array, let nodes = try shard["nodes"]?.array else {
@@ -134,11 +145,14 @@ public struct ClusterTopology: Sendable, Hashable, Codable {
                 default: if online { replicas.append(address) }
                 }
             }
-            guard !ranges.isEmpty else { continue }
+            guard !ranges.isEmpty else {
+                withoutSlots += primaries.filter(\.1).map(\.0) + replicas
+                continue
+            }
             guard let primary = primaries.first(where: { $0.1 })?.0 ?? primaries.first?.0 else { continue }
             shards.append(ClusterShard(slotRanges: ranges, primary: primary, replicas: replicas))
         }
-        return ClusterTopology(shards: shards)
+        return ClusterTopology(shards: shards, nodesWithoutSlots: withoutSlots)
     }
 
     /// Parses a `CLUSTER SLOTS` reply (the fallback before Redis 7): `[start, end, [host, port, id],

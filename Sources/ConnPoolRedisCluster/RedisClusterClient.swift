@@ -262,9 +262,11 @@ public final class RedisClusterClient: Sendable {
             (state.topology, state.generation, state.lastRefreshError, Array(state.byAddress.values))
         }
         let primaries = Dictionary(topology.shards.map { ($0.primary, $0.slotCount) }, uniquingKeysWith: +)
+        let replicas = Set(topology.shards.flatMap(\.replicas))
         let statuses = nodes.map { node in
             RedisClusterStatus.Node(
-                address: node.address, role: primaries[node.address] != nil ? "primary" : "replica",
+                address: node.address,
+                role: primaries[node.address] != nil ? "primary" : replicas.contains(node.address) ? "replica" : "no slots",
                 slots: primaries[node.address] ?? 0, pool: node.pool.status(), readOnlyPool: node.readOnlyPool?.status())
         }.sorted { ($0.role, $0.address) < ($1.role, $1.address) }
         return RedisClusterStatus(

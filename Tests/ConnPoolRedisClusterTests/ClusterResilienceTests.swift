@@ -323,8 +323,11 @@ struct ClusterResilienceTests {
             #expect(await eventually(pollingEvery: .milliseconds(10)) { load.succeeded.load(ordering: .relaxed) > 300 })
 
             let added = try await cluster.addNode()
-            try await cluster.migrateSlot(Int(slot), to: added)
             let newAddress = ClusterNodeAddress(host: "127.0.0.1", port: added.port)
+            // An empty primary gets a pool at the next refresh, before any slot moves to it.
+            try await client.refreshTopology()
+            #expect(client.status().nodes.contains { $0.address == newAddress && $0.role == "no slots" })
+            try await cluster.migrateSlot(Int(slot), to: added)
             #expect(await eventually(pollingEvery: .milliseconds(10)) { client.route(forKey: keys[0]).primary == newAddress })
             let direct = try await directConnection(added)
             let value = try await direct.command("GET", keys[0])
