@@ -22,6 +22,8 @@ let package = Package(
         // Throwaway redis-server processes and test certificates, for the Benchmarks package (its socket
         // benchmarks start a server of their own); tests and examples use the target directly.
         .library(name: "RedisServerLauncher", targets: ["RedisServerLauncher"]),
+        .library(name: "ConnPoolRedisCluster", targets: ["ConnPoolRedisCluster"]),
+        .library(name: "ConnPoolRedisClusterMetrics", targets: ["ConnPoolRedisClusterMetrics"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -69,6 +71,21 @@ let package = Package(
             dependencies: ["ConnPool", "ConnPoolIO", "CHiredis", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
+        // A Redis Cluster client: one pool per node and a slot router in front.
+        .target(
+            name: "ConnPoolRedisCluster",
+            dependencies: ["ConnPool", "ConnPoolRedis", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        // The cluster client's counters and node pools through swift-metrics, and as a Prometheus exposition.
+        .target(
+            name: "ConnPoolRedisClusterMetrics",
+            dependencies: [
+                "ConnPool", "ConnPoolRedisCluster", "ConnPoolMetrics", "ConnPoolPrometheus",
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // Backend 2: raw TCP sockets.
         .target(
             name: "ConnPoolTCP",
@@ -102,6 +119,7 @@ let package = Package(
             name: "redis-bench",
             dependencies: [
                 "ConnPool", "ConnPoolIO", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolBenchHarness", "RedisServerLauncher", "ConnPoolChaos", "ConnPoolPrometheus",
+                "ConnPoolRedisCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -160,6 +178,14 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        .testTarget(
+            name: "ConnPoolRedisClusterTests",
+            dependencies: [
+                "ConnPool", "ConnPoolRedis", "ConnPoolRedisCluster", "ConnPoolRedisClusterMetrics", "RedisServerLauncher",
+                "ConnPoolTestSupport", .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .testTarget(name: "ConnPoolIOTests", dependencies: ["ConnPoolIO", "ConnPoolTestSupport"], swiftSettings: strictSettings),
         .testTarget(
             name: "ChaosTests",
@@ -181,6 +207,7 @@ let package = Package(
             dependencies: [
                 "ConnPool", "ConnPoolRedis", "ConnPoolTCP", "ConnPoolMetrics", "ConnPoolPrometheus", "ConnPoolTestSupport",
                 "RedisServerLauncher",
+                "ConnPoolRedisCluster",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),

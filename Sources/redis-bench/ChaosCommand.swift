@@ -81,6 +81,9 @@ struct ChaosCommand: AsyncParsableCommand {
     @Flag(help: "Print only the summary: no line per fault, and only the pool's error logs.")
     var quiet = false
 
+    @Flag(help: "Run against a throwaway Redis Cluster (3 primaries with a replica each) through RedisClusterClient: primaries killed and restarted, frozen, slots migrated; the JSON adds failovers and redirects.")
+    var cluster = false
+
     func validate() throws {
         if !(duration > 0) { throw ValidationError("--duration must be positive") }
         if !(faultInterval > 0) { throw ValidationError("--fault-interval must be positive") }
@@ -115,8 +118,9 @@ struct ChaosCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        // Ctrl-C, SIGTERM and SIGHUP stop the engine's redis-server and exit with 128 + signal.
+        // Ctrl-C, SIGTERM and SIGHUP stop the engine's redis-servers and exit with 128 + signal.
         try RedisServerProcess.stopAllAndExitOnSignals([SIGINT, SIGTERM, SIGHUP])
+        if cluster { return try await ClusterChaos(command: self).run() }
         let engine = ChaosEngine(options: options()) { line in
             var text = line + "\n"
             text.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }

@@ -132,6 +132,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "While running, serve /metrics (Prometheus) and /status (JSON) for the pool under test on 127.0.0.1:PORT (0: any free port).")
     var metricsPort: Int?
 
+    @Option(help: "Benchmark a Redis Cluster through RedisClusterClient: start a throwaway cluster of N primaries (with --url: the comma-separated seed URLs of an existing cluster, N ignored); compares with redis-benchmark --cluster.")
+    var cluster: Int?
+
     // MARK: Validation
 
     func validate() throws {
@@ -184,6 +187,11 @@ struct RunCommand: AsyncParsableCommand {
     // MARK: Run
 
     func run() async throws {
+        if let cluster {
+            // The throwaway cluster's servers stop on Ctrl-C, SIGTERM and SIGHUP too.
+            try RedisServerProcess.stopAllAndExitOnSignals([SIGINT, SIGTERM, SIGHUP])
+            return try await ClusterBench(command: self, primaries: cluster).run()
+        }
         let workloads = try parsedWorkloads()
         let levels = try parsedConcurrency()
         let stop: BenchStopCondition =

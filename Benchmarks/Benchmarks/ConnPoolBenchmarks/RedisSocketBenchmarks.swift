@@ -89,5 +89,23 @@ func registerRedisSocketBenchmarks() {
         } teardown: {
             await RedisSocketFixture.stopAll()
         }
+
+        // The same from a task on the I/O reactor's thread (issue 14): each wait resumes in place, and
+        // the command yields once before it sends (the reactor's own job queue, no allocation).
+        Benchmark("redis socket/PING \(name) async on the reactor", configuration: socketConfiguration()) { benchmark, fixture in
+            let connection = fixture.connection
+            await withTaskExecutorPreference(IOReactor.shared) {
+                for _ in 0..<warmOperations { expectPong(try! await connection.command("PING")) }
+                benchmark.startMeasurement()
+                for _ in benchmark.scaledIterations {
+                    expectPong(try! await connection.command("PING"))
+                }
+                benchmark.stopMeasurement()
+            }
+        } setup: {
+            try await RedisSocketFixture(tls: tls)
+        } teardown: {
+            await RedisSocketFixture.stopAll()
+        }
     }
 }
