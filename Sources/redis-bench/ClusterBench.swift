@@ -184,9 +184,10 @@ struct ClusterBench {
                 }
             }
         } else {
+            let executor = command.asyncExecutor.executor
             perTask = await withTaskGroup(of: ([Double], Int).self) { group in
                 for task in 0..<concurrency {
-                    group.addTask {
+                    group.addTask(executorPreference: executor) {
                         await Self.worker(client, workload, task: task, next: next, requests: requests, table: table)
                     }
                 }
