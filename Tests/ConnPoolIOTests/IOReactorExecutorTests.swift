@@ -89,4 +89,25 @@ struct IOReactorExecutorTests {
         }
         #expect(ran == 32)
     }
+
+    @Test("waiting for the end of the round resumes every task in the same pass, without a hang; off the reactor it returns at once")
+    func endOfRound() async throws {
+        try await withReactor { reactor in
+            await reactor.waitForEndOfRound()  // not on the reactor thread: returns at once
+            let finished = await withTaskGroup(of: Int.self) { group in
+                for _ in 0..<50 {
+                    group.addTask(executorPreference: reactor) {
+                        var passes = 0
+                        for _ in 0..<100 {
+                            await reactor.waitForEndOfRound()
+                            if reactor.isCurrentThread { passes += 1 }
+                        }
+                        return passes
+                    }
+                }
+                return await group.reduce(0, +)
+            }
+            #expect(finished == 5_000)
+        }
+    }
 }
