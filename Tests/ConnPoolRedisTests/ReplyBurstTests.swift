@@ -12,19 +12,8 @@ final class OneBurstServer: @unchecked Sendable {
     private let listener: Int32
 
     init(requestBytes: Int, reply: [UInt8]) throws {
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let (listener, address) = loopbackListener(backlog: 4)
         self.listener = listener
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = in_addr_t(0x7f00_0001).bigEndian
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(listener, pointer, length)
-                return getsockname(listener, pointer, &length)
-            }
-        }
-        listen(listener, 4)
         port = Int(UInt16(bigEndian: address.sin_port))
         detachedThread {
             let client = accept(listener, nil, nil)

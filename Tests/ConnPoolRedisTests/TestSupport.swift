@@ -76,6 +76,23 @@ func freeLoopbackPort() throws -> Int {
     return Int(UInt16(bigEndian: address.sin_port))
 }
 
+/// A socket listening on an ephemeral loopback port, and its address.
+func loopbackListener(backlog: Int32) -> (fd: Int32, address: sockaddr_in) {
+    let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = in_addr_t(0x7f00_0001).bigEndian
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+            bind(listener, pointer, length)
+            return getsockname(listener, pointer, &length)
+        }
+    }
+    listen(listener, backlog)
+    return (listener, address)
+}
+
 /// A loopback listener that never accepts, with `listen(fd, 0)`, whose accept queue is filled with
 /// connections until a further connect no longer completes: a connect to it hangs (the kernel drops the
 /// SYN), which is how a connect timeout is provoked without an unreachable address.
@@ -86,19 +103,8 @@ final class FullBacklogListener: @unchecked Sendable {
     private var fillers: [Int32] = []
 
     init() throws {
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (listener, address) = loopbackListener(backlog: 0)
         self.listener = listener
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = in_addr_t(0x7f00_0001).bigEndian
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(listener, pointer, length)
-                return getsockname(listener, pointer, &length)
-            }
-        }
-        listen(listener, 0)
         port = Int(UInt16(bigEndian: address.sin_port))
         var fillers: [Int32] = []
         defer { self.fillers = fillers }
