@@ -59,7 +59,8 @@ while IFS= read -r map; do c_module_maps+=(-Xcc "-fmodule-map-file=$map"); done 
 for target in $targets; do
     echo "== fuzz: linking $target"
     if ! swiftc -sanitize=fuzzer,address -parse-as-library -g -module-name "Fuzz$target" \
-        -I "$modules" -I Sources/CHiredis "${c_module_maps[@]}" "Fuzz/$target/main.swift" "${objects[@]}" -lhiredis \
+        -I "$modules" -I Sources/CHiredis -I Sources/COpenSSL "${c_module_maps[@]}" "Fuzz/$target/main.swift" "${objects[@]}" \
+        -lhiredis -lssl -lcrypto \
         -o "$out/fuzz-$target" >"$out/link-$target.log" 2>&1; then
         grep -vE 'ld.gold: warning: Cannot export local symbol' "$out/link-$target.log" | head -n 40
         echo "fuzz: building $target failed"

@@ -7,6 +7,7 @@
 // frames it returns must equal the stream split at the delimiter (first occurrences, left to right);
 // a frame longer than `maxLength` must fail with `delimiterNotFound` (and nothing may be returned
 // after it); bytes after the last delimiter stay buffered.
+@testable import ConnPoolIO
 @testable import ConnPoolTCP
 
 #if canImport(Glibc)
@@ -71,6 +72,9 @@ func referenceFrames(_ stream: [UInt8], _ delimiter: [UInt8]) -> (frames: [[UInt
     return (frames, Array(stream[start...]))
 }
 
+/// The read end as the framing operations' transport (it owns the descriptor for the process' life).
+let readTransport = Transport.adopting(connectedSocket: sockets.read)
+
 func writeAll(_ bytes: [UInt8]) {
     var offset = 0
     while offset < bytes.count {
@@ -106,7 +110,7 @@ public func fuzzTCPFraming(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         writeAll(chunk)
         while true {
             do {
-                switch try operation.step(fd: sockets.read, buffer: buffer) {
+                switch try operation.step(transport: readTransport, buffer: buffer) {
                 case .finished(let frame):
                     frames.append(frame)
                     operation = ReadUntilOperation(

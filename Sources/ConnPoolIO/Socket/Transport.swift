@@ -203,6 +203,14 @@ package final class Transport: @unchecked Sendable {
     /// How many times the descriptor was closed: 0 or 1 (for tests).
     package var descriptorCloseCount: Int { descriptorCloses.load(ordering: .acquiring) }
 
+    /// A plain transport over a socket that is already connected (a socket pair in tests and fuzzing).
+    /// The transport owns `fd` from now on and closes it.
+    ///
+    /// - Precondition: `fd` is a connected, non-blocking stream socket.
+    package static func adopting(connectedSocket fd: Int32, remoteAddress: String = "adopted") -> Transport {
+        Transport(fd: fd, remoteAddress: remoteAddress, tls: nil, tlsContext: nil, replySpin: .disabled)
+    }
+
     /// Whether this transport speaks TLS.
     package var isTLS: Bool { tls != nil }
 
