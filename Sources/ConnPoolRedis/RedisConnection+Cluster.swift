@@ -21,6 +21,8 @@ extension RedisConnection {
     ///
     /// - Precondition: the caller holds the connection (a lease) and no command is under way on it.
     package func peerHasClosed() -> Bool {
-        transport.hasBufferedInput || SocketPoll.isReady(transport.fd, events: Int16(POLLIN))
+        // A closed transport's TLS object may be freed: never look at it then.
+        if transport.isClosing { return true }
+        return transport.hasBufferedInput || SocketPoll.isReady(transport.fd, events: Int16(POLLIN))
     }
 }

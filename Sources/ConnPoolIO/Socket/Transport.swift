@@ -45,6 +45,7 @@ package enum TransferResult: Sendable, Hashable {
 /// - `fd`, `address`, `tls` (a pointer value) and `tlsContext` are immutable after init;
 /// - `registeredWithReactor` is touched only by the holder of `busy` (see below), and by the one that
 ///   frees the socket (holding `busy` for good, or in deinit);
+/// - `handshakeSummary` is written by the connect before the transport is returned, and only read after;
 /// - `busy`, `closeState`, `freed` and `descriptorCloses` are atomics;
 /// - `spin` and OpenSSL's `SSL` object behind `tls` are touched only by the holder of `busy`, which is
 ///   taken with a sequentially consistent compare-exchange before any access and released with a
@@ -70,6 +71,9 @@ package final class Transport: @unchecked Sendable {
     private var spin: ReplySpin.Gate
     /// Whether a read returned data yet; touched only by the holder of `busy`.
     private var hasReceivedData = false
+    /// What the TLS handshake negotiated, recorded by the connect before the transport is handed out
+    /// (read-only afterwards, so reading it never touches the TLS object, which may be freed by then).
+    private var handshakeSummary: (sessionReused: Bool, version: String)?
     /// Whether the socket is registered with the shared reactor for good (edge-triggered: no
     /// `epoll_ctl` per wait), which happens at its first async wait; touched only by the holder of `busy`.
     private var registeredWithReactor = false
@@ -127,9 +131,11 @@ package final class Transport: @unchecked Sendable {
             while let interest = try transport.tls?.handshakeStep() {
                 try await transport.waitWithoutSpin(for: interest, deadline: deadline, timeout: .connectTimedOut)
             }
+            transport.recordHandshake()
         } catch let error as TransportError {
+            let reported = transport.handshakeError(error)  // before close(): it reads the TLS object
             transport.close()
-            throw transport.handshakeError(error)
+            throw reported
         } catch {
             transport.close()
             throw error  // CancellationError
@@ -155,11 +161,18 @@ package final class Transport: @unchecked Sendable {
                     throw error == .timedOut ? .connectTimedOut : error
                 }
             }
+            transport.recordHandshake()
         } catch {
+            let reported = transport.handshakeError(error)  // before close(): it reads the TLS object
             transport.close()
-            throw transport.handshakeError(error)
+            throw reported
         }
         return transport
+    }
+
+    /// Records what the handshake negotiated (see `handshakeSummary`).
+    private func recordHandshake() {
+        if let tls { handshakeSummary = (tls.isSessionReused, tls.protocolVersion) }
     }
 
     /// A timeout, an end of stream or a reset during the TLS handshake, said in TLS terms: the server
@@ -215,10 +228,10 @@ package final class Transport: @unchecked Sendable {
     package var isTLS: Bool { tls != nil }
 
     /// Whether the TLS handshake resumed a stored session (always `false` without TLS).
-    package var isTLSSessionReused: Bool { tls?.isSessionReused ?? false }
+    package var isTLSSessionReused: Bool { handshakeSummary?.sessionReused ?? false }
 
     /// The negotiated TLS version (`TLSv1.3`), or `nil` without TLS.
-    package var tlsProtocolVersion: String? { tls?.protocolVersion }
+    package var tlsProtocolVersion: String? { handshakeSummary?.version }
 
     // MARK: - One user at a time
 
