@@ -357,20 +357,25 @@ extension RedisClusterClient {
             var fanOut = FanOut(allNodes: route.target == .allNodes)
             var budget = RetryBudget(configuration)
             while let pending = try fanOut.nextRound(self) {
-                let results = await withTaskGroup(of: (ClusterNode, Result<RedisReply, any Error>).self) { group in
+                // Each child stores its reply under a lock and returns nothing: a group whose children
+                // returned `(ClusterNode, Result<RedisReply, any Error>)` crashed in release builds under
+                // concurrency (the runtime copying a child's result; `redis-bench --cluster 3 --workload ping
+                // --concurrency 8`), which this shape avoids.
+                let collected = LockedValue<[(ClusterNode, Result<RedisReply, any Error>)]>([])
+                await withTaskGroup(of: Void.self) { group in
                     for node in pending {
                         group.addTask {
+                            let outcome: Result<RedisReply, any Error>
                             do {
-                                return (node, .success(try await self.executeRouted(arguments, route: route, fixedNode: node)))
+                                outcome = .success(try await self.executeRouted(arguments, route: route, fixedNode: node))
                             } catch {
-                                return (node, .failure(error))
+                                outcome = .failure(error)
                             }
+                            collected.withLock { $0.append((node, outcome)) }
                         }
                     }
-                    var results = [(ClusterNode, Result<RedisReply, any Error>)]()
-                    for await result in group { results.append(result) }
-                    return results
                 }
+                let results = collected.withLock { $0 }
                 if fanOut.absorb(results) {
                     guard let pause = budget.nextPause() else {
                         fanOut.giveUp()
