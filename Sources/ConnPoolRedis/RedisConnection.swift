@@ -877,15 +877,12 @@ public final class RedisConnection: Connection, @unchecked Sendable, CustomStrin
         }
     }
 
-    /// Takes one whole reply out of the reader, if one is buffered; copies and frees it.
+    /// Takes one whole reply out of the reader, if one is buffered (``RedisReply/take(from:)``).
     func takeReply() throws(RedisError) -> RedisReply? {
-        var raw: UnsafeMutableRawPointer?
-        if redisGetReplyFromReader(context, &raw) != REDIS_OK {
+        guard let taken = RedisReply.take(from: context) else {
             throw breakWith(contextError(operation: "parse", errno: 0))
         }
-        guard let raw else { return nil }
-        defer { freeReplyObject(raw) }
-        return RedisReply(copying: raw.assumingMemoryBound(to: redisReply.self))
+        return taken.reply
     }
 
     private func contextError(operation: String, errno code: Int32) -> RedisError {

@@ -1,4 +1,4 @@
-internal import CHiredis
+package import CHiredis
 
 /// A reply from Redis (RESP2), copied out of hiredis' reply object, which is freed at once.
 ///
@@ -174,7 +174,56 @@ public enum RedisReply: Sendable, Hashable {
         }
     }
 
-    private static func text(_ pointer: UnsafeMutablePointer<CChar>?, _ length: Int) -> String {
+    /// The outcome of ``take(from:simpleRepliesFromBuffer:)`` when the reader did not fail.
+    package struct Taken {
+        /// The next whole reply; `nil` when it has not been wholly received yet.
+        package let reply: RedisReply?
+    }
+
+    /// Takes the next whole reply out of `context`'s reader, if one is buffered.
+    ///
+    /// Simple replies (status, error, integer, bulk string, nil) are read straight from the reader's buffer
+    /// (`connpool_redisTakeSimpleReply`): no hiredis reply object, so no allocation but a bulk string's
+    /// own bytes. Written by hand because it is the hot path (a pipeline reads thousands of replies per
+    /// wake-up, and hiredis allocates and frees two blocks for each). Arrays, and anything malformed or
+    /// unusual, go through hiredis' `redisGetReplyFromReader`, which parses and reports everything.
+    ///
+    /// - Parameter simpleRepliesFromBuffer: `false` parses every reply with hiredis (tests compare the two).
+    /// - Returns: `nil` when the reader failed (a protocol error: the context's `err`/`errstr` say which).
+    package static func take(
+        from context: UnsafeMutablePointer<redisContext>, simpleRepliesFromBuffer: Bool = true
+    ) -> Taken? {
+        var simple = connpool_simple_reply()
+        if simpleRepliesFromBuffer && connpool_redisTakeSimpleReply(context, &simple) == 1 {
+            let reply = RedisReply(simple)
+            connpool_redisReaderCompact(context)
+            return Taken(reply: reply)
+        }
+        var raw: UnsafeMutableRawPointer?
+        guard redisGetReplyFromReader(context, &raw) == REDIS_OK else { return nil }
+        guard let raw else { return Taken(reply: nil) }
+        defer { freeReplyObject(raw) }
+        return Taken(reply: RedisReply(copying: raw.assumingMemoryBound(to: redisReply.self)))
+    }
+
+    /// A copy of a simple reply taken from the reader's buffer (`connpool_redisTakeSimpleReply`), before
+    /// the reader moves on.
+    init(_ simple: connpool_simple_reply) {
+        switch simple.type {
+        case REDIS_REPLY_STATUS:
+            self = .status(Self.text(simple.str, simple.len))
+        case REDIS_REPLY_ERROR:
+            self = .error(Self.text(simple.str, simple.len))
+        case REDIS_REPLY_INTEGER:
+            self = .integer(Int(simple.integer))
+        case REDIS_REPLY_STRING:
+            self = simple.len == 0 ? .bulkString([]) : .bulkString([UInt8](UnsafeRawBufferPointer(start: simple.str, count: simple.len)))
+        default:  // REDIS_REPLY_NIL
+            self = .null
+        }
+    }
+
+    private static func text(_ pointer: UnsafePointer<CChar>?, _ length: Int) -> String {
         guard let pointer, length > 0 else { return "" }
         return String(decoding: UnsafeRawBufferPointer(start: pointer, count: length), as: UTF8.self)
     }

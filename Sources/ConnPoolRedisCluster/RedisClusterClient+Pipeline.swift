@@ -106,47 +106,37 @@ extension RedisClusterClient {
         var results = [Result<RedisReply, any Error>?](repeating: nil, count: commands.count)
         var again = oneByOne
         let timeout = min(configuration.requestTimeout, configuration.pool.acquireTimeout)
-        let absorbed = await withTaskGroup(of: [(Int, Result<RedisReply, any Error>?)].self) { group in
-            for batch in batches {
-                group.addTask {
-                    let outcome: Result<[RedisReply], any Error>
-                    do {
-                        outcome = .success(try await batch.pool.withConnection(timeout: timeout) { connection in
-                            if batch.hasWrite && batch.node.isSuspect && connection.peerClosedWhileIdle() {
-                                throw PeerClosedBeforeSend()
-                            }
-                            return try await connection.redis.pipeline(batch.indices.map { commands[$0] })
-                        })
-                    } catch {
-                        if Self.isConnectionFailure(error) { batch.node.noteConnectionError() }
-                        outcome = .failure(error)
+        // Not a task group returning its children's results: see `gatherConcurrently`.
+        let absorbed = await gatherConcurrently(batches.count) { position in
+            let batch = batches[position]
+            let outcome: Result<[RedisReply], any Error>
+            do {
+                outcome = .success(try await batch.pool.withConnection(timeout: timeout) { connection in
+                    if batch.hasWrite && batch.node.isSuspect && connection.peerClosedWhileIdle() {
+                        throw PeerClosedBeforeSend()
                     }
-                    return self.absorb(outcome, batch: batch, routes: routesCopy)
-                }
+                    return try await connection.redis.pipeline(batch.indices.map { commands[$0] })
+                })
+            } catch {
+                if Self.isConnectionFailure(error) { batch.node.noteConnectionError() }
+                outcome = .failure(error)
             }
-            var all = [(Int, Result<RedisReply, any Error>?)]()
-            for await part in group { all += part }
-            return all
-        }
+            return self.absorb(outcome, batch: batch, routes: routesCopy)
+        }.flatMap { $0 }
         for (index, result) in absorbed {
             if let result { results[index] = result } else { again.append(index) }
         }
         if !again.isEmpty {
-            let resent = await withTaskGroup(of: (Int, Result<RedisReply, any Error>).self) { group in
-                for index in again {
-                    group.addTask {
-                        do {
-                            return (index, .success(try await self.execute(commands[index], route: routesCopy[index])))
-                        } catch {
-                            return (index, .failure(error))
-                        }
-                    }
+            let resendIndices = again
+            let resent = await gatherConcurrently(resendIndices.count) { position in
+                let index = resendIndices[position]
+                do {
+                    return Result<RedisReply, any Error>.success(try await self.execute(commands[index], route: routesCopy[index]))
+                } catch {
+                    return .failure(error)
                 }
-                var all = [(Int, Result<RedisReply, any Error>)]()
-                for await part in group { all.append(part) }
-                return all
             }
-            for (index, result) in resent { results[index] = result }
+            for (index, result) in zip(resendIndices, resent) { results[index] = result }
         }
         return try Self.replies(results)
     }

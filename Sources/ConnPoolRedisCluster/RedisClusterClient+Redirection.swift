@@ -357,25 +357,16 @@ extension RedisClusterClient {
             var fanOut = FanOut(allNodes: route.target == .allNodes)
             var budget = RetryBudget(configuration)
             while let pending = try fanOut.nextRound(self) {
-                // Each child stores its reply under a lock and returns nothing: a group whose children
-                // returned `(ClusterNode, Result<RedisReply, any Error>)` crashed in release builds under
-                // concurrency (the runtime copying a child's result; `redis-bench --cluster 3 --workload ping
-                // --concurrency 8`), which this shape avoids.
-                let collected = LockedValue<[(ClusterNode, Result<RedisReply, any Error>)]>([])
-                await withTaskGroup(of: Void.self) { group in
-                    for node in pending {
-                        group.addTask {
-                            let outcome: Result<RedisReply, any Error>
-                            do {
-                                outcome = .success(try await self.executeRouted(arguments, route: route, fixedNode: node))
-                            } catch {
-                                outcome = .failure(error)
-                            }
-                            collected.withLock { $0.append((node, outcome)) }
-                        }
+                // Not a task group returning `(ClusterNode, Result<…>)`: see `gatherConcurrently`.
+                let outcomes = await gatherConcurrently(pending.count) { index in
+                    do {
+                        return Result<RedisReply, any Error>.success(
+                            try await self.executeRouted(arguments, route: route, fixedNode: pending[index]))
+                    } catch {
+                        return .failure(error)
                     }
                 }
-                let results = collected.withLock { $0 }
+                let results = Array(zip(pending, outcomes))
                 if fanOut.absorb(results) {
                     guard let pause = budget.nextPause() else {
                         fanOut.giveUp()

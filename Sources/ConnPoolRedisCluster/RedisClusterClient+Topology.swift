@@ -109,35 +109,29 @@ extension RedisClusterClient {
             let batch = Array(candidates[next..<min(candidates.count, next + sample - views.count)])
             next += batch.count
             tried += batch.map(\.label)
-            let results = await withTaskGroup(of: (Int, Result<ClusterTopology, any Error>).self) { group in
-                for (position, candidate) in batch.enumerated() {
-                    group.addTask {
+            // Not a task group returning `(Int, Result<…>)` pairs: see `gatherConcurrently`.
+            let results = await gatherConcurrently(batch.count) { position in
+                do {
+                    switch batch[position] {
+                    case .node(let node):
+                        let view = try await node.pool.withConnection(timeout: .seconds(2)) { connection in
+                            try await Self.fetchView(connection.redis, host: node.address.host)
+                        }
+                        return Result<ClusterTopology, any Error>.success(view)
+                    case .seed(let seed):
+                        let connection = try await RedisConnection.connect(configuration: seed, logger: self.logger)
                         do {
-                            switch candidate {
-                            case .node(let node):
-                                let view = try await node.pool.withConnection(timeout: .seconds(2)) { connection in
-                                    try await Self.fetchView(connection.redis, host: node.address.host)
-                                }
-                                return (position, .success(view))
-                            case .seed(let seed):
-                                let connection = try await RedisConnection.connect(configuration: seed, logger: self.logger)
-                                do {
-                                    let view = try await Self.fetchView(connection, host: Self.host(of: seed))
-                                    await connection.close()
-                                    return (position, .success(view))
-                                } catch {
-                                    await connection.close()
-                                    throw error
-                                }
-                            }
+                            let view = try await Self.fetchView(connection, host: Self.host(of: seed))
+                            await connection.close()
+                            return .success(view)
                         } catch {
-                            return (position, .failure(error))
+                            await connection.close()
+                            throw error
                         }
                     }
+                } catch {
+                    return .failure(error)
                 }
-                var results = [(Int, Result<ClusterTopology, any Error>)]()
-                for await result in group { results.append(result) }
-                return results.sorted { $0.0 < $1.0 }.map(\.1)
             }
             for result in results {
                 switch result {

@@ -166,6 +166,50 @@ struct ClusterRoutingTests {
         await client.shutdown()
     }
 
+    /// Every path that runs one child task per node (a fan-out to all primaries, a pipeline over several
+    /// nodes, the split MGET, a topology refresh), from 8 tasks at once, each reply checked. In a release
+    /// build this crashed when the children returned `(ClusterNode, Result<…>)` tuples (see
+    /// `gatherConcurrently`); `Scripts/release-smoke.sh` runs it with `-c release`.
+    @Test func fanOutPathsUnderConcurrency() async throws {
+        let cluster = try await SharedCluster.get()
+        let client = try await RedisClusterClient.connect(seeds: cluster.seedURLs, configuration: testConfiguration())
+        let keys = (0..<30).map { "fanout:\($0)" }
+        try await client.mset(keys.map { ($0, RedisArgument.string("v-\($0)")) })
+        let wrong = LockedValue<[String]>([])
+        await withTaskGroup(of: Void.self) { group in
+            for worker in 0..<8 {
+                group.addTask {
+                    for round in 0..<150 {
+                        do {
+                            switch (worker + round) % 4 {
+                            case 0:
+                                let reply = try await client.command("PING")
+                                if reply != .status("PONG") { wrong.withLock { $0.append("PING: \(reply)") } }
+                            case 1:
+                                let replies = try await client.pipeline(keys.map { ["GET", .string($0)] })
+                                if replies != keys.map({ .bulkString(Array("v-\($0)".utf8)) }) { wrong.withLock { $0.append("pipeline: \(replies)") } }
+                            case 2:
+                                let values = try await client.mget(keys)
+                                let strings = values.map { $0.map { String(decoding: $0, as: UTF8.self) } }
+                                if strings != keys.map({ "v-\($0)" }) { wrong.withLock { $0.append("MGET: \(strings)") } }
+                            default:
+                                if round % 20 == 3 { try await client.refreshTopology() }
+                                let size = try await client.command("DBSIZE").int
+                                if size < keys.count { wrong.withLock { $0.append("DBSIZE: \(size)") } }
+                            }
+                        } catch {
+                            wrong.withLock { $0.append("\(error)") }
+                        }
+                    }
+                }
+            }
+        }
+        let failures = wrong.withLock { $0 }
+        #expect(failures.isEmpty, "\(failures.count) of 1,200 requests failed or got a wrong reply: \(failures.prefix(3))")
+        #expect(try await client.del(keys) == keys.count)
+        await client.shutdown()
+    }
+
     /// A transaction runs on its slot's primary; one spanning slots, or without keys, is refused
     /// before sending.
     @Test func transactionsStayWithinOneSlot() async throws {
