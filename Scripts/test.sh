@@ -3,7 +3,10 @@
 #   1. swift test (every suite; Redis tests start their own redis-server on free loopback ports),
 #   2. the examples, built and run,
 #   3. swift test --sanitize=thread (the whole suite under ThreadSanitizer),
-#   4. the backend tests and the pool's lifetime tests under --sanitize=address.
+#   4. the backend tests and the pool's lifetime tests under --sanitize=address,
+#   5. the Redis and Redis Cluster suites and redis-bench's cluster fan-out from a release build
+#      (Scripts/release-smoke.sh: bugs only optimized code shows),
+#   6. a short fuzzing run.
 # Suites run one at a time (--no-parallel): many of them assert deadlines against real servers, and
 # running 160+ tests at once on a 2-core machine turns scheduling delay into false timeouts.
 set -euo pipefail
@@ -35,6 +38,9 @@ LSAN_OPTIONS="suppressions=$PWD/Scripts/lsan.supp:print_suppressions=0" \
     --filter 'ConnPoolRedisTests|ConnPoolTCPTests|ConnPoolIOTests|PoolLifetimeTests' > /tmp/connpool-asan.log 2>&1 \
     || { quiet < /tmp/connpool-asan.log | tail -100; failures /tmp/connpool-asan.log; echo "swift test --sanitize=address failed"; exit 1; }
 grep -E '^(✔|✘) (Suite|Test run)|Executed [0-9]+ tests' /tmp/connpool-asan.log | tail -20
+
+echo "== release build (Redis and Redis Cluster suites, redis-bench --cluster)"
+Scripts/release-smoke.sh
 
 echo "== fuzzing (short run: URL parser, configuration validation, TCP framing)"
 Scripts/fuzz.sh 10
