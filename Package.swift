@@ -195,7 +195,7 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
-        .testTarget(name: "ConnPoolBenchHarnessTests", dependencies: ["ConnPool", "ConnPoolBenchHarness"], swiftSettings: strictSettings),
+        .testTarget(name: "ConnPoolBenchHarnessTests", dependencies: ["ConnPool", "ConnPoolBenchHarness", "ConnPoolTestSupport"], swiftSettings: strictSettings),
         .testTarget(
             name: "ConnPoolTCPTests",
             dependencies: ["ConnPool", "ConnPoolTCP", "ConnPoolIO", "RedisServerLauncher", "ConnPoolTestSupport", "COpenSSL"],

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what it needs, then
-#   1. swift test (every suite; Redis tests start their own redis-server on free loopback ports),
+#   1. swift test, parallel as by default (every suite; Redis tests start their own redis-server on free
+#      loopback ports),
 #   2. the examples, built and run,
 #   3. swift test --sanitize=thread (the whole suite under ThreadSanitizer),
 #   4. the backend tests and the pool's lifetime tests under --sanitize=address,
 #   5. the Redis and Redis Cluster suites and redis-bench's cluster fan-out from a release build
 #      (Scripts/release-smoke.sh: bugs only optimized code shows),
 #   6. a short fuzzing run.
-# Suites run one at a time (--no-parallel): many of them assert deadlines against real servers, and
-# running 160+ tests at once on a 2-core machine turns scheduling delay into false timeouts.
+# Step 1 runs in parallel, as a developer's plain `swift test` does: suites that assert deadlines, count
+# the process's socket operations or start servers carry the `.processExclusive` trait
+# (Tests/ConnPoolTestSupport/ProcessExclusive.swift) and take turns; the rest run beside them. The
+# sanitizer runs stay --no-parallel: their instrumentation slows every thread 5-20x.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +22,7 @@ quiet() { grep -vE '^(\[[0-9]+/[0-9]+\]|Compiling|Building|Write|Emitting|warnin
 failures() { echo "-- failures in $1:"; grep -aE -A6 '^✘|recorded an issue|XCTAssert|: error:|WARNING: ThreadSanitizer|ERROR: AddressSanitizer' "$1" | head -150 || true; }
 
 echo "== swift test"
-swift test --no-parallel > /tmp/connpool-test.log 2>&1 || { quiet < /tmp/connpool-test.log | tail -150; failures /tmp/connpool-test.log; echo "swift test failed"; exit 1; }
+swift test > /tmp/connpool-test.log 2>&1 || { quiet < /tmp/connpool-test.log | tail -150; failures /tmp/connpool-test.log; echo "swift test failed"; exit 1; }
 grep -E '^(✔|✘) (Suite|Test run)|Executed [0-9]+ tests' /tmp/connpool-test.log | tail -40
 
 echo "== examples"

@@ -32,7 +32,7 @@ import Darwin
 ///     while 32 connections wait 300 ms in BLPOP, 1,670 PINGs on 167 others take 20–30 ms through the
 ///     reactor and 80–220 ms offloaded, because the waiting commands hold the dispatch threads.
 ///   When a command is the only one under way in the process (concurrency 1), it first polls for its
-///   reply for up to 30 µs before sleeping in `poll()` or suspending on the reactor: a loopback or LAN
+///   reply for up to 100 µs before sleeping in `poll()` or suspending on the reactor: a loopback or LAN
 ///   reply usually comes in that time, and the caller then skips the thread wake-ups. The spin adapts to
 ///   the connection (``ReplySpin``): it stops while this connection's replies come too late, and
 ///   ``RedisConnectionConfiguration/replySpin`` turns it off.

@@ -135,7 +135,7 @@ public struct RedisConnectionConfiguration: Sendable, Hashable {
     /// behaviour; a pool's validation and health checks cover liveness).
     public var pingOnConnect: Bool = false
     /// Whether a request that is the only socket operation under way in the process polls for its reply
-    /// for up to 30 µs before it sleeps in `poll()` or suspends on the reactor (``ReplySpin``).
+    /// for up to 100 µs (``ReplySpin/budget``) before it sleeps in `poll()` or suspends on the reactor (``ReplySpin``).
     /// ``ReplySpinPolicy/adaptive`` spins only while this connection's recent replies came within that
     /// time (a server 300 µs away soon costs no spin); ``ReplySpinPolicy/disabled`` never spins, for a
     /// process whose spare CPU matters more than the latency of a lone request. Default

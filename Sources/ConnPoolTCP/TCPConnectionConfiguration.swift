@@ -50,7 +50,7 @@ public struct TCPConnectionConfiguration: Sendable, Hashable {
     /// peer-close check).
     public var validationProbe: TCPValidationProbe?
     /// Whether a read that is the only socket operation under way in the process polls for its data for
-    /// up to 30 µs before it sleeps in `poll` or suspends on the reactor (``ReplySpin``).
+    /// up to 100 µs (``ReplySpin/budget``) before it sleeps in `poll` or suspends on the reactor (``ReplySpin``).
     /// ``ReplySpinPolicy/adaptive`` spins only while this connection's recent replies came within that
     /// time (a server 300 µs away, or one that speaks only when it has something to say, soon costs no
     /// spin); ``ReplySpinPolicy/disabled`` never spins, for a process whose spare CPU matters more than

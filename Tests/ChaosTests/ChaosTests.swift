@@ -1,9 +1,10 @@
 import ConnPoolChaos
 import Testing
+import ConnPoolTestSupport
 
 /// A short chaos run (about 9 s, every fault kind at least once) against a throwaway redis-server:
 /// the pool's invariants under SIGKILL + restart, SIGSTOP/SIGCONT, CLIENT KILL and DEBUG SLEEP.
-@Suite("ChaosTests", .serialized)
+@Suite("ChaosTests", .serialized, .processExclusive)
 struct ChaosTests {
     @Test("fault lists parse")
     func faultListsParse() {

@@ -17,7 +17,7 @@ import Glibc
 /// line, no error text (`description`, `debugDescription`, `String(reflecting:)`, `dump`), no
 /// description of the configuration, the factory or a connection, no `pool.status()` JSON and no
 /// Prometheus exposition.
-@Suite("SecretsTests", .serialized)
+@Suite("SecretsTests", .serialized, .processExclusive)
 struct SecretsTests {
     typealias Pool = ConnectionPool<RedisConnectionFactory>
 

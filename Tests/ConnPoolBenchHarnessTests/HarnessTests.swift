@@ -7,6 +7,7 @@ import FoundationXML
 import Testing
 
 @testable import ConnPoolBenchHarness
+import ConnPoolTestSupport
 
 /// An in-memory connection: no I/O. It detects being used by two callers at once.
 final class MemoryConnection: Connection {
@@ -81,7 +82,7 @@ func harness(_ factory: MemoryFactory) -> BenchHarness<MemoryFactory> {
     BenchHarness(factory: factory, connectBlocking: { try factory.makeConnectionBlocking() }, showProgress: false)
 }
 
-@Suite("Harness runs")
+@Suite("Harness runs", .serialized, .processExclusive)
 struct HarnessRunTests {
     @Test(
         "runs the exact request count, each index once",

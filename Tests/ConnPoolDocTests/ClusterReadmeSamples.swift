@@ -17,7 +17,7 @@ func clusterExample(seeds: [String]) async throws {
     await cluster.shutdown()
 }
 
-@Suite("README.md: Redis Cluster")
+@Suite("README.md: Redis Cluster", .serialized, .processExclusive)
 struct ClusterReadmeTests {
     @Test("the Redis Cluster snippet runs against a local cluster")
     func clusterSnippetRuns() async throws {

@@ -65,7 +65,7 @@ func runAsAService(pool: ConnectionPool<RedisConnectionFactory>, logger: Logger)
     try await group.run()
 }
 
-@Suite("Getting started")
+@Suite("Getting started", .serialized, .processExclusive)
 struct GettingStartedSamples {
     @Test("the getting-started shapes, against the KV example backend")
     func gettingStartedShapes() async throws {

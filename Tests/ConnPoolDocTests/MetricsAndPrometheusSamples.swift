@@ -71,7 +71,7 @@ func serveSeveralPools(
     return try PoolMetricsServer(registry: registry, host: "127.0.0.1", port: 9464, buckets: .all)
 }
 
-@Suite("Metrics and Prometheus")
+@Suite("Metrics and Prometheus", .serialized, .processExclusive)
 struct MetricsAndPrometheusSamples {
     static func kvFactory() -> KVConnectionFactory {
         KVConnectionFactory(host: "127.0.0.1", port: FakeKVServer.start().port)

@@ -72,7 +72,7 @@ struct EchoFactory: ConnectionFactory {
     func makeConnection() async throws -> EchoConnection { EchoConnection() }
 }
 
-@Suite("README.md")
+@Suite("README.md", .serialized, .processExclusive)
 struct ReadmeTests {
     @Test("every ```swift block of README.md is compiled code of this target, verbatim")
     func swiftBlocksAreCompiled() throws {

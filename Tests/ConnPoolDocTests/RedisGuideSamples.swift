@@ -57,7 +57,7 @@ func listen(configuration: RedisConnectionConfiguration, pool: ConnectionPool<Re
     await subscriber.close()
 }
 
-@Suite("ConnPoolRedis.docc samples")
+@Suite("ConnPoolRedis.docc samples", .serialized, .processExclusive)
 struct RedisGuideSampleTests {
     @Test("the Using Redis snippets run against a real server")
     func samplesRun() async throws {

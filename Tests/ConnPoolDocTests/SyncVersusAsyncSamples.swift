@@ -72,7 +72,7 @@ func notifySubscribers() async throws {
     await Task.yield()
 }
 
-@Suite("Sync versus async")
+@Suite("Sync versus async", .serialized, .processExclusive)
 struct SyncVersusAsyncSamples {
     static func makePool(_ server: FakeKVServer, maxSize: Int = 4) throws -> ConnectionPool<KVConnectionFactory> {
         try ConnectionPool(

@@ -4,6 +4,7 @@ import ConnPool
 import ConnPoolTCP
 import RedisServerLauncher
 import Testing
+import ConnPoolTestSupport
 
 func askLineServer(port: Int) async throws -> String {
     let configuration = TCPConnectionConfiguration(
@@ -20,7 +21,7 @@ func askLineServer(port: Int) async throws -> String {
     return reply
 }
 
-@Suite("ConnPoolTCP.docc samples")
+@Suite("ConnPoolTCP.docc samples", .serialized, .processExclusive)
 struct TCPGuideSampleTests {
     @Test("the TCP snippet runs against a line server")
     func sampleRuns() async throws {

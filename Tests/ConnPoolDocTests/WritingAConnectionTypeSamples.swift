@@ -159,7 +159,7 @@ struct AsyncKVConnectionFactory: ConnectionFactory {
 
 // MARK: Testing a connection type
 
-@Suite("Writing a connection type")
+@Suite("Writing a connection type", .serialized, .processExclusive)
 struct WritingAConnectionTypeSamples {
     @Test("the blocking C client in a pool, from both interfaces")
     func blockingClientInAPool() async throws {

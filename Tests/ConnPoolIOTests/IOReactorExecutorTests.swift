@@ -5,7 +5,7 @@ import Testing
 
 /// The reactor as a task executor (SE-0417): tasks that prefer it run on its thread, and a wait's
 /// resumption continues them there, without a hand-off.
-@Suite("IOReactor as a task executor")
+@Suite("IOReactor as a task executor", .serialized, .processExclusive)
 struct IOReactorExecutorTests {
     @Test("a task that prefers the reactor runs on its thread, also after each of its waits")
     func tasksRunOnTheReactorThread() async throws {

@@ -42,7 +42,7 @@ func withReactor<T>(_ body: (IOReactor) async throws -> T) async throws -> T {
     return try await body(reactor)
 }
 
-@Suite("IOReactor")
+@Suite("IOReactor", .serialized, .processExclusive)
 struct IOReactorTests {
     @Test("a wait ends when the peer writes")
     func readableAfterWrite() async throws {

@@ -7,7 +7,7 @@ import Testing
 /// The per-connection half of ``ReplySpin``: the record of reply times (driven here outcome by outcome,
 /// without sockets, so that these tests do not depend on what other tests do at the same time) and the
 /// striped count of operations under way.
-@Suite("ReplySpin.Gate")
+@Suite("ReplySpin.Gate", .serialized, .processExclusive)
 struct ReplySpinGateTests {
     /// Spins once, as a connection would, with `caught` as the outcome; `false` if the gate said no.
     private func spin(_ gate: inout ReplySpin.Gate, caught: Bool) -> Bool {

@@ -1,8 +1,9 @@
 import ConnPoolIO
 import Glibc
 import Testing
+import ConnPoolTestSupport
 
-@Suite("ReplySpin")
+@Suite("ReplySpin", .serialized, .processExclusive)
 struct ReplySpinTests {
     @Test("waitReadable: true for pending data or a hang-up; false once its budget is spent with nothing to read")
     func waitReadable() throws {

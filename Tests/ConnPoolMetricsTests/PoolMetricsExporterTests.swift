@@ -6,7 +6,7 @@ import MetricsTestKit
 import Testing
 @testable import ConnPoolMetrics
 
-@Suite("ConnPoolMetrics: swift-metrics export")
+@Suite("ConnPoolMetrics: swift-metrics export", .serialized, .processExclusive)
 struct PoolMetricsExporterTests {
     static let quiet = PoolConfiguration().maxSize(2).acquireTimeout(.seconds(1))
         .healthCheck(interval: nil).idleTimeout(nil).maxLifetime(nil).maintenanceInterval(.seconds(1))

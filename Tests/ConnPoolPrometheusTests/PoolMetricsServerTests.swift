@@ -73,7 +73,7 @@ func get(port: Int, _ path: String) async throws -> HTTPResponse {
     try await exchange(port: port, "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: test\r\n\r\n")
 }
 
-@Suite("ConnPoolPrometheus: HTTP server")
+@Suite("ConnPoolPrometheus: HTTP server", .serialized, .processExclusive)
 struct PoolMetricsServerTests {
     @Test("serves /metrics and /status on a free loopback port, 404/405/400 otherwise, refuses after stop()")
     func serves() async throws {

@@ -95,7 +95,7 @@ func nanoseconds(fromSeconds text: String) -> UInt64? {
     return whole * 1_000_000_000 + fraction
 }
 
-@Suite("ConnPoolPrometheus: text exposition")
+@Suite("ConnPoolPrometheus: text exposition", .serialized, .processExclusive)
 struct PrometheusExpositionTests {
     @Test("the exposition of pools (odd names too) plus a swift-prometheus registry passes promtool check metrics")
     func promtoolValidates() async throws {

@@ -28,7 +28,7 @@ func calls(of command: String, on nodes: [RedisServerProcess]) async throws -> I
     return total
 }
 
-@Suite("Redis Cluster routing", .serialized)
+@Suite("Redis Cluster routing", .serialized, .processExclusive)
 struct ClusterRoutingTests {
     /// 10,000 keys written through the client: each is in the slot `CLUSTER KEYSLOT` names, and a direct
     /// read on the primary owning that slot returns its value.

@@ -2,8 +2,9 @@
 import ConnPoolRedis
 import RedisServerLauncher
 import Testing
+import ConnPoolTestSupport
 
-@Suite("Cluster slots, key specs and topology parsing")
+@Suite("Cluster slots, key specs and topology parsing", .serialized, .processExclusive)
 struct ClusterSlotTests {
     @Test func crc16MatchesTheSpecification() {
         let check = Array("123456789".utf8).withUnsafeBytes { ClusterSlot.crc16($0) }

@@ -56,6 +56,8 @@ func tag(forSlot slot: UInt16) -> String {
 final class ClusterLoad: Sendable {
     struct Ack: Sendable {
         var value: Int
+        /// When the acknowledged SET was sent, and when its reply came.
+        var sentAt: ContinuousClock.Instant
         var at: ContinuousClock.Instant
     }
 
@@ -94,10 +96,11 @@ final class ClusterLoad: Sendable {
                 if stopFlag.load(ordering: .relaxed) { return }
                 let next = (sequence[key] ?? 0) + 1
                 do {
+                    let sentAt = ContinuousClock.now
                     try await client.send(.set(key, String(next)))
                     sequence[key] = next
                     let now = ContinuousClock.now
-                    acks.withLock { $0[key] = Ack(value: next, at: now) }
+                    acks.withLock { $0[key] = Ack(value: next, sentAt: sentAt, at: now) }
                     succeeded.add(1, ordering: .relaxed)
                     let value = try await client.send(.get(key))
                     if value != String(next) {

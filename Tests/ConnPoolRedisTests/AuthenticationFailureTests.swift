@@ -5,7 +5,7 @@ import RedisServerLauncher
 import Testing
 
 /// A wrong password is permanent: the pool must not retry it like a refused connect.
-@Suite("Redis: authentication failures are permanent")
+@Suite("Redis: authentication failures are permanent", .serialized, .processExclusive)
 struct AuthenticationFailureTests {
     @Test("a wrong password fails acquires at once with connectFailing that says so, not after the acquire timeout")
     func wrongPasswordFailsFast() async throws {

@@ -12,7 +12,7 @@ import Glibc
 
 /// Health management against real redis-server processes: crashes, freezes, killed clients, server-side
 /// idle timeouts, a server down at start, and shutdown with leases held. Each test owns its server.
-@Suite("HealthIntegrationTests", .serialized)
+@Suite("HealthIntegrationTests", .serialized, .processExclusive)
 struct HealthIntegrationTests {
     typealias Pool = ConnectionPool<RedisConnectionFactory>
 

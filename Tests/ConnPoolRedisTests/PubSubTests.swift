@@ -12,7 +12,7 @@ import Glibc
 /// ``RedisSubscriber`` and PUBLISH against real redis-server processes: channel and pattern delivery,
 /// unsubscribe, the end of the sequence, resubscription after the server restarts or is killed, and no
 /// leaked connection.
-@Suite("PubSubTests")
+@Suite("PubSubTests", .serialized, .processExclusive)
 struct PubSubTests {
     /// Collects what a subscriber delivers, from a task of its own.
     final class Collector: Sendable {

@@ -7,7 +7,7 @@ import Testing
 
 /// Redis connections used by tasks that prefer ``IOReactor/shared`` as their executor: every command's
 /// wait resumes on the reactor thread, and pooled use (with waiters) works there as anywhere.
-@Suite("Redis on the reactor executor")
+@Suite("Redis on the reactor executor", .serialized, .processExclusive)
 struct ReactorExecutorRedisTests {
     @Test("pooled commands from 32 tasks on the reactor thread, 8 connections (waiters included), plain and TLS")
     func pooledCommandsOnTheReactor() async throws {

@@ -6,7 +6,7 @@ import Testing
 /// `redis-bench --tls` end to end, through the built `redis-bench` product (as ``ServerLifetimeTests``):
 /// a short run against its throwaway TLS server writes JSON with TLS and plain entries and removes the
 /// run's certificates; a signal removes them too; a `redis://` URL with `--tls` is refused.
-@Suite("redis-bench --tls")
+@Suite("redis-bench --tls", .serialized, .processExclusive)
 struct RedisBenchTLSTests {
     @Test(arguments: ["redis", "tcp"])
     func aShortTLSRunWritesTLSAndPlainResults(backend: String) async throws {

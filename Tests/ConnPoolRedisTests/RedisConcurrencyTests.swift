@@ -51,7 +51,7 @@ final class ThreadCountSampler: Sendable {
     }
 }
 
-@Suite("RedisConnection: many concurrent async connections")
+@Suite("RedisConnection: many concurrent async connections", .serialized, .processExclusive)
 struct RedisConcurrencyTests {
     @Test func twoHundredConcurrentAsyncConnections() async throws {
         let configuration = try await SharedServer.configuration(commandTimeout: .seconds(30))
@@ -192,7 +192,7 @@ struct RedisConcurrencyTests {
     }
 }
 
-@Suite("ConnectionPool over RedisConnection")
+@Suite("ConnectionPool over RedisConnection", .serialized, .processExclusive)
 struct RedisPoolTests {
     @Test func sixtyFourConcurrentTasksIncrementExactly() async throws {
         let factory = try await RedisConnectionFactory(configuration: SharedServer.configuration())

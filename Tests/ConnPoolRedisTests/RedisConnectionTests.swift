@@ -8,7 +8,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("RedisConnection: replies and commands")
+@Suite("RedisConnection: replies and commands", .serialized, .processExclusive)
 struct RedisConnectionReplyTests {
     @Test func everyReplyTypeAsync() async throws {
         let connection = try await RedisConnection.connect(configuration: SharedServer.configuration())
@@ -263,7 +263,7 @@ struct RedisConnectionReplyTests {
     }
 }
 
-@Suite("RedisConnection: connecting and configuration")
+@Suite("RedisConnection: connecting and configuration", .serialized, .processExclusive)
 struct RedisConnectionSetupTests {
     @Test func authWithRequirepass() async throws {
         let password = "s3cr3t-R3quirePass"
@@ -586,7 +586,7 @@ struct RedisConnectionSetupTests {
     }
 }
 
-@Suite("RedisConnection: writing to a dead server")
+@Suite("RedisConnection: writing to a dead server", .serialized, .processExclusive)
 struct RedisDeadServerWriteTests {
     /// hiredis' own redisBufferWrite uses write(2), which raises SIGPIPE (killing the process by default)
     /// once the peer is gone; the connection's send(MSG_NOSIGNAL) twin must turn that into an error.

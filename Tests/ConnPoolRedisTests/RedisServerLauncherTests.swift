@@ -1,10 +1,11 @@
 import Glibc
 import RedisServerLauncher
 import Testing
+import ConnPoolTestSupport
 
 /// Every test is async and uses the launcher's async forms: starting and stopping a server waits on a
 /// thread of the launcher's, never on a cooperative thread (a synchronous test function runs on one too).
-@Suite("RedisServerProcess")
+@Suite("RedisServerProcess", .serialized, .processExclusive)
 struct RedisServerLauncherTests {
     @Test func startsAnswersAndStops() async throws {
         let server = try await RedisServerProcess.start()

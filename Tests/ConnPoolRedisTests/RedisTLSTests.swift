@@ -8,7 +8,7 @@ import Testing
 
 /// TLS against real `redis-server --tls-port` processes with certificates made in the test
 /// (``TestCertificates``: an own CA, server and client certificates, an expired one, one for another host).
-@Suite("Redis over TLS")
+@Suite("Redis over TLS", .serialized, .processExclusive)
 struct RedisTLSTests {
     static func certificates() async throws -> TestCertificates {
         try await onThread { try TestCertificates.shared() }

@@ -57,7 +57,7 @@ private func detachedThread(_ body: @escaping @Sendable () -> Void) {
 /// The replies of a pipeline that all arrive at once, more than one read's worth: each later reply must
 /// be read from what is already there, not waited for (the socket's reactor registration is
 /// edge-triggered: a wait after a read that left bytes in the socket would never wake).
-@Suite("Replies that arrive in one burst")
+@Suite("Replies that arrive in one burst", .serialized, .processExclusive)
 struct ReplyBurstTests {
     @Test func aPipelinesRepliesArrivingInOneWriteAreAllRead() async throws {
         // Three 20 KB bulk strings in one write: the first read (16 KB) cannot hold even the first.

@@ -10,7 +10,7 @@ import Testing
 /// A connection spins only while no other socket operation is under way in the process, and the tests
 /// of this process run in parallel, so these tests repeat requests (with `eventually`) until enough of
 /// them ran alone, instead of expecting every request to spin.
-@Suite("RedisConnection: ReplySpin adaptivity")
+@Suite("RedisConnection: ReplySpin adaptivity", .serialized, .processExclusive)
 struct RedisReplySpinAdaptivityTests {
     @Test("a server whose replies take 300 µs: the connection stops spinning, then spins once per probeInterval requests")
     func slowRepliesStopTheSpin() async throws {

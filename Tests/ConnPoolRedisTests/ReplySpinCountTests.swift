@@ -6,7 +6,7 @@ import Testing
 /// `RedisConnection` counts every operation in and out of ``ReplySpin`` (the signal that lets a lone
 /// request spin for its reply). A count that leaked up would turn the spin off for good; one that leaked
 /// down would make every request spin, also under load.
-@Suite("RedisConnection: ReplySpin accounting")
+@Suite("RedisConnection: ReplySpin accounting", .serialized, .processExclusive)
 struct ReplySpinCountTests {
     @Test("every operation, served or failed, async or blocking, counts itself out again")
     func operationsCountThemselvesOut() async throws {

@@ -9,7 +9,7 @@ import Testing
 ///
 /// The processes under test are the build products `launcher-probe` and `redis-bench`, found next to
 /// the test bundle (`swift build --build-tests` builds them). Every wait polls against a deadline.
-@Suite("Server lifetime")
+@Suite("Server lifetime", .serialized, .processExclusive)
 struct ServerLifetimeTests {
     /// The probe starts its server from a thread that exits before it prints the server's pid: the server
     /// must still answer then (it does not die with the thread that spawned it), and must be gone soon

@@ -8,7 +8,7 @@ import Testing
 /// behind (a half-sent pipeline, an open transaction, another database, a subscription, …) may reach
 /// the next. Pools of one connection against real redis-server processes, so the next borrower always
 /// gets the connection the previous one returned (or its replacement).
-@Suite("Redis: no reply desync, session state reset on release")
+@Suite("Redis: no reply desync, session state reset on release", .serialized, .processExclusive)
 struct SessionResetTests {
     typealias Pool = ConnectionPool<RedisConnectionFactory>
 

@@ -9,7 +9,7 @@ import Testing
 /// the fix it stayed suspended until the next request, and the group's exit with it (a subscribe timed
 /// out after 5 s in a ThreadSanitizer run). An already-cancelled task makes that interleaving
 /// deterministic: its cancellation handler runs before the wait's body.
-@Suite("RedisSubscriber: the driver's wake-up")
+@Suite("RedisSubscriber: the driver's wake-up", .serialized, .processExclusive)
 struct SubscriberWakeTests {
     @Test("a wait for a request in an already-cancelled task returns at once")
     func cancelledWaitReturns() async throws {

@@ -6,7 +6,7 @@ import Testing
 /// The TLS test fixtures (``TestCertificates``) and the launcher's TLS listener: checked with the
 /// `openssl` and `redis-cli` command-line tools (the package's own TLS client is tested elsewhere).
 /// One certificate set is shared by the whole process (``TestCertificates/shared()``).
-@Suite("TLS fixtures")
+@Suite("TLS fixtures", .serialized, .processExclusive)
 struct TLSFixtureTests {
     static let openssl = "/usr/bin/openssl"
 

@@ -5,7 +5,7 @@ import Testing
 
 private struct BodyFailed: Error {}
 
-@Suite("Redis transactions")
+@Suite("Redis transactions", .serialized, .processExclusive)
 struct TransactionTests {
     @Test func typedResultsAsync() async throws {
         let connection = try await RedisConnection.connect(configuration: SharedServer.configuration())

@@ -5,7 +5,7 @@ import Testing
 /// The factories are static members of every `RedisCommand`; any specialization names them.
 private typealias Command = RedisCommand<RedisReply>
 
-@Suite("Typed Redis commands")
+@Suite("Typed Redis commands", .serialized, .processExclusive)
 struct TypedCommandTests {
     @Test func stringsAndKeysAsync() async throws {
         let connection = try await RedisConnection.connect(configuration: SharedServer.configuration())

@@ -12,10 +12,10 @@ import Testing
 /// A connection spins only while no other socket operation is under way in the process, and the tests
 /// of this process run in parallel, so these tests repeat requests (with `eventually`) until enough of
 /// them ran alone, instead of expecting every request to spin.
-@Suite("TCPConnection: ReplySpin adaptivity")
+@Suite("TCPConnection: ReplySpin adaptivity", .serialized, .processExclusive)
 struct TCPReplySpinAdaptivityTests {
     /// Answers `PING` with `+PONG\r\n`, first waiting `delay` microseconds (read per request). The wait
-    /// stands for a server farther away than the spin's 30 µs budget; it orders nothing.
+    /// stands for a server farther away than the spin's 100 µs budget; it orders nothing.
     final class SlowPong: Sendable {
         let delayMicroseconds = Atomic<Int>(300)
 

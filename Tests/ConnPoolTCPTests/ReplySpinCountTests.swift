@@ -6,7 +6,7 @@ import Testing
 /// `TCPConnection` counts every call in and out of ``ReplySpin`` (the signal that lets a lone request
 /// spin for its reply). A count that leaked up would turn the spin off for good; one that leaked down
 /// would make every read spin, also under load.
-@Suite("TCPConnection: ReplySpin accounting")
+@Suite("TCPConnection: ReplySpin accounting", .serialized, .processExclusive)
 struct TCPReplySpinCountTests {
     @Test("every call, served, failed or cancelled, async or blocking, counts itself out again")
     func callsCountThemselvesOut() async throws {

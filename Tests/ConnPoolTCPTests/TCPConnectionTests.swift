@@ -19,7 +19,7 @@ func reactorWaitStarted(above baseline: Int) async -> Bool {
     return true
 }
 
-@Suite("TCPConnection")
+@Suite("TCPConnection", .serialized, .processExclusive)
 struct TCPConnectionTests {
     // MARK: Exact reads and sends
 

@@ -4,7 +4,7 @@ import ConnPoolTestSupport
 import Foundation
 import Testing
 
-@Suite("ConnectionPool over TCPConnection")
+@Suite("ConnectionPool over TCPConnection", .serialized, .processExclusive)
 struct TCPPoolTests {
     @Test("64 concurrent tasks share a pool of 8 TCP connections to a loopback line server")
     func sixtyFourConcurrentTasks() async throws {

@@ -57,7 +57,7 @@ private nonisolated(nonsending) func readLineResult(_ connection: TCPConnection)
     }
 }
 
-@Suite("TCPConnection: safe reuse and safe close")
+@Suite("TCPConnection: safe reuse and safe close", .serialized, .processExclusive)
 struct TCPReuseSafetyTests {
     // MARK: Safe reuse
 

@@ -58,7 +58,7 @@ final class TLSServerContext: @unchecked Sendable {
 
 /// The TCP backend over TLS, against an in-process TLS echo server (OpenSSL, certificates made by
 /// ``TestCertificates``).
-@Suite("TCP over TLS")
+@Suite("TCP over TLS", .serialized, .processExclusive)
 struct TCPTLSTests {
     static func certificates() async throws -> TestCertificates {
         try await onThread { try TestCertificates.shared() }

@@ -86,7 +86,7 @@ struct MatrixFactory: ConnectionFactory {
 /// and two pool sizes: 4 × 4 × 3 × 5 × 3 × 2 = 1,440 cases. Each asserts that the total never exceeds
 /// maxSize, no acquire outlives its timeout by more than a scheduling slack, every connection made is
 /// in the pool or was closed, and the pool serves again once the backend heals.
-@Suite("Cancellation matrix")
+@Suite("Cancellation matrix", .serialized, .processExclusive)
 struct CancellationMatrixTests {
     struct Case: Sendable, CustomStringConvertible {
         var create: Behaviour

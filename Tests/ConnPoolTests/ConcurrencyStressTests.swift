@@ -4,7 +4,7 @@ import Synchronization
 import Testing
 @testable import ConnPool
 
-@Suite("ConnectionPool under concurrency")
+@Suite("ConnectionPool under concurrency", .serialized, .processExclusive)
 struct ConcurrencyStressTests {
     /// Plain threads that each borrow `iterations` times, alternating the blocking closure and lease forms;
     /// errors are recorded in `violations`.
@@ -131,21 +131,28 @@ struct ConcurrencyStressTests {
             }
         }
         let threads = Self.blockingBorrowers(6, iterations: threadOps, pool: pool, violations: violations, use: use)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for _ in 0..<8 {
-                group.addTask {
-                    for index in 0..<taskOps {
-                        let lease = try await pool.acquire()
-                        use(lease.connection)
-                        if index % 64 == 0 { await Task.yield() }
+        var taskError: (any Error)?
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<8 {
+                    group.addTask {
+                        for index in 0..<taskOps {
+                            let lease = try await pool.acquire()
+                            use(lease.connection)
+                            if index % 64 == 0 { await Task.yield() }
+                        }
                     }
                 }
+                try await group.waitForAll()
             }
-            try await group.waitForAll()
+        } catch {
+            taskError = error
         }
+        // Stop the inspector whatever happened: a failed run must not leave a thread polling forever.
         for thread in threads { await thread.join() }
         stop.store(true, ordering: .relaxed)
         await inspector.join()
+        if let taskError { throw taskError }
         #expect(violations.withLock { $0 } == [])
         let metrics = pool.metrics()
         #expect(metrics.acquires == 6 * threadOps + 8 * taskOps)

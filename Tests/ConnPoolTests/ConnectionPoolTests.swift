@@ -4,7 +4,7 @@ import Synchronization
 import Testing
 @testable import ConnPool
 
-@Suite("ConnectionPool with a mock factory and a manual clock")
+@Suite("ConnectionPool with a mock factory and a manual clock", .serialized, .processExclusive)
 struct ConnectionPoolTests {
     typealias Pool = ConnectionPool<MockFactory>
 

@@ -7,7 +7,7 @@ import Testing
 @testable import ConnPool
 
 /// Every timing rule of health management, driven by a manual clock: no sleeping.
-@Suite("Health management with a manual clock")
+@Suite("Health management with a manual clock", .serialized, .processExclusive)
 struct HealthManagementTests {
     static func makePool(
         _ configuration: PoolConfiguration, factory: MockFactory = MockFactory(), clock: ManualClock

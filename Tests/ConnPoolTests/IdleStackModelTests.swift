@@ -8,7 +8,7 @@ import Testing
 /// Swift model, a concurrent run on plain threads checked against the lane's invariants (ownership,
 /// publication of the parked data, the closed gate, conservation of slots), and focused checks of the
 /// closed bit and of the ABA tag.
-@Suite("IdleStack model")
+@Suite("IdleStack model", .serialized, .processExclusive)
 struct IdleStackModelTests {
     // MARK: Shared helpers
 

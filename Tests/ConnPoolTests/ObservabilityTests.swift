@@ -7,7 +7,7 @@ import Testing
 import Tracing
 @testable import ConnPool
 
-@Suite("Observability: counters, histograms, status, resize, leaks, tracing")
+@Suite("Observability: counters, histograms, status, resize, leaks, tracing", .serialized, .processExclusive)
 struct ObservabilityTests {
     static let quiet = PoolConfiguration().maxSize(2).acquireTimeout(.seconds(1))
         .healthCheck(interval: nil).idleTimeout(nil).maxLifetime(nil).maintenanceInterval(.seconds(1))

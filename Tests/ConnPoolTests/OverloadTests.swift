@@ -11,7 +11,7 @@ func residentBytes() -> Int {
     return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
 }
 
-@Suite("Overload", .serialized)
+@Suite("Overload", .serialized, .processExclusive)
 struct OverloadTests {
     @Test("10,000 concurrent waiters: memory stays bounded, every one is served, nothing leaks")
     func tenThousandWaiters() async throws {

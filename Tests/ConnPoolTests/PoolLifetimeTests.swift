@@ -5,7 +5,7 @@ import Testing
 /// The public `ConnectionPool` is a handle; leases point at its runtime unretained. These tests pin the
 /// lifetime rules that make that safe: the runtime outlives every lease, and goes away once the pool
 /// is released and finished (no reference cycle left behind).
-@Suite("Pool lifetime: handle, runtime and leases")
+@Suite("Pool lifetime: handle, runtime and leases", .serialized, .processExclusive)
 struct PoolLifetimeTests {
     static let configuration = PoolConfiguration().maxSize(4).acquireTimeout(.seconds(60))
         .healthCheck(interval: nil).idleTimeout(nil).maxLifetime(nil).maintenanceInterval(.seconds(1))

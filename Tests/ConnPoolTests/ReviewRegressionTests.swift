@@ -6,7 +6,7 @@ import Testing
 /// Regression tests for the bugs an outside review of the pool found (issue "Pool core you can prove").
 /// Each drives the public API with a manual clock and a scripted factory whose connects, checks and
 /// closes end when the test says; a hang becomes a failed `eventually`, never a stuck test run.
-@Suite("Review regressions: shutdown, resize, warm-up, forced close, validation")
+@Suite("Review regressions: shutdown, resize, warm-up, forced close, validation", .serialized, .processExclusive)
 struct ReviewRegressionTests {
     static let base = PoolConfiguration().acquireTimeout(.seconds(60)).healthCheck(interval: nil)
         .idleTimeout(nil).maxLifetime(nil).maintenanceInterval(.seconds(1)).circuitBreakerThreshold(nil)

@@ -6,7 +6,7 @@ import Testing
 /// The process-wide timer: the deadline heap (``TimerQueue``, driven directly, deterministic), its
 /// thread (``TimerScheduler``: private instances, isolated from the pools other tests run meanwhile, so
 /// each test knows every timer its scheduler holds), and the pools sharing one thread.
-@Suite("Shared timer: one thread and one deadline heap for every pool")
+@Suite("Shared timer: one thread and one deadline heap for every pool", .serialized, .processExclusive)
 struct SharedTimerTests {
     // MARK: The heap
 

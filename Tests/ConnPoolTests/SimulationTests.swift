@@ -17,7 +17,7 @@ import Testing
 /// A failing seed prints itself and its trace; replay it alone with
 /// `CONNPOOL_SIM_SEED=<seed> swift test --filter SimulationTests`. `CONNPOOL_SIM_SEEDS` sets how many
 /// seeds run (default 10,000).
-@Suite("Deterministic simulation of the pool runtime")
+@Suite("Deterministic simulation of the pool runtime", .serialized, .processExclusive)
 struct SimulationTests {
     @Test("seeded simulation: invariants and liveness hold for every seed")
     func seededSimulation() async throws {

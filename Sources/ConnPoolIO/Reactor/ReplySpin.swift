@@ -35,7 +35,7 @@ public enum ReplySpinPolicy: Sendable, Hashable, CaseIterable, CustomStringConve
 /// connection's ``Gate`` spins only when both hold:
 /// - **Its recent replies came in time.** The gate keeps a small saturating score: a spin that caught
 ///   the reply raises it, one that gave up lowers it. At zero the connection stops spinning (a server
-///   300 µs away would otherwise burn 30 µs per request for nothing) and spins again only once every
+///   300 µs away would otherwise burn 100 µs per request for nothing) and spins again only once every
 ///   ``probeInterval`` waits; a caught probe brings it back, for a server that has come close again.
 /// - **No other operation is under way.** With more connections, threads or tasks at work, a spin
 ///   would take a core from them and from the server (when the Redis backend's spin also ran at
@@ -74,7 +74,13 @@ public enum ReplySpinPolicy: Sendable, Hashable, CaseIterable, CustomStringConve
 ///   the connection's own in-use flag orders them.
 public enum ReplySpin {
     /// The longest a spin polls before the caller waits the usual way.
-    public static let budget: Duration = .microseconds(30)
+    ///
+    /// 100 µs: a loopback reply takes 20–40 µs on a quiet 2-core VM, but 40–100 µs when the host is
+    /// busy (its VMs share cores), and a budget shorter than the reply stops the spin exactly when a
+    /// wake-up costs most. Measured on such a slowed host (Benchmarks/README.md, "the spin budget"), PING
+    /// at concurrency 1: 30 µs gave 1.25–1.31× redis-benchmark, 100 µs 3.3–3.8×, 200 µs no more than
+    /// 100 µs. The budget only bounds a spin that fails; one that catches its reply ends at once.
+    public static let budget: Duration = .microseconds(100)
 
     /// The highest score a ``Gate`` keeps: this many late replies in a row, from a record of replies
     /// in time, stop a connection's spin.
@@ -85,8 +91,8 @@ public enum ReplySpin {
     package static let restartScore: Int8 = 4
 
     /// A stopped connection spins again once every this many waits for a reply, to notice a server
-    /// that has come close again. At 64, a server 300 µs away costs 30 µs of spin every 64 requests:
-    /// under 0.5 µs per request, below 0.2 % of its round trip.
+    /// that has come close again. At 64, a server 300 µs away costs one 100 µs spin every 64 requests:
+    /// about 1.6 µs of CPU per request, 0.5 % of its round trip.
     public static let probeInterval = 64
 
     /// Operations counted in and not yet out, over all stripes: 0 whenever no socket operation is under
