@@ -21,6 +21,10 @@ public struct ProcessExclusiveTrait: SuiteTrait, TestScoping {
 
     @TaskLocal static var holdsTurn = false
 
+    /// Runs `function` (the whole suite) once this suite holds the process's turn, then passes the
+    /// turn on, whether the suite passed or threw; at once if an enclosing suite holds the turn.
+    ///
+    /// - Throws: what `function` throws.
     public func provideScope(
         for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
     ) async throws {
