@@ -75,9 +75,9 @@ public enum ReplySpinPolicy: Sendable, Hashable, CaseIterable, CustomStringConve
 public enum ReplySpin {
     /// The longest a spin polls before the caller waits the usual way.
     ///
-    /// 100 µs: a loopback reply takes 20–40 µs on a quiet 2-core VM, but 40–100 µs when the host is
-    /// busy (its VMs share cores), and a budget shorter than the reply stops the spin exactly when a
-    /// wake-up costs most. Measured on such a slowed host (Benchmarks/README.md, "the spin budget"), PING
+    /// 100 µs: on a quiet 2-core VM a loopback reply came within the first budget, 30 µs, but on the
+    /// same VM slowed by a busy host it came later, and a budget shorter than the reply stops the spin
+    /// exactly when a wake-up costs most. Measured on such a slowed host (Benchmarks/README.md, "the spin budget"), PING
     /// at concurrency 1: 30 µs gave 1.25–1.31× redis-benchmark, 100 µs 3.3–3.8×, 200 µs no more than
     /// 100 µs. The budget only bounds a spin that fails; one that catches its reply ends at once.
     public static let budget: Duration = .microseconds(100)
