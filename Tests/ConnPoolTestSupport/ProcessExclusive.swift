@@ -33,13 +33,8 @@ public struct ProcessExclusiveTrait: SuiteTrait, TestScoping {
             return
         }
         await ProcessTurn.shared.acquire()
-        do {
-            try await Self.$holdsTurn.withValue(true) { try await function() }
-        } catch {
-            ProcessTurn.shared.release()
-            throw error
-        }
-        ProcessTurn.shared.release()
+        defer { ProcessTurn.shared.release() }
+        try await Self.$holdsTurn.withValue(true) { try await function() }
     }
 }
 
